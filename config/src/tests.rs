@@ -1,0 +1,138 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+admin_users = ["admin"]
+
+[[databases]]
+name = "app"
+user = "app_rw"
+password = "secret"
+pool_mode = "transaction"
+
+[[users]]
+name = "acme_app"
+password = "pw"
+tenant = "acme"
+
+[[users]]
+name = "admin"
+password = "md5a3556571e93b0d20722ba62be61e8c2d"
+bypass_policy = true
+"#;
+
+#[test]
+fn good_config_parses_and_validates() {
+    let c = Config::from_toml(GOOD).unwrap();
+    c.validate().unwrap();
+    let db = c.database("app").unwrap();
+    assert_eq!(db.pool_mode, PoolMode::Transaction);
+    assert_eq!(db.port, 5432);
+    assert_eq!(db.server_dbname(), "app");
+    assert_eq!(c.tenancy.setting, "app.current_tenant");
+    assert!(matches!(
+        c.user("admin").unwrap().stored_password(),
+        Some(StoredPassword::Md5(_))
+    ));
+    assert!(matches!(
+        c.user("acme_app").unwrap().stored_password(),
+        Some(StoredPassword::Plain("pw"))
+    ));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_location() {
+    let err = Config::from_toml("[proxy]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("listen_port"), "{text}");
+    assert!(text.contains("line 3"), "{text}");
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let text = r#"
+[proxy]
+listen = "nowhere"
+tls_mode = "require"
+admin_users = ["ghost"]
+
+[[databases]]
+name = "app"
+user = "u"
+pool_size = 0
+
+[[databases]]
+name = "app"
+user = "u"
+pool_size = 2
+min_pool_size = 3
+
+[[users]]
+name = "x"
+tenant_from = "switch"
+
+[audit]
+log_allowed = "sample:0"
+"#;
+    let c = Config::from_toml(text).unwrap();
+    let errs = c.validate().unwrap_err().to_string();
+    for expected in [
+        "proxy.listen: must be an address",
+        "proxy.tls_cert: required",
+        "proxy.tls_key: required",
+        "proxy.admin_users[0]: user \"ghost\" is not defined",
+        "databases[0].pool_size: must be > 0",
+        "databases[1].name: duplicate database",
+        "databases[1].min_pool_size: must be <= pool_size",
+        "users[0].password: required",
+        "users[0].allowed_tenants: required",
+        "audit.log_allowed",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
+}
+
+#[test]
+fn password_env_is_resolved_or_reported() {
+    let text = r#"
+[[databases]]
+name = "app"
+user = "u"
+password_env = "TG_TEST_DB_PW"
+
+[[users]]
+name = "a"
+password_env = "TG_TEST_MISSING"
+"#;
+    let mut c = Config::from_toml(text).unwrap();
+    let err = c
+        .resolve_secrets_with(|v| (v == "TG_TEST_DB_PW").then(|| "s3cret".to_string()))
+        .unwrap_err();
+    assert_eq!(c.databases[0].password.as_deref(), Some("s3cret"));
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(err.0[0].path, "users[0].password_env");
+}
+
+#[test]
+fn malformed_scram_verifier_is_reported() {
+    let text = "[[users]]\nname = \"a\"\npassword = \"SCRAM-SHA-256$garbage\"\n";
+    let errs = Config::from_toml(text).unwrap().validate().unwrap_err();
+    assert_eq!(errs.0[0].path, "users[0].password");
+}
+
+#[test]
+fn load_reports_missing_file_precisely() {
+    let err = load(std::path::Path::new("/nonexistent/tenantgate.toml")).unwrap_err();
+    assert!(err.to_string().contains("cannot read /nonexistent/tenantgate.toml"));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenantgate.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::from_toml(&text).unwrap();
+    c.validate().unwrap();
+}
