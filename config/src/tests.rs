@@ -45,7 +45,8 @@ fn good_config_parses_and_validates() {
 
 #[test]
 fn unknown_keys_are_rejected_with_location() {
-    let err = Config::from_toml("[proxy]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
+    let err =
+        Config::from_toml("[proxy]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
     let text = err.to_string();
     assert!(text.contains("listen_port"), "{text}");
     assert!(text.contains("line 3"), "{text}");
@@ -126,7 +127,9 @@ fn malformed_scram_verifier_is_reported() {
 #[test]
 fn load_reports_missing_file_precisely() {
     let err = load(std::path::Path::new("/nonexistent/tenantgate.toml")).unwrap_err();
-    assert!(err.to_string().contains("cannot read /nonexistent/tenantgate.toml"));
+    assert!(err
+        .to_string()
+        .contains("cannot read /nonexistent/tenantgate.toml"));
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! Every rule a configuration must satisfy, each reported with its field path.
 
-use crate::{
-    Config, ConfigError, DatabaseConfig, TablesSpec, TenantSource, TlsMode, UserConfig,
-};
+use crate::{Config, ConfigError, DatabaseConfig, TablesSpec, TenantSource, TlsMode, UserConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -29,7 +27,10 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
     for (i, db) in config.databases.iter().enumerate() {
         database(&format!("databases[{i}]"), db, &mut e);
         if !names.insert(db.name.as_str()) {
-            e.push(format!("databases[{i}].name"), format!("duplicate database {:?}", db.name));
+            e.push(
+                format!("databases[{i}].name"),
+                format!("duplicate database {:?}", db.name),
+            );
         }
         if db.name == "tenantgate" {
             e.push(
@@ -42,7 +43,10 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
     for (i, user) in config.users.iter().enumerate() {
         user_rules(&format!("users[{i}]"), user, config, &mut e);
         if !users.insert(user.name.as_str()) {
-            e.push(format!("users[{i}].name"), format!("duplicate user {:?}", user.name));
+            e.push(
+                format!("users[{i}].name"),
+                format!("duplicate user {:?}", user.name),
+            );
         }
     }
     tenancy(config, &mut e);
@@ -66,22 +70,49 @@ fn proxy(config: &Config, e: &mut Errors) {
         );
     }
     if p.tls_mode != TlsMode::Disable {
-        e.check(p.tls_cert.is_some(), "proxy.tls_cert", "required when tls_mode is not \"disable\"");
-        e.check(p.tls_key.is_some(), "proxy.tls_key", "required when tls_mode is not \"disable\"");
+        e.check(
+            p.tls_cert.is_some(),
+            "proxy.tls_cert",
+            "required when tls_mode is not \"disable\"",
+        );
+        e.check(
+            p.tls_key.is_some(),
+            "proxy.tls_key",
+            "required when tls_mode is not \"disable\"",
+        );
     }
-    for (key, path) in [("proxy.tls_cert", &p.tls_cert), ("proxy.tls_key", &p.tls_key)] {
+    for (key, path) in [
+        ("proxy.tls_cert", &p.tls_cert),
+        ("proxy.tls_key", &p.tls_key),
+    ] {
         if let Some(path) = path {
-            e.check(path.is_file(), key, &format!("file {} does not exist", path.display()));
+            e.check(
+                path.is_file(),
+                key,
+                &format!("file {} does not exist", path.display()),
+            );
         }
     }
-    e.check(p.max_client_connections > 0, "proxy.max_client_connections", "must be > 0");
+    e.check(
+        p.max_client_connections > 0,
+        "proxy.max_client_connections",
+        "must be > 0",
+    );
     e.check(
         (1024..=1 << 30).contains(&p.max_message_size),
         "proxy.max_message_size",
         "must be between 1024 and 1073741824 bytes",
     );
-    e.check(positive(p.auth_timeout), "proxy.auth_timeout", "must be > 0 seconds");
-    e.check(non_negative(p.shutdown_timeout), "proxy.shutdown_timeout", "must be >= 0 seconds");
+    e.check(
+        positive(p.auth_timeout),
+        "proxy.auth_timeout",
+        "must be > 0 seconds",
+    );
+    e.check(
+        non_negative(p.shutdown_timeout),
+        "proxy.shutdown_timeout",
+        "must be >= 0 seconds",
+    );
     for (i, admin) in p.admin_users.iter().enumerate() {
         e.check(
             config.user(admin).is_some(),
@@ -92,10 +123,22 @@ fn proxy(config: &Config, e: &mut Errors) {
 }
 
 fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
-    e.check(ident_ok(&db.name), format!("{path}.name"), "must be 1-63 characters, no NUL");
-    e.check(!db.host.is_empty(), format!("{path}.host"), "must not be empty");
+    e.check(
+        ident_ok(&db.name),
+        format!("{path}.name"),
+        "must be 1-63 characters, no NUL",
+    );
+    e.check(
+        !db.host.is_empty(),
+        format!("{path}.host"),
+        "must not be empty",
+    );
     e.check(db.port > 0, format!("{path}.port"), "must be > 0");
-    e.check(ident_ok(&db.user), format!("{path}.user"), "must be 1-63 characters, no NUL");
+    e.check(
+        ident_ok(&db.user),
+        format!("{path}.user"),
+        "must be 1-63 characters, no NUL",
+    );
     e.check(db.pool_size > 0, format!("{path}.pool_size"), "must be > 0");
     e.check(
         db.min_pool_size <= db.pool_size,
@@ -103,7 +146,10 @@ fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
         "must be <= pool_size",
     );
     if db.password.is_some() && db.password_env.is_some() {
-        e.push(format!("{path}.password_env"), "set either password or password_env, not both");
+        e.push(
+            format!("{path}.password_env"),
+            "set either password or password_env, not both",
+        );
     }
     for (key, v) in [
         ("server_idle_timeout", db.server_idle_timeout),
@@ -111,7 +157,11 @@ fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
         ("query_wait_timeout", db.query_wait_timeout),
         ("idle_transaction_timeout", db.idle_transaction_timeout),
     ] {
-        e.check(non_negative(v), format!("{path}.{key}"), "must be >= 0 seconds");
+        e.check(
+            non_negative(v),
+            format!("{path}.{key}"),
+            "must be >= 0 seconds",
+        );
     }
     e.check(
         positive(db.server_connect_timeout),
@@ -128,9 +178,16 @@ fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
 }
 
 fn user_rules(path: &str, user: &UserConfig, config: &Config, e: &mut Errors) {
-    e.check(ident_ok(&user.name), format!("{path}.name"), "must be 1-63 characters, no NUL");
+    e.check(
+        ident_ok(&user.name),
+        format!("{path}.name"),
+        "must be 1-63 characters, no NUL",
+    );
     if user.password.is_some() && user.password_env.is_some() {
-        e.push(format!("{path}.password_env"), "set either password or password_env, not both");
+        e.push(
+            format!("{path}.password_env"),
+            "set either password or password_env, not both",
+        );
     }
     let auth = user.auth_type.unwrap_or(config.proxy.auth_type);
     if auth != crate::AuthType::Trust && user.password.is_none() && user.password_env.is_none() {
@@ -152,7 +209,11 @@ fn user_rules(path: &str, user: &UserConfig, config: &Config, e: &mut Errors) {
     match source {
         TenantSource::Fixed => {
             if let Some(t) = &user.tenant {
-                e.check(tenant_ok(t), format!("{path}.tenant"), "must be 1-256 printable characters");
+                e.check(
+                    tenant_ok(t),
+                    format!("{path}.tenant"),
+                    "must be 1-256 printable characters",
+                );
             }
         }
         TenantSource::Jwt => e.push(
@@ -173,7 +234,10 @@ fn user_rules(path: &str, user: &UserConfig, config: &Config, e: &mut Errors) {
         }
     }
     if user.tenant.is_some() && user.bypass_policy {
-        e.push(format!("{path}.bypass_policy"), "a user with a tenant cannot bypass the policy");
+        e.push(
+            format!("{path}.bypass_policy"),
+            "a user with a tenant cannot bypass the policy",
+        );
     }
     if let Some(0) = user.max_tenant_connections {
         e.push(format!("{path}.max_tenant_connections"), "must be > 0");
@@ -194,11 +258,16 @@ fn tenancy(config: &Config, e: &mut Errors) {
         "tenancy.setting",
         "must be a custom setting name with a dot, like app.current_tenant",
     );
-    e.check(ident_ok(&t.column), "tenancy.column", "must be 1-63 characters, no NUL");
+    e.check(
+        ident_ok(&t.column),
+        "tenancy.column",
+        "must be 1-63 characters, no NUL",
+    );
     match &t.tables {
-        TablesSpec::Auto(s) if s != "auto" => {
-            e.push("tenancy.tables", "must be \"auto\" or a list of table names")
-        }
+        TablesSpec::Auto(s) if s != "auto" => e.push(
+            "tenancy.tables",
+            "must be \"auto\" or a list of table names",
+        ),
         TablesSpec::List(list) => {
             for (i, name) in list.iter().enumerate() {
                 e.check(
@@ -223,13 +292,21 @@ fn tenancy(config: &Config, e: &mut Errors) {
             format!("tenancy.table[{i}].name"),
             "must be table or schema.table",
         );
-        e.check(ident_ok(&o.column), format!("tenancy.table[{i}].column"), "must be 1-63 characters");
+        e.check(
+            ident_ok(&o.column),
+            format!("tenancy.table[{i}].column"),
+            "must be 1-63 characters",
+        );
     }
 }
 
 fn policy(config: &Config, e: &mut Errors) {
     let p = &config.policy;
-    e.check(p.max_query_length >= 64, "policy.max_query_length", "must be >= 64 bytes");
+    e.check(
+        p.max_query_length >= 64,
+        "policy.max_query_length",
+        "must be >= 64 bytes",
+    );
     e.check(p.cache_entries > 0, "policy.cache_entries", "must be > 0");
 }
 
@@ -242,9 +319,17 @@ fn audit(config: &Config, e: &mut Errors) {
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| n > 0),
     };
-    e.check(sample_ok, "audit.log_allowed", "must be \"all\", \"none\" or \"sample:N\" with N > 0");
+    e.check(
+        sample_ok,
+        "audit.log_allowed",
+        "must be \"all\", \"none\" or \"sample:N\" with N > 0",
+    );
     let fsync_ok = matches!(a.fsync.as_str(), "always" | "never") || a.fsync.parse::<u32>().is_ok();
-    e.check(fsync_ok, "audit.fsync", "must be \"always\", \"never\" or milliseconds");
+    e.check(
+        fsync_ok,
+        "audit.fsync",
+        "must be \"always\", \"never\" or milliseconds",
+    );
     e.check(a.queue_size > 0, "audit.queue_size", "must be > 0");
     e.check(a.rotate_keep > 0, "audit.rotate_keep", "must be > 0");
 }

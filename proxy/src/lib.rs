@@ -1,1 +1,88 @@
+//! tenantgate: a PostgreSQL wire-protocol proxy and pooler that enforces tenant isolation.
+//!
+//! [`run`] serves clients on a listener until its shutdown token is cancelled. The binary's
+//! `main` only parses the command line, loads the configuration and calls it; tests call it
+//! in-process on port 0.
 
+pub mod app;
+pub mod auth;
+pub mod cancel;
+mod client;
+pub mod conn;
+pub mod io;
+pub mod pool;
+pub mod protocol;
+mod relay;
+pub mod server;
+mod session;
+pub mod tls;
+
+use app::App;
+use std::sync::Arc;
+use std::time::Duration;
+use tenantgate_config::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use session::{quote_ident, quote_literal};
+
+/// Serves clients until `shutdown` is cancelled, then stops accepting, lets sessions reach an
+/// idle point for up to `shutdown_timeout`, and closes the rest.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Arc::new(App::new(config.clone())?);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "tenantgate listening");
+    }
+    let tracker = TaskTracker::new();
+    tracker.spawn(maintain_pools(app.clone(), shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let guard = app.client_guard();
+                    tracker.spawn(client::handle(app.clone(), tcp, peer, guard));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let stop = app.shutdown_token();
+    stop.drain.cancel();
+    tracker.close();
+    let grace = config.proxy.shutdown_timeout();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::info!("shutdown_timeout reached; closing remaining sessions");
+        stop.terminate.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    }
+    for pool in app.pools() {
+        pool.close();
+    }
+    tracing::info!("tenantgate stopped");
+    Ok(())
+}
+
+async fn maintain_pools(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for pool in app.pools() {
+            pool.maintain().await;
+        }
+    }
+}

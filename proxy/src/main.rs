@@ -1,1 +1,158 @@
-fn main() {}
+//! The `tenantgate` command: parse the command line, load the configuration, hand over.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tenantgate_config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "tenantgate",
+    version,
+    about = "PostgreSQL proxy and pooler that enforces tenant isolation"
+)]
+struct Cli {
+    /// Configuration file (for `serve` when no subcommand is given).
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Validate the configuration; exit 1 listing every error.
+    Check {
+        /// Also log in to every configured database server.
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config.clone() else {
+        eprintln!("tenantgate: -c FILE is required");
+        return ExitCode::from(2);
+    };
+    let config = match tenantgate_config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:", path.display());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tenantgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(config)),
+        Command::Check { connect } => runtime.block_on(check(&path, config, connect)),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.proxy.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.proxy.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let listener = match tokio::net::TcpListener::bind(&config.proxy.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.proxy.listen, error = %e, "cannot listen");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    match tenantgate::run(Arc::new(config), listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tenantgate failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM or SIGINT: graceful shutdown. A second SIGINT: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down (again to exit now)"),
+    }
+    shutdown.cancel();
+    int.recv().await;
+    tracing::warn!("second SIGINT: exiting now");
+    std::process::exit(130);
+}
+
+async fn check(path: &std::path::Path, config: Config, connect: bool) -> ExitCode {
+    let mut failed = false;
+    if let Err(e) = tenantgate::app::App::new(Arc::new(config.clone())) {
+        eprintln!("{}: {e}", path.display());
+        failed = true;
+    }
+    if connect {
+        for db in &config.databases {
+            let target = match tenantgate::server::ServerTarget::from_config(
+                db,
+                config.proxy.max_message_size,
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("databases {:?}: {e}", db.name);
+                    failed = true;
+                    continue;
+                }
+            };
+            match tenantgate::server::connect(&target, &[]).await {
+                Ok(_) => println!(
+                    "databases {:?}: connected to {}:{} as {}",
+                    db.name, db.host, db.port, db.user
+                ),
+                Err(e) => {
+                    eprintln!("databases {:?}: {e}", db.name);
+                    failed = true;
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        println!("{}: configuration is valid", path.display());
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,119 @@
+//! State shared by every client task: configuration, users, pools, cancel keys, counters.
+
+use crate::auth::Credential;
+use crate::cancel::CancelRegistry;
+use crate::pool::{Pool, PoolSettings};
+use crate::relay::Shutdown;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tenantgate_config::{Config, TlsMode, UserConfig};
+use tokio_util::sync::CancellationToken;
+
+pub struct UserEntry {
+    pub config: UserConfig,
+    pub credential: Credential,
+}
+
+pub struct App {
+    config: Arc<Config>,
+    users: HashMap<String, Arc<UserEntry>>,
+    pools: HashMap<String, Arc<Pool>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub cancel: CancelRegistry,
+    clients: AtomicUsize,
+    shutdown: Shutdown,
+}
+
+/// Counts a connected client for `max_client_connections` until dropped.
+pub struct ClientGuard(Arc<App>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("proxy TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error("{0}")]
+    Credential(String),
+}
+
+impl App {
+    pub fn new(config: Arc<Config>) -> Result<App, StartError> {
+        let tls = match (
+            &config.proxy.tls_mode,
+            &config.proxy.tls_cert,
+            &config.proxy.tls_key,
+        ) {
+            (TlsMode::Disable, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let credential =
+                Credential::for_user(u, config.proxy.auth_type).map_err(StartError::Credential)?;
+            users.insert(
+                u.name.clone(),
+                Arc::new(UserEntry {
+                    config: u.clone(),
+                    credential,
+                }),
+            );
+        }
+        let mut pools = HashMap::new();
+        for db in &config.databases {
+            let settings = PoolSettings::from_config(db, config.proxy.max_message_size)?;
+            pools.insert(db.name.clone(), Pool::new(&db.name, settings));
+        }
+        Ok(App {
+            config,
+            users,
+            pools,
+            tls,
+            cancel: CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            shutdown: Shutdown {
+                drain: CancellationToken::new(),
+                terminate: CancellationToken::new(),
+            },
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn user(&self, name: &str) -> Option<Arc<UserEntry>> {
+        self.users.get(name).cloned()
+    }
+
+    pub fn pool(&self, database: &str) -> Option<Arc<Pool>> {
+        self.pools.get(database).cloned()
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    pub fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    pub fn shutdown_token(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    pub fn client_guard(self: &Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        ClientGuard(self.clone())
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}

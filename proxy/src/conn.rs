@@ -1,0 +1,54 @@
+//! A framed connection for the request/response phases (startup, authentication, resets),
+//! where one side waits for the other. The relay loop takes the stream and buffer over.
+
+use crate::io::Stream;
+use crate::protocol::frame::{next_frame, Frame, FrameError};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection closed")]
+    Closed,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Framed {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub max_message: usize,
+}
+
+impl Framed {
+    pub fn new(stream: Stream, max_message: usize) -> Self {
+        Framed {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            max_message,
+        }
+    }
+
+    /// Reads one complete frame. Cancel-safe: bytes read stay in `rbuf`.
+    pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(frame) = next_frame(&mut self.rbuf, self.max_message)? {
+                return Ok(frame);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(8192);
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! Server connection pools, one per `[[databases]]` entry.
+//!
+//! A pool hands out idle servers most-recently-used first (warm caches), opens new ones up to
+//! `pool_size`, and otherwise queues clients FIFO; a queued client gets a server directly from
+//! the one released, or the right to open one when a server was discarded.
+
+use crate::server::{self, ServerConn, ServerError, ServerTarget};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tenantgate_config::{DatabaseConfig, PoolMode};
+use tokio::sync::oneshot;
+
+/// Pool settings, replaced as a whole on reload.
+#[derive(Clone)]
+pub struct PoolSettings {
+    pub target: ServerTarget,
+    pub mode: PoolMode,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub query_wait_timeout: Duration,
+}
+
+impl PoolSettings {
+    pub fn from_config(
+        db: &DatabaseConfig,
+        max_message: usize,
+    ) -> Result<PoolSettings, crate::tls::TlsSetupError> {
+        Ok(PoolSettings {
+            target: ServerTarget::from_config(db, max_message)?,
+            mode: db.pool_mode,
+            pool_size: db.pool_size,
+            min_pool_size: db.min_pool_size,
+            idle_timeout: db.server_idle_timeout(),
+            lifetime: db.server_lifetime(),
+            query_wait_timeout: db.query_wait_timeout(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection available within query_wait_timeout")]
+    WaitTimeout,
+    #[error("pool is closed")]
+    Closed,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+enum Grant {
+    Conn(ServerConn),
+    /// The receiver may open a new connection: a slot was freed for it.
+    Connect,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<ServerConn>,
+    /// Idle + checked out + being opened.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub struct PoolStats {
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub waits: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub wait_us_total: AtomicU64,
+}
+
+pub struct Pool {
+    pub name: String,
+    settings: arc_swap::ArcSwap<PoolSettings>,
+    state: Mutex<PoolState>,
+    pub stats: PoolStats,
+}
+
+/// Counts for SHOW POOLS and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolCounts {
+    pub idle: usize,
+    pub total: usize,
+    pub waiting: usize,
+}
+
+impl Pool {
+    pub fn new(name: &str, settings: PoolSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            name: name.to_string(),
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            state: Mutex::new(PoolState::default()),
+            stats: PoolStats::default(),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    pub fn set_settings(&self, settings: PoolSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding this lock would be a bug in this module; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let s = self.lock();
+        PoolCounts {
+            idle: s.idle.len(),
+            total: s.total,
+            waiting: s.waiters.len(),
+        }
+    }
+
+    /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`.
+    pub async fn acquire(&self) -> Result<ServerConn, PoolError> {
+        let settings = self.settings();
+        let rx = {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(PoolError::Closed);
+            }
+            if let Some(conn) = Self::take_idle(&mut s, &settings) {
+                return Ok(conn);
+            }
+            if s.total < settings.pool_size {
+                s.total += 1;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                s.waiters.push_back(tx);
+                Some(rx)
+            }
+        };
+        match rx {
+            None => self.open(&settings).await,
+            Some(rx) => self.wait(rx, &settings).await,
+        }
+    }
+
+    fn take_idle(s: &mut PoolState, settings: &PoolSettings) -> Option<ServerConn> {
+        while let Some(conn) = s.idle.pop() {
+            let expired =
+                !settings.lifetime.is_zero() && conn.created.elapsed() > settings.lifetime;
+            if expired || conn.conn.stream.idle_peer_gone() {
+                s.total -= 1;
+                continue;
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    async fn open(&self, settings: &PoolSettings) -> Result<ServerConn, PoolError> {
+        match server::connect(&settings.target, &[]).await {
+            Ok(conn) => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.forget_one();
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Grant>,
+        settings: &PoolSettings,
+    ) -> Result<ServerConn, PoolError> {
+        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let granted = if settings.query_wait_timeout.is_zero() {
+            (&mut rx).await.ok()
+        } else {
+            match tokio::time::timeout(settings.query_wait_timeout, &mut rx).await {
+                Ok(r) => r.ok(),
+                Err(_) => {
+                    // A grant may have been sent just as we timed out: close first so no
+                    // new one arrives, then hand back whatever did.
+                    rx.close();
+                    if let Ok(grant) = rx.try_recv() {
+                        self.return_grant(grant);
+                    }
+                    self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::WaitTimeout);
+                }
+            }
+        };
+        self.stats
+            .wait_us_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match granted {
+            Some(Grant::Conn(conn)) => Ok(conn),
+            Some(Grant::Connect) => self.open(settings).await,
+            None => Err(PoolError::Closed),
+        }
+    }
+
+    fn return_grant(&self, grant: Grant) {
+        match grant {
+            Grant::Conn(conn) => self.release(conn),
+            Grant::Connect => self.forget_one(),
+        }
+    }
+
+    /// Returns a clean, idle server (ReadyForQuery 'I', no session state) to the pool.
+    pub fn release(&self, mut conn: ServerConn) {
+        let settings = self.settings();
+        if !settings.lifetime.is_zero() && conn.created.elapsed() > settings.lifetime {
+            drop(conn);
+            self.forget_one();
+            return;
+        }
+        conn.last_used = Instant::now();
+        let mut s = self.lock();
+        if s.closed {
+            s.total -= 1;
+            return;
+        }
+        while let Some(tx) = s.waiters.pop_front() {
+            match tx.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(back)) => conn = back,
+                Err(Grant::Connect) => return,
+            }
+        }
+        s.idle.push(conn);
+    }
+
+    /// Accounts for a server that was closed instead of released, and lets a waiter open one.
+    pub fn forget_one(&self) {
+        let mut s = self.lock();
+        s.total = s.total.saturating_sub(1);
+        if s.closed {
+            return;
+        }
+        while let Some(tx) = s.waiters.pop_front() {
+            s.total += 1;
+            if tx.send(Grant::Connect).is_ok() {
+                return;
+            }
+            s.total -= 1;
+        }
+    }
+
+    /// Closes idle servers past `server_idle_timeout` and opens servers up to `min_pool_size`.
+    pub async fn maintain(&self) {
+        let settings = self.settings();
+        let mut to_open = 0;
+        {
+            let mut s = self.lock();
+            let keep = settings.min_pool_size;
+            let idle_timeout = settings.idle_timeout;
+            let before = s.idle.len();
+            let mut idle_kept = Vec::with_capacity(before);
+            // Oldest-used first so the warm ones survive.
+            s.idle
+                .sort_by_key(|c| std::cmp::Reverse(c.last_used.elapsed()));
+            let total = s.total;
+            let mut removed = 0;
+            for conn in std::mem::take(&mut s.idle) {
+                let stale = !idle_timeout.is_zero() && conn.last_used.elapsed() > idle_timeout;
+                let dead = conn.conn.stream.idle_peer_gone();
+                if dead || (stale && total - removed > keep) {
+                    removed += 1;
+                } else {
+                    idle_kept.push(conn);
+                }
+            }
+            idle_kept.sort_by_key(|c| c.last_used.elapsed());
+            idle_kept.reverse();
+            s.idle = idle_kept;
+            s.total -= removed;
+            if !s.closed && s.total < keep {
+                to_open = keep - s.total;
+                s.total += to_open;
+            }
+        }
+        for _ in 0..to_open {
+            match self.open(&settings).await {
+                Ok(conn) => self.release(conn),
+                Err(e) => {
+                    tracing::warn!(pool = %self.name, error = %e, "could not open min_pool_size server");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops handing out servers: closes idle ones and fails waiters.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        let n = s.idle.len();
+        s.idle.clear();
+        s.total -= n;
+        s.waiters.clear();
+    }
+}

@@ -1,0 +1,361 @@
+//! Connections from the proxy to a Postgres server: TLS negotiation, startup, authentication.
+
+use crate::conn::{ConnError, Framed};
+use crate::io::Stream;
+use crate::protocol::frame::BodyReader;
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tenantgate_config::{DatabaseConfig, ServerTlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and how to log in to a server; built from a `[[databases]]` entry.
+#[derive(Clone)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub tls_mode: ServerTlsMode,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+    pub connect_timeout: Duration,
+    pub max_message: usize,
+}
+
+impl ServerTarget {
+    pub fn from_config(
+        db: &DatabaseConfig,
+        max_message: usize,
+    ) -> Result<ServerTarget, crate::tls::TlsSetupError> {
+        Ok(ServerTarget {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.server_dbname().to_string(),
+            user: db.user.clone(),
+            password: db.password.clone(),
+            tls_mode: db.server_tls,
+            tls: crate::tls::connector(db.server_tls, db.server_tls_ca.as_deref())?,
+            connect_timeout: db.server_connect_timeout(),
+            max_message,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {0}")]
+    Timeout(String),
+    #[error("server does not support TLS but server_tls requires it")]
+    TlsUnavailable,
+    #[error("TLS handshake with server failed: {0}")]
+    Tls(std::io::Error),
+    #[error("server rejected login: {0}")]
+    Rejected(ServerMessage),
+    #[error("server authentication failed: {0}")]
+    Auth(String),
+    #[error("unexpected server message {0:?} during startup")]
+    Unexpected(char),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+}
+
+/// The fields of a server ErrorResponse or NoticeResponse that we log or relay.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMessage {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ServerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)
+    }
+}
+
+impl ServerMessage {
+    pub fn parse(body: &[u8]) -> ServerMessage {
+        let mut m = ServerMessage::default();
+        let mut r = BodyReader::new(body);
+        while let Ok(code) = r.u8() {
+            if code == 0 {
+                break;
+            }
+            let Ok(value) = r.cstr_bytes() else { break };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match code {
+                b'V' => m.severity = value,
+                b'S' if m.severity.is_empty() => m.severity = value,
+                b'C' => m.code = value,
+                b'M' => m.message = value,
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection, idle at ReadyForQuery when it is in a pool.
+pub struct ServerConn {
+    pub id: u64,
+    pub conn: Framed,
+    pub params: Vec<(String, String)>,
+    /// The server's own BackendKeyData, for forwarding cancels.
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Transaction status from the last ReadyForQuery.
+    pub tx_status: u8,
+}
+
+impl ServerConn {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_param(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.params.push((name.to_string(), value.to_string())),
+        }
+    }
+
+    /// Runs a simple query whose results nobody needs (resets, SETs) and waits for
+    /// ReadyForQuery. Any ErrorResponse is returned as an error after the server is ready.
+    pub async fn exec_quiet(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| ServerError::Auth(e.to_string()))?;
+        self.conn.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let frame = self.conn.read_frame().await?;
+            match frame.tag {
+                b'Z' => {
+                    self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                    break;
+                }
+                b'E' => failure = Some(ServerMessage::parse(frame.body())),
+                b'S' => self.record_parameter_status(frame.body()),
+                _ => {}
+            }
+        }
+        match failure {
+            Some(m) => Err(ServerError::Rejected(m)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn record_parameter_status(&mut self, body: &[u8]) {
+        let mut r = BodyReader::new(body);
+        if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
+            let (k, v) = (k.to_string(), v.to_string());
+            self.set_param(&k, &v);
+        }
+    }
+}
+
+/// Opens, secures and logs in a new server connection.
+pub async fn connect(
+    target: &ServerTarget,
+    startup_params: &[(&str, &str)],
+) -> Result<ServerConn, ServerError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let fut = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        tcp.set_nodelay(true).ok();
+        let stream = negotiate_tls(tcp, target).await?;
+        login(
+            Framed::new(stream, target.max_message),
+            target,
+            startup_params,
+        )
+        .await
+    };
+    tokio::time::timeout(target.connect_timeout, fut)
+        .await
+        .map_err(|_| ServerError::Timeout(addr.clone()))?
+}
+
+async fn negotiate_tls(mut tcp: TcpStream, target: &ServerTarget) -> Result<Stream, ServerError> {
+    let Some(connector) = &target.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    tcp.write_all(&out).await.map_err(ConnError::Io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(ConnError::Io)?;
+    match answer[0] {
+        b'S' => {
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| ServerError::Tls(std::io::Error::other(e.to_string())))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(ServerError::Tls)?;
+            Ok(Stream::ClientTls(Box::new(tls)))
+        }
+        b'N' if target.tls_mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(ServerError::TlsUnavailable),
+        other => Err(ServerError::Unexpected(other as char)),
+    }
+}
+
+async fn login(
+    mut conn: Framed,
+    target: &ServerTarget,
+    startup_params: &[(&str, &str)],
+) -> Result<ServerConn, ServerError> {
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", target.user.as_str()),
+        ("database", target.dbname.as_str()),
+        ("client_encoding", "UTF8"),
+    ];
+    params.extend(startup_params.iter().copied());
+    let mut out = BytesMut::new();
+    frontend::startup_message(params, &mut out).map_err(|e| ServerError::Auth(e.to_string()))?;
+    conn.write_all(&out).await?;
+    authenticate(&mut conn, target).await?;
+
+    let mut server = ServerConn {
+        id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+        conn,
+        params: Vec::new(),
+        backend_pid: 0,
+        backend_secret: 0,
+        created: Instant::now(),
+        last_used: Instant::now(),
+        tx_status: b'I',
+    };
+    loop {
+        let frame = server.conn.read_frame().await?;
+        match frame.tag {
+            b'S' => server.record_parameter_status(frame.body()),
+            b'K' => {
+                let mut r = BodyReader::new(frame.body());
+                server.backend_pid = r.i32().unwrap_or(0);
+                server.backend_secret = r.i32().unwrap_or(0);
+            }
+            b'Z' => return Ok(server),
+            b'E' => return Err(ServerError::Rejected(ServerMessage::parse(frame.body()))),
+            b'N' => {}
+            other => return Err(ServerError::Unexpected(other as char)),
+        }
+    }
+}
+
+async fn authenticate(conn: &mut Framed, target: &ServerTarget) -> Result<(), ServerError> {
+    let password = target.password.as_deref().unwrap_or("");
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let frame = conn.read_frame().await?;
+        if frame.tag == b'E' {
+            return Err(ServerError::Rejected(ServerMessage::parse(frame.body())));
+        }
+        if frame.tag != b'R' {
+            return Err(ServerError::Unexpected(frame.tag as char));
+        }
+        let mut r = BodyReader::new(frame.body());
+        let code = r
+            .i32()
+            .map_err(|_| ServerError::Auth("malformed message".into()))?;
+        let mut out = BytesMut::new();
+        match code {
+            0 => return Ok(()),
+            3 => frontend::password_message(password.as_bytes(), &mut out)
+                .map_err(|e| ServerError::Auth(e.to_string()))?,
+            5 => {
+                let salt = r
+                    .bytes(4)
+                    .map_err(|_| ServerError::Auth("malformed md5 salt".into()))?;
+                let salt = [salt[0], salt[1], salt[2], salt[3]];
+                let hash = postgres_protocol::authentication::md5_hash(
+                    target.user.as_bytes(),
+                    password.as_bytes(),
+                    salt,
+                );
+                frontend::password_message(hash.as_bytes(), &mut out)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+            }
+            10 => {
+                let mechs = r.rest();
+                if !mechs.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
+                    return Err(ServerError::Auth("server offers no SCRAM-SHA-256".into()));
+                }
+                let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+                scram = Some(s);
+            }
+            11 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| ServerError::Auth("unexpected SASL continue".into()))?;
+                s.update(r.rest())
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+                frontend::sasl_response(s.message(), &mut out)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+            }
+            12 => {
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| ServerError::Auth("unexpected SASL final".into()))?;
+                s.finish(r.rest())
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+                continue;
+            }
+            other => {
+                return Err(ServerError::Auth(format!(
+                    "unsupported authentication method {other}"
+                )))
+            }
+        }
+        conn.write_all(&out).await?;
+    }
+}
+
+/// Sends a CancelRequest for `pid`/`secret` on a new connection to the target.
+pub async fn send_cancel(target: &ServerTarget, pid: i32, secret: i32) -> Result<(), ServerError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let fut = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let mut stream = negotiate_tls(tcp, target).await?;
+        let mut out = BytesMut::new();
+        frontend::cancel_request(pid, secret, &mut out);
+        stream.write_all(&out).await.map_err(ConnError::Io)?;
+        stream.flush().await.map_err(ConnError::Io)?;
+        // The server closes the connection once it has read the request.
+        let mut sink = [0u8; 1];
+        let _ = stream.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(target.connect_timeout, fut)
+        .await
+        .map_err(|_| ServerError::Timeout(addr.clone()))?
+}
