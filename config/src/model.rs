@@ -75,6 +75,8 @@ pub struct ProxyConfig {
     pub max_client_connections: usize,
     /// Largest frontend or backend message accepted, in bytes.
     pub max_message_size: usize,
+    /// Prepared statements kept per server connection in transaction mode (LRU, then Close).
+    pub max_prepared_statements: usize,
     /// Seconds a client has to finish TLS + startup + authentication.
     pub auth_timeout: f64,
     /// Seconds to let sessions finish after SIGTERM/SIGINT before closing them.
@@ -96,6 +98,7 @@ impl Default for ProxyConfig {
             auth_type: AuthType::ScramSha256,
             max_client_connections: 10_000,
             max_message_size: 64 * 1024 * 1024,
+            max_prepared_statements: 200,
             auth_timeout: 60.0,
             shutdown_timeout: 30.0,
             metrics_listen: None,

@@ -104,6 +104,11 @@ fn proxy(config: &Config, e: &mut Errors) {
         "must be between 1024 and 1073741824 bytes",
     );
     e.check(
+        (1..=100_000).contains(&p.max_prepared_statements),
+        "proxy.max_prepared_statements",
+        "must be between 1 and 100000",
+    );
+    e.check(
         positive(p.auth_timeout),
         "proxy.auth_timeout",
         "must be > 0 seconds",

@@ -1,1 +1,121 @@
+//! tenantgate policy engine: SQL text + session -> [`Decision`].
+//!
+//! Pure (no I/O). A [`Policy`] is built once per configuration/catalog and shared by all
+//! sessions through an `Arc`; decisions are cached per policy. See README.md for the rules.
 
+mod analyze;
+mod bind;
+mod cache;
+mod catalog;
+mod config;
+mod decision;
+mod functions;
+
+pub use catalog::Catalog;
+pub use config::{PolicyConfig, UnknownRelations};
+pub use decision::{Decision, Rejection, Rule, StatementKind, Verdict};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// What the policy knows about the session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionCtx<'a> {
+    /// `None` = tenant not yet known: statements touching tenant tables are rejected.
+    pub tenant: Option<&'a str>,
+}
+
+/// The policy engine. `Send + Sync`; share it via `Arc`. A config reload builds a new `Policy`
+/// (new epoch, empty cache).
+pub struct Policy {
+    config: PolicyConfig,
+    catalog: Catalog,
+    epoch: u64,
+    cache: cache::DecisionCache,
+}
+
+impl Policy {
+    pub fn new(config: PolicyConfig, catalog: Catalog) -> Self {
+        let cache = cache::DecisionCache::new(config.cache_entries);
+        Self {
+            config,
+            catalog,
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            cache,
+        }
+    }
+
+    /// Check one SQL text (possibly several statements) for the given session.
+    pub fn check(&self, sql: &str, ctx: &SessionCtx) -> Arc<Decision> {
+        let analysis = if sql.len() > self.config.max_query_length {
+            Arc::new(analyze::analyze(sql, &self.config, &self.catalog))
+        } else {
+            self.cache
+                .get_or_insert(sql, || analyze::analyze(sql, &self.config, &self.catalog))
+        };
+        apply_session(&analysis, ctx)
+    }
+
+    /// Like [`Policy::check`] for raw bytes: invalid UTF-8 and NUL bytes are `syntax-error`.
+    pub fn check_bytes(&self, sql: &[u8], ctx: &SessionCtx) -> Arc<Decision> {
+        match std::str::from_utf8(sql) {
+            Ok(s) if !s.contains('\0') => self.check(s, ctx),
+            Ok(_) => Arc::new(Decision::reject(
+                Rule::SyntaxError,
+                "statement contains a NUL byte".into(),
+                None,
+            )),
+            Err(e) => Arc::new(Decision::reject(
+                Rule::SyntaxError,
+                format!("statement is not valid UTF-8 (byte {})", e.valid_up_to()),
+                None,
+            )),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// (hits, misses) of the decision cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.cache.stats()
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+}
+
+/// Apply the tenant-dependent parts after the (tenant-independent) cache lookup.
+fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx) -> Arc<Decision> {
+    let d = &a.decision;
+    if !d.is_allowed() || !a.touches_tenant && a.tenant_literals.is_empty() {
+        return Arc::clone(d);
+    }
+    let Some(tenant) = ctx.tenant else {
+        let reason =
+            "the session tenant is not known yet; statements on tenant tables are rejected"
+                .to_owned();
+        return Arc::new(d.rejected_as(
+            Rule::TenantNotSet,
+            reason,
+            Some("authenticate with a tenant or SET tenantgate.tenant first".into()),
+        ));
+    };
+    if let Some(v) = a
+        .tenant_literals
+        .iter()
+        .find(|v| !bind::tenant_matches(v, tenant))
+    {
+        let _ = v;
+        return Arc::new(d.rejected_as(
+            Rule::TenantValueMismatch,
+            "a literal compared with the tenant column is not the session tenant".into(),
+            None,
+        ));
+    }
+    Arc::clone(d)
+}

@@ -3,7 +3,7 @@
 use crate::auth::Credential;
 use crate::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolSettings};
-use crate::relay::Shutdown;
+use crate::session::Shutdown;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,7 +67,11 @@ impl App {
         }
         let mut pools = HashMap::new();
         for db in &config.databases {
-            let settings = PoolSettings::from_config(db, config.proxy.max_message_size)?;
+            let settings = PoolSettings::from_config(
+                db,
+                config.proxy.max_message_size,
+                config.proxy.max_prepared_statements,
+            )?;
             pools.insert(db.name.clone(), Pool::new(&db.name, settings));
         }
         Ok(App {

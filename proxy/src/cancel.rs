@@ -32,26 +32,26 @@ struct Entry {
 
 #[derive(Default)]
 pub struct CancelRegistry {
-    clients: DashMap<i32, Entry>,
+    clients: Arc<DashMap<i32, Entry>>,
 }
 
 /// Removes the client's key when its session ends.
-pub struct CancelKey<'a> {
-    registry: &'a CancelRegistry,
+pub struct CancelKey {
+    clients: Arc<DashMap<i32, Entry>>,
     pub pid: i32,
     pub secret: i32,
     pub slot: Arc<CancelSlot>,
 }
 
-impl Drop for CancelKey<'_> {
+impl Drop for CancelKey {
     fn drop(&mut self) {
-        self.registry.clients.remove(&self.pid);
+        self.clients.remove(&self.pid);
     }
 }
 
 impl CancelRegistry {
     /// Issues a fresh, unique key for a client.
-    pub fn register(&self) -> CancelKey<'_> {
+    pub fn register(&self) -> CancelKey {
         let slot = Arc::new(CancelSlot::default());
         loop {
             let pid = rand::random::<i32>() & 0x7fff_ffff;
@@ -65,7 +65,7 @@ impl CancelRegistry {
                     slot: slot.clone(),
                 });
                 return CancelKey {
-                    registry: self,
+                    clients: self.clients.clone(),
                     pid,
                     secret,
                     slot,

@@ -12,7 +12,6 @@ pub mod conn;
 pub mod io;
 pub mod pool;
 pub mod protocol;
-mod relay;
 pub mod server;
 mod session;
 pub mod tls;

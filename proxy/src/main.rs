@@ -129,6 +129,7 @@ async fn check(path: &std::path::Path, config: Config, connect: bool) -> ExitCod
             let target = match tenantgate::server::ServerTarget::from_config(
                 db,
                 config.proxy.max_message_size,
+                config.proxy.max_prepared_statements,
             ) {
                 Ok(t) => t,
                 Err(e) => {

@@ -28,9 +28,10 @@ impl PoolSettings {
     pub fn from_config(
         db: &DatabaseConfig,
         max_message: usize,
+        max_prepared: usize,
     ) -> Result<PoolSettings, crate::tls::TlsSetupError> {
         Ok(PoolSettings {
-            target: ServerTarget::from_config(db, max_message)?,
+            target: ServerTarget::from_config(db, max_message, max_prepared)?,
             mode: db.pool_mode,
             pool_size: db.pool_size,
             min_pool_size: db.min_pool_size,
@@ -52,7 +53,7 @@ pub enum PoolError {
 }
 
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     /// The receiver may open a new connection: a slot was freed for it.
     Connect,
 }
@@ -203,7 +204,7 @@ impl Pool {
             .wait_us_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match granted {
-            Some(Grant::Conn(conn)) => Ok(conn),
+            Some(Grant::Conn(conn)) => Ok(*conn),
             Some(Grant::Connect) => self.open(settings).await,
             None => Err(PoolError::Closed),
         }
@@ -211,7 +212,7 @@ impl Pool {
 
     fn return_grant(&self, grant: Grant) {
         match grant {
-            Grant::Conn(conn) => self.release(conn),
+            Grant::Conn(conn) => self.release(*conn),
             Grant::Connect => self.forget_one(),
         }
     }
@@ -231,9 +232,9 @@ impl Pool {
             return;
         }
         while let Some(tx) = s.waiters.pop_front() {
-            match tx.send(Grant::Conn(conn)) {
+            match tx.send(Grant::Conn(Box::new(conn))) {
                 Ok(()) => return,
-                Err(Grant::Conn(back)) => conn = back,
+                Err(Grant::Conn(back)) => conn = *back,
                 Err(Grant::Connect) => return,
             }
         }

@@ -3,6 +3,7 @@
 use crate::conn::{ConnError, Framed};
 use crate::io::Stream;
 use crate::protocol::frame::BodyReader;
+use crate::session::ServerStatements;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -25,12 +26,15 @@ pub struct ServerTarget {
     pub tls: Option<tokio_rustls::TlsConnector>,
     pub connect_timeout: Duration,
     pub max_message: usize,
+    /// Prepared statements kept per server in transaction mode.
+    pub max_prepared: usize,
 }
 
 impl ServerTarget {
     pub fn from_config(
         db: &DatabaseConfig,
         max_message: usize,
+        max_prepared: usize,
     ) -> Result<ServerTarget, crate::tls::TlsSetupError> {
         Ok(ServerTarget {
             host: db.host.clone(),
@@ -42,6 +46,7 @@ impl ServerTarget {
             tls: crate::tls::connector(db.server_tls, db.server_tls_ca.as_deref())?,
             connect_timeout: db.server_connect_timeout(),
             max_message,
+            max_prepared,
         })
     }
 }
@@ -119,6 +124,10 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
+    /// Session-level settings (`pg_settings.source = 'session'`) the server has.
+    pub session_settings: Vec<(String, String)>,
+    /// Proxy-global prepared statements the server has (transaction mode).
+    pub(crate) statements: ServerStatements,
 }
 
 impl ServerConn {
@@ -161,6 +170,32 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query and returns its rows as text (NULL as None).
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| ServerError::Auth(e.to_string()))?;
+        self.conn.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            let frame = self.conn.read_frame().await?;
+            match frame.tag {
+                b'D' => rows.push(parse_data_row(frame.body())),
+                b'Z' => {
+                    self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                    break;
+                }
+                b'E' => failure = Some(ServerMessage::parse(frame.body())),
+                b'S' => self.record_parameter_status(frame.body()),
+                _ => {}
+            }
+        }
+        match failure {
+            Some(m) => Err(ServerError::Rejected(m)),
+            None => Ok(rows),
+        }
+    }
+
     pub fn record_parameter_status(&mut self, body: &[u8]) {
         let mut r = BodyReader::new(body);
         if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
@@ -168,6 +203,24 @@ impl ServerConn {
             self.set_param(&k, &v);
         }
     }
+}
+
+fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut r = BodyReader::new(body);
+    let n = r.i16().unwrap_or(0).max(0);
+    let mut row = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let Ok(len) = r.i32() else { break };
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let Ok(bytes) = r.bytes(len as usize) else {
+            break;
+        };
+        row.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+    }
+    row
 }
 
 /// Opens, secures and logs in a new server connection.
@@ -247,6 +300,8 @@ async fn login(
         created: Instant::now(),
         last_used: Instant::now(),
         tx_status: b'I',
+        session_settings: Vec::new(),
+        statements: ServerStatements::new(target.max_prepared),
     };
     loop {
         let frame = server.conn.read_frame().await?;

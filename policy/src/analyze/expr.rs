@@ -1,0 +1,529 @@
+//! Expressions: the walker (literals, functions, subqueries), column resolution and the
+//! extraction of tenant equalities from top-level AND-conjuncts.
+
+use super::scope::{Deriv, Edge, Env, Term};
+use super::{pos, reject, reject_hint, select, Cx, R};
+use crate::decision::Rule;
+use crate::functions::{self, Builtin};
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::{
+    a_const, AConst, AExprKind, BoolExprType, FuncCall, Node, TypeName, WindowDef,
+};
+
+/// Where an expression sits; decides whether literals are acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ctx {
+    /// SELECT list / RETURNING: constants are fine.
+    Target,
+    /// WHERE / ON / HAVING / function arguments.
+    Predicate,
+    /// VALUES rows and SET assignments.
+    Value,
+    /// LIMIT / OFFSET / window frame offsets.
+    Limit,
+    /// ORDER BY / GROUP BY / PARTITION BY: integer positions are fine.
+    Order,
+}
+
+impl Ctx {
+    fn describe(self) -> &'static str {
+        match self {
+            Ctx::Target => "select list",
+            Ctx::Predicate => "predicate or function argument",
+            Ctx::Value => "VALUES list or SET assignment",
+            Ctx::Limit => "LIMIT/OFFSET",
+            Ctx::Order => "ORDER BY/GROUP BY",
+        }
+    }
+}
+
+pub(crate) fn str_of(n: &Node) -> Option<&str> {
+    match n.node.as_ref() {
+        Some(N::String(s)) => Some(&s.sval),
+        _ => None,
+    }
+}
+
+/// Walk an optional boxed expression.
+pub(crate) fn walk_opt(cx: &mut Cx, n: Option<&Node>, ctx: Ctx, env: &Env) -> R<()> {
+    match n {
+        Some(n) => walk(cx, n, ctx, env),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn walk_all(cx: &mut Cx, ns: &[Node], ctx: Ctx, env: &Env) -> R<()> {
+    ns.iter().try_for_each(|n| walk(cx, n, ctx, env))
+}
+
+/// Check an expression tree: literals per `ctx`, functions against the allowlist, and every
+/// subquery as a query of its own (with `env` as its enclosing scope).
+pub(crate) fn walk(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
+    cx.enter()?;
+    let r = walk_inner(cx, node, ctx, env);
+    cx.leave();
+    r
+}
+
+fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
+    let sub = if ctx == Ctx::Order {
+        Ctx::Predicate
+    } else {
+        ctx
+    };
+    match node.node.as_ref() {
+        None
+        | Some(
+            N::ParamRef(_)
+            | N::ColumnRef(_)
+            | N::AStar(_)
+            | N::SqlvalueFunction(_)
+            | N::SetToDefault(_)
+            | N::String(_),
+        ) => Ok(()),
+        Some(N::AConst(c)) => literal(cx, c, ctx),
+        Some(N::TypeCast(t)) => walk_opt(cx, t.arg.as_deref(), ctx, env),
+        Some(N::AExpr(a)) => {
+            walk_opt(cx, a.lexpr.as_deref(), sub, env)?;
+            walk_opt(cx, a.rexpr.as_deref(), sub, env)
+        }
+        Some(N::List(l)) => walk_all(cx, &l.items, sub, env),
+        Some(N::BoolExpr(b)) => walk_all(cx, &b.args, sub, env),
+        Some(N::FuncCall(f)) => func_call(cx, f, sub, env),
+        Some(N::SubLink(s)) => {
+            walk_opt(cx, s.testexpr.as_deref(), sub, env)?;
+            match s.subselect.as_deref().and_then(|n| n.node.as_ref()) {
+                Some(N::SelectStmt(sel)) => select::select(cx, sel, Some(env)).map(|_| ()),
+                _ => reject(
+                    Rule::TooComplex,
+                    format!("unsupported subquery at position {}", pos(s.location)),
+                ),
+            }
+        }
+        Some(N::NullTest(t)) => walk_opt(cx, t.arg.as_deref(), sub, env),
+        Some(N::BooleanTest(t)) => walk_opt(cx, t.arg.as_deref(), sub, env),
+        Some(N::CaseExpr(c)) => {
+            walk_opt(cx, c.arg.as_deref(), sub, env)?;
+            walk_all(cx, &c.args, sub, env)?;
+            walk_opt(cx, c.defresult.as_deref(), sub, env)
+        }
+        Some(N::CaseWhen(w)) => {
+            walk_opt(cx, w.expr.as_deref(), sub, env)?;
+            walk_opt(cx, w.result.as_deref(), sub, env)
+        }
+        Some(N::CoalesceExpr(c)) => walk_all(cx, &c.args, sub, env),
+        Some(N::MinMaxExpr(m)) => walk_all(cx, &m.args, sub, env),
+        Some(N::RowExpr(r)) => walk_all(cx, &r.args, sub, env),
+        Some(N::AArrayExpr(a)) => walk_all(cx, &a.elements, sub, env),
+        Some(N::AIndirection(a)) => {
+            walk_opt(cx, a.arg.as_deref(), sub, env)?;
+            walk_all(cx, &a.indirection, sub, env)
+        }
+        Some(N::AIndices(i)) => {
+            walk_opt(cx, i.lidx.as_deref(), Ctx::Limit, env)?;
+            walk_opt(cx, i.uidx.as_deref(), Ctx::Limit, env)
+        }
+        Some(N::CollateClause(c)) => walk_opt(cx, c.arg.as_deref(), sub, env),
+        Some(N::NamedArgExpr(a)) => walk_opt(cx, a.arg.as_deref(), sub, env),
+        Some(N::SortBy(s)) => order_item(cx, s.node.as_deref(), env),
+        Some(N::GroupingSet(g)) => g
+            .content
+            .iter()
+            .try_for_each(|n| order_item(cx, Some(n), env)),
+        Some(N::ResTarget(r)) => walk_opt(cx, r.val.as_deref(), ctx, env),
+        Some(N::MultiAssignRef(m)) => walk_opt(cx, m.source.as_deref(), ctx, env),
+        Some(N::XmlExpr(x)) => {
+            walk_all(cx, &x.named_args, sub, env)?;
+            walk_all(cx, &x.args, sub, env)
+        }
+        Some(N::XmlSerialize(x)) => walk_opt(cx, x.expr.as_deref(), sub, env),
+        Some(N::CurrentOfExpr(_)) => reject(
+            Rule::TooComplex,
+            "WHERE CURRENT OF is not supported; filter by key and tenant instead",
+        ),
+        Some(other) => reject(
+            Rule::TooComplex,
+            format!(
+                "unsupported expression ({}) cannot be analyzed",
+                node_name(other)
+            ),
+        ),
+    }
+}
+
+/// ORDER BY / GROUP BY item: a bare integer is a position, anything else a predicate.
+pub(crate) fn order_item(cx: &mut Cx, n: Option<&Node>, env: &Env) -> R<()> {
+    match n.and_then(|n| n.node.as_ref()) {
+        Some(N::AConst(AConst {
+            val: Some(a_const::Val::Ival(_)),
+            ..
+        })) => Ok(()),
+        Some(_) => walk_opt(cx, n, Ctx::Predicate, env),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn node_name(n: &N) -> String {
+    let dbg = format!("{n:?}");
+    dbg.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("node")
+        .to_owned()
+}
+
+fn literal(cx: &Cx, c: &AConst, ctx: Ctx) -> R<()> {
+    // 0 and 1 carry no data and Rails counter caches send `COALESCE(col, 0) + 1`.
+    let trivial = matches!(&c.val, Some(a_const::Val::Ival(i)) if matches!(i.ival, 0 | 1));
+    let data = !trivial
+        && matches!(
+            c.val,
+            Some(
+                a_const::Val::Ival(_)
+                    | a_const::Val::Fval(_)
+                    | a_const::Val::Sval(_)
+                    | a_const::Val::Bsval(_)
+            )
+        );
+    if c.isnull || !data || !cx.cfg.require_parameters || matches!(ctx, Ctx::Target | Ctx::Limit) {
+        return Ok(());
+    }
+    reject_hint(
+        Rule::LiteralNotParameter,
+        format!(
+            "literal value at position {} in a {} must be sent as a parameter",
+            pos(c.location),
+            ctx.describe()
+        ),
+        "bind the value as $n (extended protocol) instead of inlining it in the SQL text",
+    )
+}
+
+/// `(schema, name)` of a function call; schema is "" when unqualified.
+fn func_name(names: &[Node]) -> (String, String) {
+    let parts: Vec<&str> = names.iter().filter_map(str_of).collect();
+    match parts.as_slice() {
+        [name] => (String::new(), (*name).to_owned()),
+        [.., schema, name] => ((*schema).to_owned(), (*name).to_owned()),
+        [] => (String::new(), String::new()),
+    }
+}
+
+fn func_call(cx: &mut Cx, f: &FuncCall, ctx: Ctx, env: &Env) -> R<()> {
+    let name = check_function(cx, &f.funcname, f.location, &f.args)?;
+    for (i, a) in f.args.iter().enumerate() {
+        let is_const = matches!(a.node.as_ref(), Some(N::AConst(_)));
+        if is_const && functions::literal_arg_allowed(&name, i) {
+            continue;
+        }
+        walk(
+            cx,
+            a,
+            if ctx == Ctx::Target {
+                Ctx::Target
+            } else {
+                Ctx::Predicate
+            },
+            env,
+        )?;
+    }
+    f.agg_order
+        .iter()
+        .try_for_each(|n| walk(cx, n, Ctx::Order, env))?;
+    walk_opt(cx, f.agg_filter.as_deref(), Ctx::Predicate, env)?;
+    match f.over.as_deref() {
+        Some(w) => window(cx, w, env),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn window(cx: &mut Cx, w: &WindowDef, env: &Env) -> R<()> {
+    w.partition_clause
+        .iter()
+        .try_for_each(|n| order_item(cx, Some(n), env))?;
+    walk_all(cx, &w.order_clause, Ctx::Order, env)?;
+    walk_opt(cx, w.start_offset.as_deref(), Ctx::Limit, env)?;
+    walk_opt(cx, w.end_offset.as_deref(), Ctx::Limit, env)
+}
+
+/// Allowlist check; returns the bare function name.
+pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Node]) -> R<String> {
+    let (schema, name) = func_name(names);
+    let qualified = if schema.is_empty() {
+        name.clone()
+    } else {
+        format!("{schema}.{name}")
+    };
+    let builtin_scope = schema.is_empty() || schema == "pg_catalog";
+    if builtin_scope && name == "set_config" {
+        let target = args.first().and_then(string_const).unwrap_or_default();
+        if cx.is_tenant_setting(&target) || is_reserved_setting(&target) {
+            return reject(Rule::TenantSettingWrite, format!("set_config of \"{target}\" (at position {}) is not allowed: the proxy owns this setting", pos(location)));
+        }
+        return reject_hint(
+            Rule::ForbiddenFunction,
+            format!("set_config (at position {}) is not allowed", pos(location)),
+            "use SET/SET LOCAL so the proxy can track the setting",
+        );
+    }
+    if builtin_scope && name == "pg_notify" && cx.cfg.allow_listen {
+        return Ok(name);
+    }
+    let builtin = if builtin_scope {
+        functions::builtin(&name)
+    } else {
+        Builtin::Unknown
+    };
+    if builtin == Builtin::Denied {
+        return reject(Rule::ForbiddenFunction, format!("function {qualified} (at position {}) can run dynamic SQL, access files or other sessions, and is never allowed", pos(location)));
+    }
+    let configured = cx
+        .cfg
+        .allowed_functions
+        .iter()
+        .any(|a| a == &qualified || (schema.is_empty() && a == &format!("public.{name}")));
+    let in_catalog = cx
+        .cat
+        .has_function(if schema.is_empty() { "public" } else { &schema }, &name);
+    if builtin == Builtin::Allowed || configured || in_catalog {
+        return Ok(name);
+    }
+    reject_hint(
+        Rule::ForbiddenFunction,
+        format!("function {qualified} (at position {}) is not in the allowlist", pos(location)),
+        "add it to allowed_functions (or the catalog) if it neither runs dynamic SQL nor reads other tenants' rows",
+    )
+}
+
+pub(crate) fn is_reserved_setting(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "role" | "session_authorization" | "row_security"
+    )
+}
+
+pub(crate) fn string_const(n: &Node) -> Option<String> {
+    match n.node.as_ref() {
+        Some(N::AConst(AConst {
+            val: Some(a_const::Val::Sval(s)),
+            ..
+        })) => Some(s.sval.clone()),
+        Some(N::TypeCast(t)) => t.arg.as_deref().and_then(string_const),
+        _ => None,
+    }
+}
+
+/// Casts that keep a tenant value intact (no typmod: `::varchar(3)` would truncate).
+fn safe_cast(t: Option<&TypeName>) -> bool {
+    let Some(t) = t else { return false };
+    let last = t.names.last().and_then(str_of).unwrap_or("");
+    t.typmods.is_empty()
+        && t.array_bounds.is_empty()
+        && matches!(
+            last,
+            "uuid"
+                | "text"
+                | "varchar"
+                | "int2"
+                | "int4"
+                | "int8"
+                | "integer"
+                | "bigint"
+                | "smallint"
+                | "name"
+        )
+}
+
+/// `current_setting('<tenant setting>'[, missing_ok])`.
+fn is_tenant_setting_call(cx: &Cx, f: &FuncCall) -> bool {
+    let (schema, name) = func_name(&f.funcname);
+    let bool_arg = |n: &Node| {
+        matches!(
+            n.node.as_ref(),
+            Some(N::AConst(AConst {
+                val: Some(a_const::Val::Boolval(_)),
+                ..
+            }))
+        )
+    };
+    (schema.is_empty() || schema == "pg_catalog")
+        && name == "current_setting"
+        && matches!(f.args.len(), 1 | 2)
+        && f.args
+            .first()
+            .and_then(string_const)
+            .is_some_and(|s| cx.is_tenant_setting(&s))
+        && f.args.get(1).is_none_or(bool_arg)
+        && f.over.is_none()
+        && f.agg_filter.is_none()
+}
+
+/// A value that can stand for the tenant: `$n`, the tenant setting, or (without
+/// `require_parameters`) a literal checked against the session tenant after the cache.
+pub(crate) fn tenant_value_term(cx: &Cx, n: &Node) -> Option<Term> {
+    match n.node.as_ref() {
+        Some(N::ParamRef(p)) => usize::try_from(p.number).ok().map(Term::Param),
+        Some(N::TypeCast(t)) if safe_cast(t.type_name.as_ref()) => {
+            t.arg.as_deref().and_then(|a| tenant_value_term(cx, a))
+        }
+        Some(N::FuncCall(f)) if is_tenant_setting_call(cx, f) => Some(Term::Setting),
+        Some(N::AConst(AConst { val: Some(v), .. })) if !cx.cfg.require_parameters => match v {
+            a_const::Val::Sval(s) => Some(Term::Literal(s.sval.clone())),
+            a_const::Val::Ival(i) => Some(Term::Literal(i.ival.to_string())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Term for one side of an equality: a resolvable column or a tenant value.
+pub(crate) fn term(cx: &Cx, n: &Node, env: &Env, visible: Option<&[usize]>) -> Option<Term> {
+    match n.node.as_ref() {
+        Some(N::ColumnRef(c)) => {
+            let fields: Option<Vec<&str>> = c.fields.iter().map(str_of).collect();
+            resolve_column(&fields?, env, visible)
+        }
+        _ => tenant_value_term(cx, n),
+    }
+}
+
+fn visible_ok(visible: Option<&[usize]>, id: usize) -> bool {
+    visible.is_none_or(|v| v.contains(&id))
+}
+
+/// Resolve a column reference the way Postgres would, or give up (None = unknown).
+pub(crate) fn resolve_column(
+    fields: &[&str],
+    env: &Env,
+    visible: Option<&[usize]>,
+) -> Option<Term> {
+    let entries = &env.scope.entries;
+    match fields {
+        [col] => {
+            let mut hits = entries.iter().enumerate().filter(|(id, e)| {
+                visible_ok(visible, *id) && e.known_cols.iter().any(|k| k == col)
+            });
+            let (id, _) = hits.next()?;
+            if hits.next().is_some() {
+                return None;
+            }
+            Some(Term::Col(id, (*col).to_owned()))
+        }
+        [rel, col] | [_, rel, col] => {
+            let schema = if fields.len() == 3 {
+                Some(fields[0])
+            } else {
+                None
+            };
+            let matches = |e: &super::scope::Entry| {
+                e.name == *rel && schema.is_none_or(|s| e.schema.as_deref() == Some(s))
+            };
+            let hits: Vec<usize> = entries
+                .iter()
+                .enumerate()
+                .filter(|(id, e)| visible_ok(visible, *id) && matches(e))
+                .map(|(i, _)| i)
+                .collect();
+            match hits.as_slice() {
+                [id] => Some(Term::Col(*id, (*col).to_owned())),
+                [] => outer_column(env.parent, &matches, col),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn outer_column(
+    mut env: Option<&Env>,
+    matches: &dyn Fn(&super::scope::Entry) -> bool,
+    col: &str,
+) -> Option<Term> {
+    while let Some(e) = env {
+        let hits: Vec<usize> = e
+            .scope
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, en)| matches(en))
+            .map(|(i, _)| i)
+            .collect();
+        match hits.as_slice() {
+            [id] => return e.scope.is_proven(*id, col).then_some(Term::OuterTenant),
+            [] => env = e.parent,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Top-level AND-conjuncts of a predicate.
+pub(crate) fn conjuncts<'n>(n: &'n Node, out: &mut Vec<&'n Node>) {
+    if let Some(N::BoolExpr(b)) = n.node.as_ref() {
+        if b.boolop == BoolExprType::AndExpr as i32 {
+            for a in &b.args {
+                conjuncts(a, out);
+            }
+            return;
+        }
+    }
+    out.push(n);
+}
+
+fn is_eq_operator(names: &[Node]) -> bool {
+    let parts: Vec<&str> = names.iter().filter_map(str_of).collect();
+    matches!(parts.as_slice(), ["="] | ["pg_catalog", "="])
+}
+
+/// Equalities `a = b` (or `a IN (b)`) among the top-level conjuncts of `pred`.
+pub(crate) fn equality_edges(
+    cx: &Cx,
+    pred: &Node,
+    env: &Env,
+    visible: Option<&[usize]>,
+    deriv: &Deriv,
+    out: &mut Vec<Edge>,
+) {
+    let mut cs = Vec::new();
+    conjuncts(pred, &mut cs);
+    for c in cs {
+        let Some(N::AExpr(a)) = c.node.as_ref() else {
+            continue;
+        };
+        if !is_eq_operator(&a.name) {
+            continue;
+        }
+        let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
+            continue;
+        };
+        let r = if a.kind == AExprKind::AexprIn as i32 {
+            match r.node.as_ref() {
+                Some(N::List(l)) if l.items.len() == 1 => &l.items[0],
+                _ => continue,
+            }
+        } else if a.kind == AExprKind::AexprOp as i32 {
+            r
+        } else {
+            continue;
+        };
+        for (l, r) in row_pairs(l, r) {
+            if let (Some(ta), Some(tb)) = (term(cx, l, env, visible), term(cx, r, env, visible)) {
+                out.push(Edge {
+                    a: ta,
+                    b: tb,
+                    deriv: deriv.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `(a, b) = (x, y)` compares element-wise; anything else is one pair.
+fn row_pairs<'n>(l: &'n Node, r: &'n Node) -> Vec<(&'n Node, &'n Node)> {
+    match (l.node.as_ref(), r.node.as_ref()) {
+        (Some(N::RowExpr(a)), Some(N::RowExpr(b))) if a.args.len() == b.args.len() => {
+            a.args.iter().zip(&b.args).collect()
+        }
+        _ => vec![(l, r)],
+    }
+}

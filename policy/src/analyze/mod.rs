@@ -1,0 +1,230 @@
+//! Statement analysis: parse with pg_query, walk the tree, produce a tenant-independent
+//! [`Analysis`] that the cache stores.
+
+mod expr;
+mod scope;
+mod select;
+mod stmt;
+mod write;
+
+use crate::catalog::Catalog;
+use crate::config::PolicyConfig;
+use crate::decision::{Decision, Rule, StatementKind, Verdict};
+use pg_query::protobuf::RawStmt;
+use std::collections::BTreeSet;
+
+/// Maximum nesting of queries/expressions the walker follows (pg_query's protobuf decoder
+/// already caps the tree depth at ~100 messages; this is a second, explicit bound).
+const MAX_DEPTH: usize = 256;
+
+/// A rejection found while walking.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    pub rule: Rule,
+    pub reason: String,
+    pub hint: Option<String>,
+}
+
+pub(crate) type R<T> = Result<T, Reject>;
+
+pub(crate) fn reject<T>(rule: Rule, reason: impl Into<String>) -> R<T> {
+    Err(Reject {
+        rule,
+        reason: reason.into(),
+        hint: None,
+    })
+}
+
+pub(crate) fn reject_hint<T>(
+    rule: Rule,
+    reason: impl Into<String>,
+    hint: impl Into<String>,
+) -> R<T> {
+    Err(Reject {
+        rule,
+        reason: reason.into(),
+        hint: Some(hint.into()),
+    })
+}
+
+/// 1-based position as Postgres reports it in errors (`location` is a 0-based byte offset).
+pub(crate) fn pos(location: i32) -> i64 {
+    i64::from(location) + 1
+}
+
+/// Tenant-independent result of analysing one SQL text; what the cache stores.
+#[derive(Debug)]
+pub(crate) struct Analysis {
+    pub decision: std::sync::Arc<Decision>,
+    /// The statement reads or writes a tenant table (rejected while the tenant is unknown).
+    pub touches_tenant: bool,
+    /// Literals compared with a tenant column (only with `require_parameters = false`);
+    /// each must equal the session tenant.
+    pub tenant_literals: Vec<String>,
+}
+
+/// Walk state shared by all analysis functions.
+pub(crate) struct Cx<'c> {
+    pub cfg: &'c PolicyConfig,
+    pub cat: &'c Catalog,
+    pub tenant_params: BTreeSet<usize>,
+    pub tenant_literals: Vec<String>,
+    pub touches_tenant: bool,
+    depth: usize,
+}
+
+impl<'c> Cx<'c> {
+    pub fn new(cfg: &'c PolicyConfig, cat: &'c Catalog) -> Self {
+        Self {
+            cfg,
+            cat,
+            tenant_params: BTreeSet::new(),
+            tenant_literals: Vec::new(),
+            touches_tenant: false,
+            depth: 0,
+        }
+    }
+
+    /// Enter one nesting level; rejects `too-complex` past [`MAX_DEPTH`].
+    pub fn enter(&mut self) -> R<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return reject(
+                Rule::TooComplex,
+                format!("statement nesting exceeds {MAX_DEPTH} levels"),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    pub fn is_tenant_setting(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(&self.cfg.tenant_setting)
+    }
+}
+
+/// Analyse one SQL text. Never panics; every failure is a rejecting [`Analysis`].
+pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis {
+    if sql.len() > cfg.max_query_length {
+        let reason = format!(
+            "statement is {} bytes, longer than max_query_length ({})",
+            sql.len(),
+            cfg.max_query_length
+        );
+        return early(Rule::TooComplex, reason);
+    }
+    if sql.contains('\0') {
+        return early(Rule::SyntaxError, "statement contains a NUL byte".into());
+    }
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(p) => p,
+        Err(e) => return parse_failure(&e.to_string()),
+    };
+    let mut cx = Cx::new(cfg, cat);
+    let result = walk_statements(&mut cx, &parsed.protobuf.stmts);
+    let fingerprint = pg_query::fingerprint(
+        sql,
+        pg_query::ParserOptions::DEFAULT,
+        pg_query::FingerprintOptions::DEFAULT,
+    )
+    .map(|f| f.hex)
+    .unwrap_or_default();
+    let normalized = pg_query::normalize(sql).unwrap_or_default();
+    let decision = match result {
+        Ok(statements) => Decision {
+            verdict: Verdict::Allow,
+            rule: Rule::Allowed,
+            reason: "allowed".into(),
+            hint: None,
+            sqlstate: Rule::Allowed.sqlstate(),
+            fingerprint,
+            normalized,
+            tenant_params: cx.tenant_params.iter().copied().collect(),
+            statements,
+        },
+        Err((r, statements)) => Decision {
+            fingerprint,
+            normalized,
+            statements,
+            ..Decision::reject(r.rule, r.reason, r.hint)
+        },
+    };
+    Analysis {
+        decision: std::sync::Arc::new(decision),
+        touches_tenant: cx.touches_tenant,
+        tenant_literals: cx.tenant_literals,
+    }
+}
+
+fn early(rule: Rule, reason: String) -> Analysis {
+    Analysis {
+        decision: std::sync::Arc::new(Decision::reject(rule, reason, None)),
+        touches_tenant: false,
+        tenant_literals: Vec::new(),
+    }
+}
+
+/// Map a parser error to `too-complex` (depth/size limits) or `syntax-error`. The message is
+/// cut before `at or near "…"` so that no query text (and no literal) reaches the client/audit.
+fn parse_failure(msg: &str) -> Analysis {
+    let lower = msg.to_ascii_lowercase();
+    let deep = [
+        "stack depth",
+        "nested too deeply",
+        "memory exhausted",
+        "recursion limit",
+        "too many",
+    ];
+    if deep.iter().any(|d| lower.contains(d)) {
+        return early(
+            Rule::TooComplex,
+            "statement is nested too deeply to analyze".into(),
+        );
+    }
+    let msg = msg.strip_prefix("Invalid statement: ").unwrap_or(msg);
+    let msg = msg.split(" at or near").next().unwrap_or(msg);
+    let msg = if lower.contains("decod") {
+        "parse tree could not be decoded"
+    } else {
+        msg
+    };
+    let msg: String = msg.chars().take(120).collect();
+    early(Rule::SyntaxError, format!("syntax error: {msg}"))
+}
+
+type StmtErr = (Reject, Vec<StatementKind>);
+
+fn walk_statements(cx: &mut Cx, stmts: &[RawStmt]) -> Result<Vec<StatementKind>, StmtErr> {
+    if stmts.len() > 1 && !cx.cfg.allow_multi_statement {
+        let kinds = stmts
+            .iter()
+            .map(|s| stmt::kind_of(s.stmt.as_deref()))
+            .collect();
+        let reason = format!(
+            "{} statements in one query string; send one statement per query",
+            stmts.len()
+        );
+        return Err((
+            Reject {
+                rule: Rule::MultiStatement,
+                reason,
+                hint: Some("use the extended protocol or separate queries".into()),
+            },
+            kinds,
+        ));
+    }
+    let mut kinds = Vec::with_capacity(stmts.len());
+    for raw in stmts {
+        match stmt::statement(cx, raw.stmt.as_deref()) {
+            Ok(k) => kinds.push(k),
+            Err(r) => {
+                kinds.push(stmt::kind_of(raw.stmt.as_deref()));
+                return Err((r, kinds));
+            }
+        }
+    }
+    Ok(kinds)
+}

@@ -1,0 +1,339 @@
+//! Scopes (the relations of one FROM clause), equality facts, and the solver that decides
+//! which tenant relations are provably restricted to the session tenant.
+
+use super::{pos, reject_hint, Cx, R};
+use crate::decision::Rule;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// What a range-table entry is.
+#[derive(Debug, Clone)]
+pub(crate) enum EntryKind {
+    /// A tenant table; `column` must be constrained.
+    Tenant {
+        schema: String,
+        table: String,
+        column: String,
+    },
+    /// Shared, known or system relation: readable, no constraint needed.
+    Plain,
+    /// Subquery, CTE reference or function: already checked on its own.
+    Derived { cols: Option<Vec<OutCol>> },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// Name by which columns are qualified (alias, or relation name).
+    pub name: String,
+    /// Schema, when the entry is an unaliased relation (for `schema.rel.col`).
+    pub schema: Option<String>,
+    pub kind: EntryKind,
+    pub location: i32,
+    /// Columns known to exist (resolves unqualified references soundly).
+    pub known_cols: Vec<String>,
+}
+
+impl Entry {
+    pub fn tenant_column(&self) -> Option<&str> {
+        match &self.kind {
+            EntryKind::Tenant { column, .. } => Some(column),
+            _ => None,
+        }
+    }
+}
+
+/// One output column of a (sub)query, and whether its value provably is the session tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct OutCol {
+    pub name: Option<String>,
+    pub tenant: TenantValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TenantValue {
+    No,
+    /// A column constrained to the tenant, or `current_setting(tenant setting)`.
+    Proven,
+    Param(usize),
+    Literal(String),
+}
+
+/// A CTE visible by name.
+#[derive(Debug, Clone)]
+pub(crate) struct CteInfo {
+    pub name: String,
+    pub cols: Option<Vec<OutCol>>,
+}
+
+/// A side of an equality.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Term {
+    Col(usize, String),
+    Param(usize),
+    Setting,
+    Literal(String),
+    /// A column of an enclosing query already proven to be the tenant.
+    OuterTenant,
+}
+
+/// Which entries an equality may prove: ON of an outer join only proves its nullable side.
+#[derive(Debug, Clone)]
+pub(crate) enum Deriv {
+    Any,
+    Only(Vec<usize>),
+    Never,
+}
+
+impl Deriv {
+    fn allows(&self, id: usize) -> bool {
+        match self {
+            Deriv::Any => true,
+            Deriv::Only(ids) => ids.contains(&id),
+            Deriv::Never => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Edge {
+    pub a: Term,
+    pub b: Term,
+    pub deriv: Deriv,
+}
+
+/// The relations of one query level and the (column) terms proven equal to the tenant.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    pub entries: Vec<Entry>,
+    pub proven: HashSet<(usize, String)>,
+}
+
+impl Scope {
+    pub fn is_proven(&self, id: usize, col: &str) -> bool {
+        self.proven.contains(&(id, col.to_owned()))
+    }
+
+    fn holds(&self, t: &Term) -> bool {
+        match t {
+            Term::Col(id, c) => self.is_proven(*id, c),
+            _ => true,
+        }
+    }
+
+    pub fn entry_constrained(&self, id: usize) -> bool {
+        match self.entries.get(id).and_then(Entry::tenant_column) {
+            Some(col) => self.is_proven(id, col),
+            None => true,
+        }
+    }
+
+    /// Derive proven terms from equalities and catalog foreign keys until a fixpoint.
+    pub fn solve(&mut self, cx: &Cx, edges: &[Edge]) {
+        for (id, e) in self.entries.iter().enumerate() {
+            if let EntryKind::Derived { cols: Some(cols) } = &e.kind {
+                for c in cols.iter().filter(|c| c.tenant == TenantValue::Proven) {
+                    if let Some(n) = &c.name {
+                        self.proven.insert((id, n.clone()));
+                    }
+                }
+            }
+        }
+        loop {
+            let mut changed = false;
+            for e in edges {
+                for (x, y) in [(&e.a, &e.b), (&e.b, &e.a)] {
+                    if let Term::Col(id, c) = y {
+                        if self.holds(x) && e.deriv.allows(*id) && !self.is_proven(*id, c) {
+                            self.proven.insert((*id, c.clone()));
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            changed |= self.apply_foreign_keys(cx, edges);
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// `c` joined to a constrained `o` on `c.key = o.fk` inherits `o`'s tenant when the
+    /// catalog has a unique key on `c` and a composite FK `(o.tenant, o.fk) -> (c.tenant, c.key)`.
+    fn apply_foreign_keys(&mut self, cx: &Cx, edges: &[Edge]) -> bool {
+        let mut changed = false;
+        for c in 0..self.entries.len() {
+            if self.entry_constrained(c) {
+                continue;
+            }
+            for o in 0..self.entries.len() {
+                if o != c
+                    && self.entries[o].tenant_column().is_some()
+                    && self.entry_constrained(o)
+                    && fk_proves(cx, &self.entries, edges, o, c)
+                {
+                    if let Some(col) = self.entries[c].tenant_column() {
+                        self.proven.insert((c, col.to_owned()));
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Reject the first tenant entry that is not constrained, with an actionable hint.
+    pub fn require_constrained(&self, cx: &Cx, edges: &[Edge]) -> R<()> {
+        for (id, e) in self.entries.iter().enumerate() {
+            let Some(col) = e.tenant_column() else {
+                continue;
+            };
+            if self.is_proven(id, col) {
+                continue;
+            }
+            let reason = format!(
+                "relation \"{}\" (at position {}) is not filtered by {}.{col} = $n or current_setting('{}')",
+                e.name,
+                pos(e.location),
+                e.name,
+                cx.cfg.tenant_setting
+            );
+            return reject_hint(
+                Rule::TenantFilterMissing,
+                reason,
+                self.hint_for(id, col, edges),
+            );
+        }
+        Ok(())
+    }
+
+    fn hint_for(&self, c: usize, col: &str, edges: &[Edge]) -> String {
+        let ce = &self.entries[c];
+        for (o, kc, fo) in col_pairs(edges, c) {
+            let oe = &self.entries[o];
+            if let (
+                EntryKind::Tenant {
+                    table: ot,
+                    column: ocol,
+                    ..
+                },
+                EntryKind::Tenant { table: ct, .. },
+            ) = (&oe.kind, &ce.kind)
+            {
+                return format!(
+                    "the join of \"{}\" to \"{}\" is provable if {ct}({kc}) is unique and a foreign key {ot}({ocol}, {fo}) REFERENCES {ct}({col}, {kc}) exists; or add {}.{col} = {}.{ocol} to the join condition",
+                    ce.name, oe.name, ce.name, oe.name
+                );
+            }
+        }
+        format!("add {}.{col} = $n (or = current_setting('…')) as a top-level AND condition of the WHERE clause, or of the ON clause for an outer-joined relation", ce.name)
+    }
+
+    /// Parameters and literals that are compared (through any chain) with a tenant column.
+    pub fn record_tenant_values(&self, cx: &mut Cx, edges: &[Edge]) {
+        let mut adj: HashMap<&Term, Vec<&Term>> = HashMap::new();
+        for e in edges {
+            adj.entry(&e.a).or_default().push(&e.b);
+            adj.entry(&e.b).or_default().push(&e.a);
+        }
+        let starts: Vec<Term> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, e)| e.tenant_column().map(|c| Term::Col(id, c.to_owned())))
+            .collect();
+        let mut seen: HashSet<&Term> = HashSet::new();
+        let mut queue: VecDeque<&Term> = starts.iter().collect();
+        while let Some(t) = queue.pop_front() {
+            if !seen.insert(t) {
+                continue;
+            }
+            match t {
+                Term::Param(n) => {
+                    cx.tenant_params.insert(*n);
+                }
+                Term::Literal(v) => cx.tenant_literals.push(v.clone()),
+                _ => {}
+            }
+            if let Some(next) = adj.get(t) {
+                queue.extend(next.iter().copied());
+            }
+        }
+    }
+}
+
+/// Column-to-column equalities between entry `c` and other entries: (other, c's col, other's col).
+fn col_pairs(edges: &[Edge], c: usize) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for e in edges.iter().filter(|e| e.deriv.allows(c)) {
+        match (&e.a, &e.b) {
+            (Term::Col(x, xc), Term::Col(y, yc)) if *x == c && *y != c => {
+                out.push((*y, xc.clone(), yc.clone()))
+            }
+            (Term::Col(y, yc), Term::Col(x, xc)) if *x == c && *y != c => {
+                out.push((*y, xc.clone(), yc.clone()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn fk_proves(cx: &Cx, entries: &[Entry], edges: &[Edge], o: usize, c: usize) -> bool {
+    let (
+        EntryKind::Tenant {
+            schema: os,
+            table: ot,
+            column: ocol,
+        },
+        EntryKind::Tenant {
+            schema: cs,
+            table: ct,
+            column: ccol,
+        },
+    ) = (&entries[o].kind, &entries[c].kind)
+    else {
+        return false;
+    };
+    let pairs: Vec<(String, String)> = col_pairs(edges, c)
+        .into_iter()
+        .filter(|(x, _, _)| *x == o)
+        .map(|(_, kc, fo)| (kc, fo))
+        .collect();
+    if pairs.is_empty() {
+        return false;
+    }
+    let uniques = cx.cat.unique_keys(cs, ct);
+    cx.cat.foreign_keys(os, ot).iter().any(|fk| {
+        let mapping: Vec<(&String, &String)> = fk.columns.iter().zip(&fk.ref_columns).collect();
+        let has_tenant_pair = mapping.iter().any(|(f, r)| *f == ocol && *r == ccol);
+        let others: Vec<&(&String, &String)> = mapping.iter().filter(|(f, _)| *f != ocol).collect();
+        let all_equated = !others.is_empty()
+            && others
+                .iter()
+                .all(|(f, r)| pairs.iter().any(|(kc, fo)| kc == *r && fo == *f));
+        let key_unique = uniques
+            .iter()
+            .any(|k| !k.is_empty() && k.iter().all(|col| others.iter().any(|(_, r)| *r == col)));
+        fk.ref_table == (cs.clone(), ct.clone()) && has_tenant_pair && all_equated && key_unique
+    })
+}
+
+/// Lexical environment: a scope, the CTEs visible at that level, and the enclosing levels.
+pub(crate) struct Env<'a> {
+    pub scope: &'a Scope,
+    pub ctes: &'a [CteInfo],
+    pub parent: Option<&'a Env<'a>>,
+}
+
+impl<'a> Env<'a> {
+    pub fn find_cte(&self, name: &str) -> Option<&'a CteInfo> {
+        let mut env = Some(self);
+        while let Some(e) = env {
+            if let Some(c) = e.ctes.iter().rev().find(|c| c.name == name) {
+                return Some(c);
+            }
+            env = e.parent;
+        }
+        None
+    }
+}

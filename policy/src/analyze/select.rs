@@ -1,0 +1,569 @@
+//! SELECT (and VALUES, set operations, WITH, FROM items).
+
+use super::expr::{self, equality_edges, str_of, walk, walk_all, walk_opt, Ctx};
+use super::scope::{CteInfo, Deriv, Edge, Entry, EntryKind, Env, OutCol, Scope, TenantValue, Term};
+use super::{pos, reject, stmt, Cx, R};
+use crate::catalog::RelKind;
+use crate::config::UnknownRelations;
+use crate::decision::Rule;
+use crate::functions;
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::{JoinType, Node, RangeVar, SelectStmt, SetOperation, WithClause};
+
+/// Output columns of a query; `None` when they cannot be listed (e.g. `SELECT *`).
+pub(crate) type OutCols = Option<Vec<OutCol>>;
+
+/// Analyse a SELECT (any form). `env` is the enclosing query level, if any.
+pub(crate) fn select(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
+    cx.enter()?;
+    let r = select_inner(cx, s, env);
+    cx.leave();
+    r
+}
+
+fn select_inner(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
+    if let Some(into) = &s.into_clause {
+        let name = into
+            .rel
+            .as_ref()
+            .map(|r| r.relname.clone())
+            .unwrap_or_default();
+        return reject(
+            Rule::ForbiddenStatement,
+            format!("SELECT INTO \"{name}\" creates a table and is not allowed"),
+        );
+    }
+    let ctes = with_clause(cx, s.with_clause.as_ref(), env)?;
+    let empty = Scope::default();
+    let cte_env = Env {
+        scope: &empty,
+        ctes: &ctes,
+        parent: env,
+    };
+    if s.op != SetOperation::SetopNone as i32 && s.op != SetOperation::Undefined as i32 {
+        return set_operation(cx, s, &cte_env);
+    }
+    if !s.values_lists.is_empty() {
+        for row in &s.values_lists {
+            walk(cx, row, Ctx::Value, &cte_env)?;
+        }
+        return Ok(None);
+    }
+    simple_select(cx, s, &cte_env)
+}
+
+fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
+    let (Some(l), Some(r)) = (s.larg.as_deref(), s.rarg.as_deref()) else {
+        return reject(Rule::TooComplex, "set operation without two arms");
+    };
+    let left = select(cx, l, Some(env))?;
+    let right = select(cx, r, Some(env))?;
+    walk_all(cx, &s.sort_clause, Ctx::Order, env)?;
+    walk_opt(cx, s.limit_count.as_deref(), Ctx::Limit, env)?;
+    walk_opt(cx, s.limit_offset.as_deref(), Ctx::Limit, env)?;
+    Ok(match (left, right) {
+        (Some(l), Some(r)) if l.len() == r.len() => Some(
+            l.into_iter()
+                .zip(r)
+                .map(|(a, b)| OutCol {
+                    tenant: if a.tenant == b.tenant {
+                        a.tenant
+                    } else {
+                        TenantValue::No
+                    },
+                    name: a.name,
+                })
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+/// Analyse the CTEs of a WITH clause in order; each sees the ones before it (and itself when
+/// recursive).
+pub(crate) fn with_clause(
+    cx: &mut Cx,
+    w: Option<&WithClause>,
+    env: Option<&Env>,
+) -> R<Vec<CteInfo>> {
+    let mut ctes: Vec<CteInfo> = Vec::new();
+    let Some(w) = w else { return Ok(ctes) };
+    for node in &w.ctes {
+        let Some(N::CommonTableExpr(cte)) = node.node.as_ref() else {
+            return reject(Rule::TooComplex, "unsupported WITH item");
+        };
+        if w.recursive {
+            // The self-reference carries no tenant proof: each arm must stand on its own.
+            ctes.push(CteInfo {
+                name: cte.ctename.clone(),
+                cols: None,
+            });
+        }
+        let empty = Scope::default();
+        let inner_env = Env {
+            scope: &empty,
+            ctes: &ctes,
+            parent: env,
+        };
+        let cols = match cte.ctequery.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::SelectStmt(s)) => select(cx, s, Some(&inner_env))?,
+            Some(other) => {
+                stmt::data_modifying(cx, other, &inner_env)?;
+                None
+            }
+            None => None,
+        };
+        let cols = rename_columns(cols, &cte.aliascolnames);
+        if w.recursive {
+            ctes.pop();
+        }
+        ctes.push(CteInfo {
+            name: cte.ctename.clone(),
+            cols,
+        });
+    }
+    Ok(ctes)
+}
+
+fn rename_columns(cols: OutCols, names: &[Node]) -> OutCols {
+    let mut cols = cols?;
+    for (c, n) in cols.iter_mut().zip(names) {
+        c.name = str_of(n).map(str::to_owned);
+    }
+    if names.len() > cols.len() {
+        return None;
+    }
+    Some(cols)
+}
+
+/// Pending work collected while reading FROM.
+#[derive(Default)]
+pub(crate) struct FromItems<'n> {
+    pub scope: Scope,
+    /// ON clauses: (predicate, entries visible in that join, derivation rule).
+    pub quals: Vec<(&'n Node, Vec<usize>, Deriv)>,
+    /// USING columns of joins: (column, left ids, right ids, derivation rule).
+    pub using: Vec<(String, Vec<usize>, Vec<usize>, Deriv)>,
+    /// LATERAL subqueries and FROM functions analysed once the scope is solved.
+    pub deferred: Vec<&'n Node>,
+}
+
+fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
+    let mut items = FromItems::default();
+    for item in &s.from_clause {
+        from_item(cx, item, &mut items, env)?;
+    }
+    let mut edges = from_edges(cx, &items, env);
+    let scope_env = Env {
+        scope: &items.scope,
+        ctes: &[],
+        parent: Some(env),
+    };
+    if let Some(w) = s.where_clause.as_deref() {
+        equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
+    }
+    let scope = solve(cx, items.scope, &edges)?;
+    let env2 = Env {
+        scope: &scope,
+        ctes: &[],
+        parent: Some(env),
+    };
+    finish_from(cx, &items.quals, &items.deferred, &env2)?;
+    walk_all(cx, &s.target_list, Ctx::Target, &env2)?;
+    walk_opt(cx, s.where_clause.as_deref(), Ctx::Predicate, &env2)?;
+    walk_opt(cx, s.having_clause.as_deref(), Ctx::Predicate, &env2)?;
+    s.group_clause
+        .iter()
+        .try_for_each(|n| expr::order_item(cx, Some(n), &env2))?;
+    s.distinct_clause
+        .iter()
+        .try_for_each(|n| expr::order_item(cx, Some(n), &env2))?;
+    walk_all(cx, &s.sort_clause, Ctx::Order, &env2)?;
+    for w in &s.window_clause {
+        if let Some(N::WindowDef(w)) = w.node.as_ref() {
+            expr::window(cx, w, &env2)?;
+        }
+    }
+    walk_opt(cx, s.limit_count.as_deref(), Ctx::Limit, &env2)?;
+    walk_opt(cx, s.limit_offset.as_deref(), Ctx::Limit, &env2)?;
+    Ok(output_columns(cx, &s.target_list, &env2))
+}
+
+/// Solve the scope and require every tenant entry to be constrained.
+pub(crate) fn solve(cx: &mut Cx, mut scope: Scope, edges: &[Edge]) -> R<Scope> {
+    scope.solve(cx, edges);
+    scope.require_constrained(cx, edges)?;
+    scope.record_tenant_values(cx, edges);
+    Ok(scope)
+}
+
+/// Equalities from ON and USING clauses.
+pub(crate) fn from_edges(cx: &Cx, items: &FromItems, env: &Env) -> Vec<Edge> {
+    let scope_env = Env {
+        scope: &items.scope,
+        ctes: &[],
+        parent: Some(env),
+    };
+    let mut edges = Vec::new();
+    for (q, visible, deriv) in &items.quals {
+        equality_edges(cx, q, &scope_env, Some(visible), deriv, &mut edges);
+    }
+    for (col, left, right, deriv) in &items.using {
+        let find = |ids: &[usize]| -> Option<usize> {
+            let hits: Vec<usize> = ids
+                .iter()
+                .copied()
+                .filter(|i| items.scope.entries[*i].known_cols.iter().any(|k| k == col))
+                .collect();
+            (hits.len() == 1).then(|| hits[0])
+        };
+        if let (Some(l), Some(r)) = (find(left), find(right)) {
+            edges.push(Edge {
+                a: Term::Col(l, col.clone()),
+                b: Term::Col(r, col.clone()),
+                deriv: deriv.clone(),
+            });
+        }
+    }
+    edges
+}
+
+/// Walk ON clauses, LATERAL subqueries and FROM functions once the scope is known.
+pub(crate) fn finish_from(
+    cx: &mut Cx,
+    quals: &[(&Node, Vec<usize>, Deriv)],
+    deferred: &[&Node],
+    env: &Env,
+) -> R<()> {
+    for (q, _, _) in quals {
+        walk(cx, q, Ctx::Predicate, env)?;
+    }
+    for node in deferred {
+        match node.node.as_ref() {
+            Some(N::RangeSubselect(rs)) => {
+                match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
+                    Some(N::SelectStmt(s)) => {
+                        select(cx, s, Some(env))?;
+                    }
+                    _ => return reject(Rule::TooComplex, "unsupported LATERAL subquery"),
+                }
+            }
+            Some(N::RangeFunction(rf)) => range_function(cx, rf, env)?,
+            Some(N::RangeTableSample(ts)) => {
+                walk_all(cx, &ts.args, Ctx::Predicate, env)?;
+                walk_opt(cx, ts.repeatable.as_deref(), Ctx::Predicate, env)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn range_function(cx: &mut Cx, rf: &pg_query::protobuf::RangeFunction, env: &Env) -> R<()> {
+    for f in &rf.functions {
+        let items: &[Node] = match f.node.as_ref() {
+            Some(N::List(l)) => &l.items,
+            _ => std::slice::from_ref(f),
+        };
+        for item in items {
+            match item.node.as_ref() {
+                Some(N::FuncCall(_)) => walk(cx, item, Ctx::Predicate, env)?,
+                Some(N::List(_)) | None => {}
+                Some(_) => return reject(Rule::TooComplex, "unsupported function in FROM"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Add one FROM item (and, for joins, its children) to the scope; returns the entry ids.
+pub(crate) fn from_item<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    items: &mut FromItems<'n>,
+    env: &Env,
+) -> R<Vec<usize>> {
+    cx.enter()?;
+    let r = from_item_inner(cx, node, items, env);
+    cx.leave();
+    r
+}
+
+fn push(items: &mut FromItems, e: Entry) -> Vec<usize> {
+    items.scope.entries.push(e);
+    vec![items.scope.entries.len() - 1]
+}
+
+fn alias_name(a: Option<&pg_query::protobuf::Alias>) -> Option<String> {
+    a.map(|a| a.aliasname.clone())
+}
+
+fn from_item_inner<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    items: &mut FromItems<'n>,
+    env: &Env,
+) -> R<Vec<usize>> {
+    match node.node.as_ref() {
+        Some(N::RangeVar(rv)) => Ok(push(items, relation_entry(cx, rv, env)?)),
+        Some(N::RangeSubselect(rs)) => {
+            let name = alias_name(rs.alias.as_ref()).unwrap_or_default();
+            let cols = if rs.lateral {
+                items.deferred.push(node);
+                None
+            } else {
+                match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
+                    Some(N::SelectStmt(s)) => select(cx, s, Some(env))?,
+                    _ => return reject(Rule::TooComplex, "unsupported subquery in FROM"),
+                }
+            };
+            let cols = rename_columns(
+                cols,
+                rs.alias
+                    .as_ref()
+                    .map(|a| a.colnames.as_slice())
+                    .unwrap_or(&[]),
+            );
+            let known_cols = cols
+                .iter()
+                .flatten()
+                .filter_map(|c| c.name.clone())
+                .collect();
+            Ok(push(
+                items,
+                Entry {
+                    name,
+                    schema: None,
+                    kind: EntryKind::Derived { cols },
+                    location: 0,
+                    known_cols,
+                },
+            ))
+        }
+        Some(N::RangeFunction(rf)) => {
+            items.deferred.push(node);
+            let name = alias_name(rf.alias.as_ref()).unwrap_or_default();
+            Ok(push(
+                items,
+                Entry {
+                    name,
+                    schema: None,
+                    kind: EntryKind::Derived { cols: None },
+                    location: 0,
+                    known_cols: Vec::new(),
+                },
+            ))
+        }
+        Some(N::RangeTableSample(ts)) => {
+            items.deferred.push(node);
+            match ts.relation.as_deref() {
+                Some(rel) => from_item(cx, rel, items, env),
+                None => reject(Rule::TooComplex, "TABLESAMPLE without relation"),
+            }
+        }
+        Some(N::JoinExpr(j)) => join(cx, j, items, env),
+        Some(other) => reject(
+            Rule::TooComplex,
+            format!("unsupported FROM item ({})", expr::node_name(other)),
+        ),
+        None => reject(Rule::TooComplex, "empty FROM item"),
+    }
+}
+
+fn join<'n>(
+    cx: &mut Cx,
+    j: &'n pg_query::protobuf::JoinExpr,
+    items: &mut FromItems<'n>,
+    env: &Env,
+) -> R<Vec<usize>> {
+    let (Some(l), Some(r)) = (j.larg.as_deref(), j.rarg.as_deref()) else {
+        return reject(Rule::TooComplex, "join without two sides");
+    };
+    let left = from_item(cx, l, items, env)?;
+    let right = from_item(cx, r, items, env)?;
+    let deriv = match j.jointype {
+        t if t == JoinType::JoinInner as i32 => Deriv::Any,
+        t if t == JoinType::JoinLeft as i32 => Deriv::Only(right.clone()),
+        t if t == JoinType::JoinRight as i32 => Deriv::Only(left.clone()),
+        _ => Deriv::Never,
+    };
+    let all: Vec<usize> = left.iter().chain(&right).copied().collect();
+    if let Some(q) = j.quals.as_deref() {
+        items.quals.push((q, all.clone(), deriv.clone()));
+    }
+    for u in &j.using_clause {
+        if let Some(col) = str_of(u) {
+            items
+                .using
+                .push((col.to_owned(), left.clone(), right.clone(), deriv.clone()));
+        }
+    }
+    Ok(all)
+}
+
+/// Classify a relation reference (CTE, catalog relation, system view) as a scope entry.
+pub(crate) fn relation_entry(cx: &mut Cx, rv: &RangeVar, env: &Env) -> R<Entry> {
+    let alias = alias_name(rv.alias.as_ref());
+    let name = alias.clone().unwrap_or_else(|| rv.relname.clone());
+    if rv.schemaname.is_empty() {
+        if let Some(cte) = env.find_cte(&rv.relname) {
+            let known_cols = cte
+                .cols
+                .iter()
+                .flatten()
+                .filter_map(|c| c.name.clone())
+                .collect();
+            return Ok(Entry {
+                name,
+                schema: None,
+                kind: EntryKind::Derived {
+                    cols: cte.cols.clone(),
+                },
+                location: rv.location,
+                known_cols,
+            });
+        }
+    }
+    let kind = relation_kind(cx, rv)?;
+    let renames = rv.alias.as_ref().is_some_and(|a| !a.colnames.is_empty());
+    if renames && matches!(kind, RelKind::Tenant { .. }) {
+        // `orders AS o(tenant_id, …)` renames columns positionally: o.tenant_id may not be the
+        // tenant column any more.
+        return reject(
+            Rule::TooComplex,
+            format!(
+                "column aliases on tenant table \"{}\" (at position {}) are not supported",
+                rv.relname,
+                pos(rv.location)
+            ),
+        );
+    }
+    let schema = alias.is_none().then(|| {
+        if rv.schemaname.is_empty() {
+            "public".to_owned()
+        } else {
+            rv.schemaname.clone()
+        }
+    });
+    let (kind, known_cols) = match kind {
+        RelKind::Tenant { column } => {
+            cx.touches_tenant = true;
+            let s = schema_of(rv);
+            let known = cx.cat.known_columns(&s, &rv.relname, &column);
+            (
+                EntryKind::Tenant {
+                    schema: s,
+                    table: rv.relname.clone(),
+                    column,
+                },
+                known,
+            )
+        }
+        RelKind::Shared | RelKind::Known => (EntryKind::Plain, Vec::new()),
+    };
+    Ok(Entry {
+        name,
+        schema,
+        kind,
+        location: rv.location,
+        known_cols,
+    })
+}
+
+pub(crate) fn schema_of(rv: &RangeVar) -> String {
+    if rv.schemaname.is_empty() {
+        "public".to_owned()
+    } else {
+        rv.schemaname.clone()
+    }
+}
+
+/// Catalog classification of a relation, rejecting session-exposing catalog views and
+/// unknown relations.
+pub(crate) fn relation_kind(cx: &Cx, rv: &RangeVar) -> R<RelKind> {
+    let display = if rv.schemaname.is_empty() {
+        rv.relname.clone()
+    } else {
+        format!("{}.{}", rv.schemaname, rv.relname)
+    };
+    let system = rv.schemaname == "pg_catalog"
+        || (rv.schemaname.is_empty() && rv.relname.starts_with("pg_"));
+    if (system || rv.schemaname.is_empty()) && functions::is_denied_view(&rv.relname) {
+        return reject(
+            Rule::CatalogView,
+            format!(
+                "catalog relation \"{display}\" (at position {}) exposes other sessions or tenants",
+                pos(rv.location)
+            ),
+        );
+    }
+    if !rv.catalogname.is_empty() {
+        return reject(
+            Rule::UnknownRelation,
+            format!(
+                "cross-database reference \"{}.{display}\" is not allowed",
+                rv.catalogname
+            ),
+        );
+    }
+    if rv.schemaname == "pg_catalog" || rv.schemaname == "information_schema" {
+        return Ok(RelKind::Known);
+    }
+    // Unqualified pg_* names resolve to pg_catalog first (it is implicitly first in search_path).
+    if system && !cx.cat.has_relation(&schema_of(rv), &rv.relname) {
+        return Ok(RelKind::Known);
+    }
+    if let Some(kind) = cx.cat.relation(&schema_of(rv), &rv.relname) {
+        return Ok(kind);
+    }
+    match cx.cfg.unknown_relations {
+        UnknownRelations::Allow => Ok(RelKind::Known),
+        UnknownRelations::Reject => reject(
+            Rule::UnknownRelation,
+            format!(
+                "relation \"{display}\" (at position {}) is not in the tenantgate catalog",
+                pos(rv.location)
+            ),
+        ),
+    }
+}
+
+/// Output columns of a target list and which of them provably carry the tenant.
+pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let Some(N::ResTarget(rt)) = t.node.as_ref() else {
+            return None;
+        };
+        let val = rt.val.as_deref()?;
+        let mut name = (!rt.name.is_empty()).then(|| rt.name.clone());
+        let tenant = match val.node.as_ref() {
+            Some(N::ColumnRef(c)) => {
+                if c.fields
+                    .iter()
+                    .any(|f| matches!(f.node.as_ref(), Some(N::AStar(_))))
+                {
+                    return None;
+                }
+                if name.is_none() {
+                    name = c.fields.last().and_then(str_of).map(str::to_owned);
+                }
+                match expr::term(cx, val, env, None) {
+                    Some(Term::Col(id, col)) if env.scope.is_proven(id, &col) => {
+                        TenantValue::Proven
+                    }
+                    Some(Term::OuterTenant) => TenantValue::Proven,
+                    _ => TenantValue::No,
+                }
+            }
+            _ => match expr::tenant_value_term(cx, val) {
+                Some(Term::Setting) => TenantValue::Proven,
+                Some(Term::Param(n)) => TenantValue::Param(n),
+                Some(Term::Literal(v)) => TenantValue::Literal(v),
+                _ => TenantValue::No,
+            },
+        };
+        out.push(OutCol { name, tenant });
+    }
+    Some(out)
+}

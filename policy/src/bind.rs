@@ -1,0 +1,147 @@
+//! Bind-time check: the values of tenant parameters must equal the session tenant.
+
+use crate::decision::{Decision, Rejection, Rule};
+
+const OID_UNSPECIFIED: u32 = 0;
+const OID_NAME: u32 = 19;
+const OID_INT8: u32 = 20;
+const OID_INT2: u32 = 21;
+const OID_INT4: u32 = 23;
+const OID_TEXT: u32 = 25;
+const OID_UNKNOWN: u32 = 705;
+const OID_BPCHAR: u32 = 1042;
+const OID_VARCHAR: u32 = 1043;
+const OID_UUID: u32 = 2950;
+
+fn mismatch(reason: String) -> Rejection {
+    Rejection {
+        rule: Rule::TenantValueMismatch,
+        reason,
+    }
+}
+
+impl Decision {
+    /// Check the Bind parameters of a statement against the session tenant.
+    ///
+    /// `formats` follows the Bind message: none = all text, one = applies to all, else per
+    /// parameter. `param_types` are the OIDs from Parse (missing/0 = unspecified, read as text).
+    pub fn check_bind(
+        &self,
+        params: &[Option<&[u8]>],
+        formats: &[i16],
+        param_types: &[u32],
+        tenant: &str,
+    ) -> Result<(), Rejection> {
+        for &pos in &self.tenant_params {
+            let idx = pos
+                .checked_sub(1)
+                .ok_or_else(|| mismatch("invalid parameter position $0".into()))?;
+            let Some(slot) = params.get(idx) else {
+                return Err(mismatch(format!(
+                    "tenant parameter ${pos} was not supplied"
+                )));
+            };
+            let Some(bytes) = slot else {
+                return Err(mismatch(format!("tenant parameter ${pos} is NULL")));
+            };
+            let format = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => *formats
+                    .get(idx)
+                    .ok_or_else(|| mismatch(format!("no format code for ${pos}")))?,
+            };
+            let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
+            let value = decode(bytes, format, oid)
+                .map_err(|e| mismatch(format!("tenant parameter ${pos}: {e}")))?;
+            if !tenant_matches(&value, tenant) {
+                return Err(mismatch(format!(
+                    "tenant parameter ${pos} does not equal the session tenant"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode one parameter to its text form.
+fn decode(bytes: &[u8], format: i16, oid: u32) -> Result<String, String> {
+    match format {
+        0 => std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| "text value is not UTF-8".to_owned()),
+        1 => decode_binary(bytes, oid),
+        f => Err(format!("unknown format code {f}")),
+    }
+}
+
+fn decode_binary(bytes: &[u8], oid: u32) -> Result<String, String> {
+    match oid {
+        OID_TEXT | OID_VARCHAR | OID_BPCHAR | OID_NAME | OID_UNKNOWN | OID_UNSPECIFIED => {
+            std::str::from_utf8(bytes)
+                .map(str::to_owned)
+                .map_err(|_| "binary text value is not UTF-8".to_owned())
+        }
+        OID_UUID => {
+            let b: [u8; 16] = bytes
+                .try_into()
+                .map_err(|_| format!("binary uuid has {} bytes, expected 16", bytes.len()))?;
+            Ok(format_uuid(&b))
+        }
+        OID_INT2 => int_be::<2>(bytes).map(|b| i16::from_be_bytes(b).to_string()),
+        OID_INT4 => int_be::<4>(bytes).map(|b| i32::from_be_bytes(b).to_string()),
+        OID_INT8 => int_be::<8>(bytes).map(|b| i64::from_be_bytes(b).to_string()),
+        other => Err(format!(
+            "binary format for type oid {other} is not supported for tenant parameters"
+        )),
+    }
+}
+
+fn int_be<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
+    bytes
+        .try_into()
+        .map_err(|_| format!("binary integer has {} bytes, expected {N}", bytes.len()))
+}
+
+fn format_uuid(b: &[u8; 16]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Parse the textual forms Postgres accepts for uuid input (hyphens optional, braces allowed).
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(s);
+    let hex: Vec<u8> = s.bytes().filter(|c| *c != b'-').collect();
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Tenant equality: by uuid value if both parse as uuid, by integer value if both are
+/// integers, else exact string equality.
+pub(crate) fn tenant_matches(value: &str, tenant: &str) -> bool {
+    if let (Some(a), Some(b)) = (parse_uuid(value), parse_uuid(tenant)) {
+        return a == b;
+    }
+    if let (Ok(a), Ok(b)) = (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()) {
+        return a == b;
+    }
+    value == tenant
+}

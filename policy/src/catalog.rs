@@ -1,0 +1,165 @@
+//! What the policy knows about the database: tenant tables, shared tables, keys, functions.
+//!
+//! Names are the real (case-sensitive) Postgres names, as `information_schema` reports them;
+//! pg_query already folds unquoted identifiers to lower case.
+
+use std::collections::{HashMap, HashSet};
+
+type RelKey = (String, String);
+
+fn key(schema: &str, name: &str) -> RelKey {
+    (schema.to_owned(), name.to_owned())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RelKind {
+    Tenant { column: String },
+    Shared,
+    Known,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ForeignKey {
+    pub columns: Vec<String>,
+    pub ref_table: RelKey,
+    pub ref_columns: Vec<String>,
+}
+
+/// Catalog builder. See the crate README for how each kind of relation is treated.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    default_column: String,
+    relations: HashMap<RelKey, RelKind>,
+    unique_keys: HashMap<RelKey, Vec<Vec<String>>>,
+    foreign_keys: HashMap<RelKey, Vec<ForeignKey>>,
+    functions: HashSet<RelKey>,
+    assume_tenant: bool,
+    /// Columns known to exist per relation (tenant column, key columns); used to resolve
+    /// unqualified column references soundly.
+    known_columns: HashMap<RelKey, HashSet<String>>,
+}
+
+impl Catalog {
+    pub fn new(default_tenant_column: &str) -> Self {
+        Self {
+            default_column: default_tenant_column.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// A table whose rows belong to one tenant, identified by `column`.
+    pub fn add_tenant_table(&mut self, schema: &str, table: &str, column: &str) {
+        let column = if column.is_empty() {
+            self.default_column.clone()
+        } else {
+            column.to_owned()
+        };
+        self.note_columns(schema, table, std::slice::from_ref(&column));
+        self.relations
+            .insert(key(schema, table), RelKind::Tenant { column });
+    }
+
+    /// Readable by all tenants, never writable.
+    pub fn add_shared_table(&mut self, schema: &str, table: &str) {
+        self.relations.insert(key(schema, table), RelKind::Shared);
+    }
+
+    /// A known relation without tenant data (lookup table, view). Readable, not writable.
+    pub fn add_relation(&mut self, schema: &str, name: &str) {
+        self.relations.insert(key(schema, name), RelKind::Known);
+    }
+
+    pub fn add_unique_key(&mut self, schema: &str, table: &str, columns: &[&str]) {
+        let cols: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        self.note_columns(schema, table, &cols);
+        self.unique_keys
+            .entry(key(schema, table))
+            .or_default()
+            .push(cols);
+    }
+
+    pub fn add_foreign_key(
+        &mut self,
+        schema: &str,
+        table: &str,
+        columns: &[&str],
+        ref_schema: &str,
+        ref_table: &str,
+        ref_columns: &[&str],
+    ) {
+        let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        let ref_columns: Vec<String> = ref_columns.iter().map(|c| (*c).to_owned()).collect();
+        self.note_columns(schema, table, &columns);
+        self.note_columns(ref_schema, ref_table, &ref_columns);
+        self.foreign_keys
+            .entry(key(schema, table))
+            .or_default()
+            .push(ForeignKey {
+                columns,
+                ref_table: key(ref_schema, ref_table),
+                ref_columns,
+            });
+    }
+
+    /// A user function known to be safe (no dynamic SQL, no cross-tenant reads).
+    pub fn add_function(&mut self, schema: &str, name: &str) {
+        self.functions.insert(key(schema, name));
+    }
+
+    /// For `explain` without a database: every relation that is not shared/known is treated
+    /// as a tenant table with the default column.
+    pub fn assume_unknown_are_tenant_tables(&mut self, yes: bool) {
+        self.assume_tenant = yes;
+    }
+
+    fn note_columns(&mut self, schema: &str, table: &str, cols: &[String]) {
+        self.known_columns
+            .entry(key(schema, table))
+            .or_default()
+            .extend(cols.iter().cloned());
+    }
+
+    pub(crate) fn relation(&self, schema: &str, name: &str) -> Option<RelKind> {
+        match self.relations.get(&key(schema, name)) {
+            Some(k) => Some(k.clone()),
+            None if self.assume_tenant => Some(RelKind::Tenant {
+                column: self.default_column.clone(),
+            }),
+            None => None,
+        }
+    }
+
+    pub(crate) fn has_relation(&self, schema: &str, name: &str) -> bool {
+        self.relations.contains_key(&key(schema, name))
+    }
+
+    pub(crate) fn known_columns(&self, schema: &str, table: &str, tenant_col: &str) -> Vec<String> {
+        let mut cols: Vec<String> = self
+            .known_columns
+            .get(&key(schema, table))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        if !cols.iter().any(|c| c == tenant_col) {
+            cols.push(tenant_col.to_owned());
+        }
+        cols
+    }
+
+    pub(crate) fn unique_keys(&self, schema: &str, table: &str) -> &[Vec<String>] {
+        self.unique_keys
+            .get(&key(schema, table))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub(crate) fn foreign_keys(&self, schema: &str, table: &str) -> &[ForeignKey] {
+        self.foreign_keys
+            .get(&key(schema, table))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub(crate) fn has_function(&self, schema: &str, name: &str) -> bool {
+        self.functions.contains(&key(schema, name))
+    }
+}

@@ -1,0 +1,315 @@
+//! API-level tests: check_bind, cache, epochs, statement kinds, serialization.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use tenantgate_policy::{Policy, PolicyConfig, Rule, SessionCtx, StatementKind};
+
+fn policy() -> Policy {
+    Policy::new(PolicyConfig::default(), common::catalog())
+}
+
+const T: SessionCtx = SessionCtx { tenant: Some("t1") };
+const UUID: &str = "6f1c2a8e-1234-4abc-8def-0123456789ab";
+const UUID_BYTES: [u8; 16] = [
+    0x6f, 0x1c, 0x2a, 0x8e, 0x12, 0x34, 0x4a, 0xbc, 0x8d, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+];
+
+fn decision() -> Arc<tenantgate_policy::Decision> {
+    let d = policy().check("SELECT id FROM orders WHERE tenant_id = $2 AND id = $1", &T);
+    assert_eq!(d.tenant_params, vec![2]);
+    d
+}
+
+#[test]
+fn bind_text_formats() {
+    let d = decision();
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"t1")], &[], &[], "t1")
+        .is_ok());
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"t1")], &[0], &[23, 25], "t1")
+        .is_ok());
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"t1")], &[0, 0], &[0, 1043], "t1")
+        .is_ok());
+    let e = d
+        .check_bind(&[Some(b"7"), Some(b"t2")], &[], &[], "t1")
+        .unwrap_err();
+    assert_eq!(e.rule, Rule::TenantValueMismatch);
+    assert!(d
+        .check_bind(
+            &[Some(b"7"), Some(UUID.to_uppercase().as_bytes())],
+            &[],
+            &[0, 2950],
+            UUID
+        )
+        .is_ok());
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"042")], &[], &[0, 23], "42")
+        .is_ok());
+}
+
+#[test]
+fn bind_binary_formats() {
+    let d = decision();
+    assert!(d
+        .check_bind(&[Some(b"x"), Some(&UUID_BYTES)], &[0, 1], &[0, 2950], UUID)
+        .is_ok());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&UUID_BYTES)],
+            &[0, 1],
+            &[0, 2950],
+            &UUID.to_uppercase()
+        )
+        .is_ok());
+    let mut other = UUID_BYTES;
+    other[15] ^= 1;
+    assert!(d
+        .check_bind(&[Some(b"x"), Some(&other)], &[0, 1], &[0, 2950], UUID)
+        .is_err());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&UUID_BYTES[..15])],
+            &[0, 1],
+            &[0, 2950],
+            UUID
+        )
+        .is_err());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&42i32.to_be_bytes())],
+            &[1],
+            &[23, 23],
+            "42"
+        )
+        .is_ok());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&42i64.to_be_bytes())],
+            &[0, 1],
+            &[0, 20],
+            "42"
+        )
+        .is_ok());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&42i16.to_be_bytes())],
+            &[0, 1],
+            &[0, 21],
+            "42"
+        )
+        .is_ok());
+    assert!(d
+        .check_bind(
+            &[Some(b"x"), Some(&43i64.to_be_bytes())],
+            &[0, 1],
+            &[0, 20],
+            "42"
+        )
+        .is_err());
+    assert!(
+        d.check_bind(
+            &[Some(b"x"), Some(&42i32.to_be_bytes())],
+            &[0, 1],
+            &[0, 20],
+            "42"
+        )
+        .is_err(),
+        "wrong length"
+    );
+    assert!(d
+        .check_bind(&[Some(b"x"), Some(b"t1")], &[0, 1], &[0, 25], "t1")
+        .is_ok());
+    assert!(d
+        .check_bind(&[Some(b"x"), Some(b"t1")], &[0, 1], &[0, 1043], "t1")
+        .is_ok());
+    assert!(
+        d.check_bind(&[Some(b"x"), Some(b"t1")], &[0, 1], &[0, 3802], "t1")
+            .is_err(),
+        "jsonb binary is not decoded"
+    );
+    assert!(
+        d.check_bind(&[Some(b"x"), Some(b"t1")], &[0, 2], &[0, 25], "t1")
+            .is_err(),
+        "unknown format code"
+    );
+}
+
+#[test]
+fn bind_null_and_missing() {
+    let d = decision();
+    let e = d
+        .check_bind(&[Some(b"7"), None], &[], &[], "t1")
+        .unwrap_err();
+    assert_eq!(e.rule, Rule::TenantValueMismatch);
+    assert!(e.reason.contains("NULL"));
+    assert!(d.check_bind(&[Some(b"7")], &[], &[], "t1").is_err());
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"t1")], &[0, 0, 0], &[], "t1")
+        .is_ok());
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"t1")], &[0], &[], "t1")
+        .is_ok());
+}
+
+#[test]
+fn cache_hits_and_tenant_dependence() {
+    let p = Policy::new(
+        PolicyConfig {
+            require_parameters: false,
+            ..PolicyConfig::default()
+        },
+        common::catalog(),
+    );
+    let sql = "SELECT id FROM orders WHERE tenant_id = 't1'";
+    assert!(p.check(sql, &T).is_allowed());
+    assert_eq!(
+        p.check(sql, &SessionCtx { tenant: Some("t2") }).rule,
+        Rule::TenantValueMismatch
+    );
+    assert_eq!(
+        p.check(sql, &SessionCtx { tenant: None }).rule,
+        Rule::TenantNotSet
+    );
+    assert!(p.check(sql, &T).is_allowed());
+    let (hits, misses) = p.cache_stats();
+    assert_eq!((hits, misses), (3, 1));
+}
+
+#[test]
+fn cache_is_bounded() {
+    let p = Policy::new(
+        PolicyConfig {
+            cache_entries: 64,
+            ..PolicyConfig::default()
+        },
+        common::catalog(),
+    );
+    for i in 0..1000 {
+        assert!(p.check(&format!("SELECT {i}"), &T).is_allowed());
+    }
+    assert!(p.check("SELECT 999", &T).is_allowed());
+    let (hits, misses) = p.cache_stats();
+    assert_eq!(misses, 1000);
+    assert_eq!(hits, 1);
+    let p0 = Policy::new(
+        PolicyConfig {
+            cache_entries: 0,
+            ..PolicyConfig::default()
+        },
+        common::catalog(),
+    );
+    p0.check("SELECT 1", &T);
+    p0.check("SELECT 1", &T);
+    assert_eq!(p0.cache_stats(), (0, 2));
+}
+
+#[test]
+fn epochs_differ() {
+    let a = policy();
+    let b = policy();
+    assert_ne!(a.epoch(), b.epoch());
+}
+
+#[test]
+fn statement_kinds() {
+    let p = policy();
+    let kind = |sql: &str| p.check(sql, &T).statements.clone();
+    assert_eq!(
+        kind("SET tenantgate.tenant = 'x'"),
+        vec![StatementKind::Set {
+            name: "tenantgate.tenant".into(),
+            local: false
+        }]
+    );
+    assert_eq!(
+        kind("SET LOCAL statement_timeout = 5"),
+        vec![StatementKind::Set {
+            name: "statement_timeout".into(),
+            local: true
+        }]
+    );
+    assert_eq!(kind("RESET ALL"), vec![StatementKind::Reset { name: None }]);
+    assert_eq!(
+        kind("RESET timezone"),
+        vec![StatementKind::Reset {
+            name: Some("timezone".into())
+        }]
+    );
+    assert_eq!(kind("DISCARD ALL"), vec![StatementKind::Discard]);
+    assert_eq!(kind("DEALLOCATE ALL"), vec![StatementKind::Deallocate]);
+    assert_eq!(kind("BEGIN"), vec![StatementKind::Transaction]);
+    assert_eq!(kind("SHOW search_path"), vec![StatementKind::Show]);
+    assert_eq!(
+        kind("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+        vec![StatementKind::DeclareCursor { with_hold: true }]
+    );
+    assert_eq!(
+        kind("DECLARE c CURSOR FOR SELECT 1"),
+        vec![StatementKind::DeclareCursor { with_hold: false }]
+    );
+    assert_eq!(
+        kind("UPDATE orders SET status = $2 WHERE tenant_id = $1"),
+        vec![StatementKind::Update]
+    );
+    assert_eq!(kind(""), Vec::<StatementKind>::new());
+    assert_eq!(kind("SELECT 1; SELECT 2").len(), 2);
+}
+
+#[test]
+fn decision_serializes() {
+    let d = policy().check("SELECT * FROM orders", &T);
+    let v = serde_json::to_value(&*d).unwrap();
+    assert_eq!(v["verdict"], "reject");
+    assert_eq!(v["rule"], "tenant-filter-missing");
+    assert_eq!(v["sqlstate"], "42501");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("relation \"orders\" (at position 15)"),
+        "{}",
+        v["reason"]
+    );
+    let ok = policy().check("SELECT 1", &T);
+    let v = serde_json::to_value(&*ok).unwrap();
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["sqlstate"], "00000");
+    for r in Rule::ALL {
+        assert_eq!(Rule::from_id(r.as_str()), Some(r));
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+    }
+}
+
+#[test]
+fn hints_name_the_foreign_key() {
+    let d = policy().check("SELECT i.id FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.tenant_id = $1", &T);
+    let hint = d.hint.clone().unwrap();
+    assert!(
+        hint.contains("invoices(tenant_id, customer_id) REFERENCES customers(tenant_id, id)"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn explain_mode_assumes_tenant_tables() {
+    let mut cat = tenantgate_policy::Catalog::new("tenant_id");
+    cat.assume_unknown_are_tenant_tables(true);
+    let p = Policy::new(PolicyConfig::default(), cat);
+    assert!(p
+        .check("SELECT * FROM anything WHERE tenant_id = $1", &T)
+        .is_allowed());
+    assert_eq!(
+        p.check("SELECT * FROM anything", &T).rule,
+        Rule::TenantFilterMissing
+    );
+}
+
+#[test]
+fn policy_is_send_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Policy>();
+}

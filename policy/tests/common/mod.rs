@@ -1,0 +1,47 @@
+//! The fixed test catalog shared by the corpus, unit tests and benches.
+#![allow(dead_code)]
+
+use tenantgate_policy::Catalog;
+
+pub fn catalog() -> Catalog {
+    let mut c = Catalog::new("tenant_id");
+    c.add_tenant_table("public", "orders", "tenant_id");
+    c.add_tenant_table("public", "customers", "tenant_id");
+    c.add_tenant_table("public", "order_items", "tenant_id");
+    c.add_tenant_table("public", "invoices", "tenant_id");
+    c.add_tenant_table("public", "users", "org_id");
+    c.add_tenant_table("billing", "payments", "tenant_id");
+    c.add_shared_table("public", "plans");
+    c.add_relation("public", "countries");
+    c.add_relation("public", "order_summaries");
+    c.add_unique_key("public", "customers", &["id"]);
+    c.add_unique_key("public", "orders", &["id"]);
+    c.add_unique_key("public", "users", &["id"]);
+    c.add_foreign_key(
+        "public",
+        "orders",
+        &["tenant_id", "customer_id"],
+        "public",
+        "customers",
+        &["tenant_id", "id"],
+    );
+    c.add_foreign_key(
+        "public",
+        "order_items",
+        &["tenant_id", "order_id"],
+        "public",
+        "orders",
+        &["tenant_id", "id"],
+    );
+    // invoices(customer_id) references customers(id) only: no composite key, no proof.
+    c.add_foreign_key(
+        "public",
+        "invoices",
+        &["customer_id"],
+        "public",
+        "customers",
+        &["id"],
+    );
+    c.add_function("public", "order_total");
+    c
+}

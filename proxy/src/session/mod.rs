@@ -1,0 +1,312 @@
+//! A logged-in client: login completion, server attachment, the relay loop, and cleanup.
+//!
+//! In session mode the client holds one server from login to logout. In transaction mode it
+//! holds one only while a transaction (or an unsynced extended-protocol batch) is open: the
+//! server is attached when the client sends something that needs it, brought to the client's
+//! session settings, and released at ReadyForQuery 'I'.
+
+mod extended;
+mod frames;
+mod relay;
+pub mod settings;
+
+use crate::app::{App, UserEntry};
+use crate::cancel::{CancelKey, CancelTarget};
+use crate::conn::Framed;
+use crate::pool::{Pool, PoolError};
+use crate::protocol::backend;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use crate::server::{ServerConn, ServerError};
+use bytes::BytesMut;
+pub(crate) use extended::ServerStatements;
+use extended::{ClientStatements, Expected};
+pub use relay::Shutdown;
+use relay::{RelayEnd, Waits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tenantgate_config::PoolMode;
+use tokio::io::AsyncWriteExt;
+
+/// Who the client is, established by the handshake.
+pub struct ClientIdentity {
+    pub peer: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub user_config: Arc<UserEntry>,
+    pub pool: Arc<Pool>,
+    pub params: Vec<(String, String)>,
+}
+
+/// A server while a client holds it, with what the session tracks about it.
+struct Attached {
+    conn: ServerConn,
+}
+
+/// Protocol progress on the attached server, used to decide when it can be released.
+#[derive(Default)]
+struct Progress {
+    /// Query, Sync and FunctionCall messages sent that have no ReadyForQuery yet.
+    pending: usize,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// The server expects CopyData from the client (COPY FROM STDIN / COPY BOTH).
+    copy_in: bool,
+    /// Statements since the last release may have changed session settings.
+    settings_dirty: bool,
+    /// Statements since the last release may have dropped server-side prepared statements.
+    statements_dirty: bool,
+    /// The client sent a Parse of the unnamed statement on this attachment.
+    unnamed_parsed: bool,
+}
+
+pub struct Session {
+    id: ClientIdentity,
+    client: Framed,
+    server: Option<Attached>,
+    tx_mode: bool,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    progress: Progress,
+    expected: Expected,
+    statements: ClientStatements,
+    /// Session settings the client's server must have (transaction mode).
+    desired: Vec<(String, String)>,
+    cancel: CancelKey,
+    waits: Waits,
+}
+
+fn pool_error(e: &PoolError) -> PgError {
+    match e {
+        PoolError::WaitTimeout => PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "tenantgate: no server connection available (query_wait_timeout)",
+        ),
+        PoolError::Closed => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "tenantgate: pool is closed"),
+        PoolError::Server(ServerError::Rejected(m)) => PgError::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!("tenantgate: server login failed: {}", m.message),
+        ),
+        PoolError::Server(e) => PgError::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!("tenantgate: cannot connect to server: {e}"),
+        ),
+    }
+}
+
+fn server_error(e: &ServerError) -> PgError {
+    match e {
+        ServerError::Rejected(m) => PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("tenantgate: {}", m.message),
+        ),
+        other => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("tenantgate: {other}")),
+    }
+}
+
+async fn send_fatal(client: &mut Framed, err: PgError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = client.stream.write_all(&out).await;
+    let _ = client.stream.shutdown().await;
+}
+
+/// Runs a logged-in session until the client leaves or the proxy shuts down.
+pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
+    let pool_settings = id.pool.settings();
+    let tx_mode = pool_settings.mode == PoolMode::Transaction;
+    let forward_options = app
+        .config()
+        .database(&id.database)
+        .is_some_and(|d| d.forward_options);
+    let startup = match settings::startup_settings(&app, &id.params, forward_options) {
+        Ok(s) => s,
+        Err(e) => return send_fatal(&mut client, e).await,
+    };
+    let mut server = match id.pool.acquire().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(user = %id.user, database = %id.database, error = %e, "no server for client");
+            return send_fatal(&mut client, pool_error(&e)).await;
+        }
+    };
+    let desired = match apply_startup(&mut server, &startup, tx_mode).await {
+        Ok(d) => d,
+        Err(e) => {
+            let err = match &e {
+                ServerError::Rejected(m) => {
+                    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, m.message.clone())
+                }
+                other => server_error(other),
+            };
+            finish(&id.pool, server, false, !tx_mode).await;
+            return send_fatal(&mut client, err).await;
+        }
+    };
+    let cancel = app.cancel.register();
+    let mut out = BytesMut::new();
+    for (k, v) in &server.params {
+        backend::parameter_status(k, v, &mut out);
+    }
+    backend::backend_key_data(cancel.pid, cancel.secret, &mut out);
+    backend::ready_for_query(b'I', &mut out);
+    if client.write_all(&out).await.is_err() {
+        finish(&id.pool, server, true, !tx_mode).await;
+        return;
+    }
+    tracing::debug!(user = %id.user, database = %id.database, peer = %id.peer,
+        tenant = ?id.user_config.config.tenant, tx_mode, "session started");
+    let waits = Waits::new(app.shutdown_token(), &app, &id.database);
+    let mut session = Session {
+        id,
+        client,
+        server: None,
+        tx_mode,
+        to_server: BytesMut::with_capacity(8192),
+        to_client: BytesMut::with_capacity(8192),
+        progress: Progress::default(),
+        expected: Expected::default(),
+        statements: ClientStatements::default(),
+        desired,
+        cancel,
+        waits,
+    };
+    if tx_mode {
+        server.session_settings = session.desired.clone();
+        session.id.pool.release(server);
+    } else {
+        session.attach_conn(server);
+    }
+    session.serve().await;
+}
+
+/// Gives a fresh server the client's startup settings; in transaction mode returns them as
+/// the server normalized them (so later comparisons are exact).
+async fn apply_startup(
+    server: &mut ServerConn,
+    startup: &[(String, String)],
+    tx_mode: bool,
+) -> Result<Vec<(String, String)>, ServerError> {
+    if let Some(sql) = settings::diff_sql(&server.session_settings, startup) {
+        server.exec_quiet(&sql).await?;
+    }
+    if !tx_mode || startup.is_empty() {
+        return Ok(startup.to_vec());
+    }
+    let rows = server.query_rows(settings::READ_SESSION_SETTINGS).await?;
+    let desired = settings::from_rows(rows);
+    server.session_settings = desired.clone();
+    Ok(desired)
+}
+
+impl Session {
+    fn attach_conn(&mut self, conn: ServerConn) {
+        self.cancel.slot.set(Some(CancelTarget {
+            target: self.id.pool.settings().target.clone(),
+            pid: conn.backend_pid,
+            secret: conn.backend_secret,
+        }));
+        self.progress = Progress::default();
+        self.server = Some(Attached { conn });
+    }
+
+    /// Attaches a server for the client's next transaction, at the client's settings.
+    async fn attach(&mut self) -> Result<(), PgError> {
+        let mut conn = self.id.pool.acquire().await.map_err(|e| pool_error(&e))?;
+        if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
+            if let Err(e) = conn.exec_quiet(&sql).await {
+                tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
+                finish(&self.id.pool, conn, false, false).await;
+                return Err(server_error(&e));
+            }
+            conn.session_settings = self.desired.clone();
+        }
+        self.attach_conn(conn);
+        Ok(())
+    }
+
+    /// Transaction mode: is the attached server done with this client for now?
+    fn releasable(&self) -> bool {
+        let p = &self.progress;
+        self.tx_mode
+            && p.pending == 0
+            && !p.unsynced
+            && !p.copy_in
+            && self.expected.is_empty()
+            && self.to_server.is_empty()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.conn.tx_status == b'I')
+    }
+
+    /// Returns the server to the pool, first learning its settings if they may have changed.
+    async fn release(&mut self) {
+        let Some(Attached { mut conn }) = self.server.take() else {
+            return;
+        };
+        self.cancel.slot.set(None);
+        if self.progress.statements_dirty {
+            conn.statements.clear();
+        }
+        if self.progress.settings_dirty {
+            match conn.query_rows(settings::READ_SESSION_SETTINGS).await {
+                Ok(rows) => {
+                    let now = settings::from_rows(rows);
+                    conn.session_settings = now.clone();
+                    self.desired = now;
+                }
+                Err(e) => {
+                    tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");
+                    return finish(&self.id.pool, conn, false, false).await;
+                }
+            }
+        }
+        self.progress = Progress::default();
+        self.id.pool.release(conn);
+    }
+
+    async fn serve(mut self) {
+        let end = self.relay().await;
+        match &end {
+            RelayEnd::ClientGone => {}
+            RelayEnd::Fatal(e) => send_fatal(&mut self.client, e.clone()).await,
+        }
+        if let Some(Attached { conn }) = self.server.take() {
+            self.cancel.slot.set(None);
+            let mut conn = conn;
+            let reusable = relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
+            finish(&self.id.pool, conn, reusable, !self.tx_mode).await;
+        }
+    }
+}
+
+/// Returns a server to its pool clean, or closes it. A transaction left open is rolled back;
+/// in session mode all session state is discarded.
+async fn finish(pool: &Pool, mut server: ServerConn, reusable: bool, discard_all: bool) {
+    if reusable {
+        let reset = async {
+            if server.tx_status != b'I' {
+                server.exec_quiet("ROLLBACK").await?;
+            }
+            if discard_all {
+                server.exec_quiet("DISCARD ALL").await?;
+                server.statements.clear();
+                server.session_settings.clear();
+            }
+            Ok::<(), ServerError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), reset).await {
+            Ok(Ok(())) if server.tx_status == b'I' => return pool.release(server),
+            Ok(r) => {
+                tracing::debug!(server = server.id, result = ?r.err(), "server reset failed; closing it")
+            }
+            Err(_) => tracing::debug!(server = server.id, "server reset timed out; closing it"),
+        }
+    }
+    drop(server);
+    pool.forget_one();
+}
+
+pub use settings::{quote_ident, quote_literal};

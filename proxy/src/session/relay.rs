@@ -1,0 +1,345 @@
+//! The relay loop.
+//!
+//! One task drives both directions with a single poll function: pending output is written
+//! before more input is read, and a direction stops reading while its output backlog is above
+//! [`HIGH_WATER`]. Neither side can block the other's progress, so a client that pipelines
+//! large batches cannot deadlock against a server streaming large results.
+
+use super::{Progress, Session};
+use crate::app::App;
+use crate::protocol::frame::put_message;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use crate::server::ServerConn;
+use bytes::{Buf, BytesMut};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Output backlog above which a direction stops reading its input.
+const HIGH_WATER: usize = 1 << 20;
+/// How long a server gets to finish what a departed client left running.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub enum RelayEnd {
+    ClientGone,
+    /// Tell the client why, then close.
+    Fatal(PgError),
+}
+
+enum Event {
+    Client,
+    Server,
+    ClientEof,
+    ServerEof,
+    Drain,
+    Terminate,
+    IdleInTransaction,
+}
+
+enum Side {
+    Client(io::Error),
+    Server(io::Error),
+}
+
+/// Shutdown signals: `drain` ends a session at its next idle point, `terminate` at once.
+#[derive(Clone)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub terminate: CancellationToken,
+}
+
+/// Everything the loop waits for besides the two sockets.
+pub struct Waits {
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    terminate: Pin<Box<WaitForCancellationFutureOwned>>,
+    draining: bool,
+    idle_tx_timeout: Option<Duration>,
+    idle_tx: Option<Pin<Box<Sleep>>>,
+}
+
+impl Waits {
+    pub fn new(shutdown: Shutdown, app: &App, database: &str) -> Self {
+        Waits {
+            drain: Box::pin(shutdown.drain.cancelled_owned()),
+            terminate: Box::pin(shutdown.terminate.cancelled_owned()),
+            draining: false,
+            idle_tx_timeout: app
+                .config()
+                .database(database)
+                .and_then(|d| d.idle_transaction_timeout()),
+            idle_tx: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Option<Event> {
+        if self.terminate.as_mut().poll(cx).is_ready() {
+            return Some(Event::Terminate);
+        }
+        if !self.draining && self.drain.as_mut().poll(cx).is_ready() {
+            return Some(Event::Drain);
+        }
+        if let Some(t) = self.idle_tx.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Some(Event::IdleInTransaction);
+            }
+        }
+        None
+    }
+}
+
+fn poll_write_some(
+    stream: &mut crate::io::Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    match Pin::new(stream).poll_write(cx, buf) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(n)) => {
+            buf.advance(n);
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+}
+
+fn fatal(code: &'static str, msg: &str) -> RelayEnd {
+    RelayEnd::Fatal(PgError::fatal(code, msg))
+}
+
+impl Session {
+    /// Relays until the client leaves, the server fails, or the proxy shuts down.
+    pub(super) async fn relay(&mut self) -> RelayEnd {
+        loop {
+            let event = match self.next_event().await {
+                Ok(e) => e,
+                Err(Side::Client(e)) => {
+                    tracing::debug!(error = %e, "client i/o error");
+                    return RelayEnd::ClientGone;
+                }
+                Err(Side::Server(e)) => {
+                    tracing::info!(error = %e, "server i/o error");
+                    return self.server_lost().await;
+                }
+            };
+            match event {
+                Event::Client => {
+                    self.waits.idle_tx = None;
+                    if let Some(end) = self.client_frames().await {
+                        self.flush_client().await;
+                        return end;
+                    }
+                }
+                Event::Server => {
+                    if let Err(e) = self.server_frames() {
+                        tracing::warn!(error = %e, "invalid message from server");
+                        return self.server_lost().await;
+                    }
+                    if self.releasable() {
+                        self.release().await;
+                    }
+                }
+                Event::ClientEof => return RelayEnd::ClientGone,
+                Event::ServerEof => return self.server_lost().await,
+                Event::Drain => self.waits.draining = true,
+                Event::Terminate => {
+                    self.flush_client().await;
+                    return fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "tenantgate: terminating connection due to administrator command",
+                    );
+                }
+                Event::IdleInTransaction => {
+                    self.flush_client().await;
+                    return fatal(
+                        sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "tenantgate: terminating connection due to idle-in-transaction timeout",
+                    );
+                }
+            }
+            self.arm_idle_timer();
+            if self.waits.draining && self.at_rest() {
+                self.flush_client().await;
+                return fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "tenantgate: terminating connection due to administrator command",
+                );
+            }
+        }
+    }
+
+    /// No transaction or request in flight: the session can end without losing anything.
+    fn at_rest(&self) -> bool {
+        let p = &self.progress;
+        self.client.rbuf.is_empty()
+            && self.to_server.is_empty()
+            && match &self.server {
+                None => true,
+                Some(s) => p.pending == 0 && !p.unsynced && !p.copy_in && s.conn.tx_status == b'I',
+            }
+    }
+
+    fn arm_idle_timer(&mut self) {
+        let Some(timeout) = self.waits.idle_tx_timeout else {
+            return;
+        };
+        let waiting_for_client = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.conn.tx_status != b'I')
+            && self.progress.pending == 0
+            && self.to_server.is_empty();
+        if !waiting_for_client {
+            self.waits.idle_tx = None;
+        } else if self.waits.idle_tx.is_none() {
+            self.waits.idle_tx = Some(Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+        }
+    }
+
+    async fn server_lost(&mut self) -> RelayEnd {
+        if self.server.take().is_some() {
+            self.cancel.slot.set(None);
+            self.id.pool.forget_one();
+        }
+        self.flush_client().await;
+        fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "tenantgate: server closed the connection unexpectedly",
+        )
+    }
+
+    async fn next_event(&mut self) -> Result<Event, Side> {
+        let Session {
+            client,
+            server,
+            to_server,
+            to_client,
+            waits,
+            ..
+        } = self;
+        let mut server = server.as_mut().map(|s| &mut s.conn.conn);
+        poll_fn(|cx| loop {
+            if let Some(e) = waits.poll(cx) {
+                return Poll::Ready(Ok(e));
+            }
+            let mut progressed = false;
+            if let Some(s) = server.as_mut() {
+                if !to_server.is_empty() {
+                    match poll_write_some(&mut s.stream, to_server, cx) {
+                        Poll::Ready(Ok(())) => progressed = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Server(e))),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if !to_client.is_empty() {
+                match poll_write_some(&mut client.stream, to_client, cx) {
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Client(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if to_server.len() < HIGH_WATER {
+                reserve(&mut client.rbuf);
+                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::Client)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Client(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(s) = server.as_mut() {
+                if to_client.len() < HIGH_WATER {
+                    reserve(&mut s.rbuf);
+                    match poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.rbuf) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ServerEof)),
+                        Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::Server)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Server(e))),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+
+    /// Best effort: deliver what the client is owed before it is told goodbye.
+    pub(super) async fn flush_client(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let fut = self.client.stream.write_all(&self.to_client);
+        let _ = tokio::time::timeout(Duration::from_secs(1), fut).await;
+        self.to_client.clear();
+    }
+}
+
+/// After the client is gone: finish or abort what it left running, so that the server is at
+/// ReadyForQuery with nothing outstanding. Returns whether the server can be reused.
+pub(super) async fn settle(
+    conn: &mut ServerConn,
+    p: &mut Progress,
+    to_server: &mut BytesMut,
+) -> bool {
+    if p.copy_in {
+        put_message(to_server, b'f', b"client disconnected during COPY\0");
+        p.copy_in = false;
+    }
+    if p.unsynced {
+        put_message(to_server, b'S', b"");
+        p.pending += 1;
+        p.unsynced = false;
+    }
+    if p.pending == 0 && to_server.is_empty() {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(SETTLE_TIMEOUT, drain_server(conn, p, to_server)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn drain_server(
+    conn: &mut ServerConn,
+    p: &mut Progress,
+    to_server: &mut BytesMut,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    conn.conn.stream.write_all(to_server).await?;
+    to_server.clear();
+    while p.pending > 0 {
+        let frame = conn
+            .conn
+            .read_frame()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match frame.tag {
+            b'Z' => {
+                p.pending -= 1;
+                conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+            }
+            b'G' | b'W' => {
+                // A COPY FROM STDIN the client queued before leaving: abort it.
+                let mut out = BytesMut::new();
+                put_message(&mut out, b'f', b"client disconnected during COPY\0");
+                conn.conn.stream.write_all(&out).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

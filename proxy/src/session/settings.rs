@@ -1,0 +1,359 @@
+//! Session settings: what a client chose at startup or with SET, and how a pooled server is
+//! brought to that state at checkout.
+//!
+//! A server's session-level settings are known exactly: they start empty (startup values are
+//! source "client", not "session") and are re-read from `pg_settings` whenever a transaction
+//! may have changed them. Checkout then sends only the difference.
+
+use crate::app::App;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+
+/// Startup parameters that are part of the protocol, not session settings.
+const PROTOCOL_PARAMS: &[&str] = &[
+    "user",
+    "database",
+    "client_encoding",
+    "replication",
+    "options",
+];
+
+/// The query that reads back a server's session-level settings.
+pub const READ_SESSION_SETTINGS: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
+
+/// Settings a client may not choose: the proxy owns them.
+pub fn reserved_setting(app: &App, name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == app.config().tenancy.setting.to_ascii_lowercase()
+        || n.starts_with("tenantgate.")
+        || matches!(
+            n.as_str(),
+            "role" | "session_authorization" | "is_superuser" | "row_security"
+        )
+}
+
+/// The settings a client asked for in its startup packet (and `options`, if allowed).
+pub fn startup_settings(
+    app: &App,
+    params: &[(String, String)],
+    forward_options: bool,
+) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings = Vec::new();
+    let mut push = |name: &str, value: &str| -> Result<(), PgError> {
+        if reserved_setting(app, name) {
+            return Err(PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("tenantgate: setting \"{name}\" is reserved and cannot be set at startup"),
+            ));
+        }
+        settings.push((name.to_string(), value.to_string()));
+        Ok(())
+    };
+    for (name, value) in params {
+        if !PROTOCOL_PARAMS.contains(&name.as_str()) {
+            push(name, value)?;
+        }
+    }
+    if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
+        if !options.trim().is_empty() {
+            if !forward_options {
+                return Err(PgError::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "unsupported startup parameter: options",
+                )
+                .with_hint("set forward_options = true for this database to allow it"));
+            }
+            for (name, value) in parse_options(options)? {
+                push(&name, &value)?;
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// Parses libpq `options`: `-c name=value` and `--name=value`, with backslash escapes.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let bad = || {
+        PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid options startup parameter",
+        )
+    };
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let pair = if w == "-c" {
+            it.next().ok_or_else(bad)?
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            rest.to_string()
+        } else {
+            return Err(bad());
+        };
+        let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+        out.push((k.replace('-', "_"), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Quotes a string as an escape-string literal, safe whatever standard_conforming_strings is.
+pub fn quote_literal(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 4);
+    q.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => q.push_str("''"),
+            '\\' => q.push_str("\\\\"),
+            c => q.push(c),
+        }
+    }
+    q.push('\'');
+    q
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `SET` statements for `settings`, as one simple-query string (set_config, so that custom
+/// settings with dots need no identifier quoting rules).
+pub fn set_sql(settings: &[(String, String)]) -> String {
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "set_config({}, {}, false)",
+                quote_literal(k),
+                quote_literal(v)
+            )
+        })
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
+/// The statement that turns a server with session settings `have` into one with `want`, or
+/// None when they already agree.
+pub fn diff_sql(have: &[(String, String)], want: &[(String, String)]) -> Option<String> {
+    let mut parts = Vec::new();
+    for (k, _) in have {
+        if !want.iter().any(|(w, _)| w == k) {
+            parts.push(format!("RESET {}", quote_ident(k)));
+        }
+    }
+    let changed: Vec<(String, String)> = want
+        .iter()
+        .filter(|(k, v)| !have.iter().any(|(h, hv)| h == k && hv == v))
+        .cloned()
+        .collect();
+    if !changed.is_empty() {
+        parts.push(set_sql(&changed));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Rows of READ_SESSION_SETTINGS as (name, value).
+pub fn from_rows(rows: Vec<Vec<Option<String>>>) -> Vec<(String, String)> {
+    rows.into_iter()
+        .filter_map(|mut r| {
+            let v = r.pop()??;
+            let k = r.pop()??;
+            Some((k, v))
+        })
+        .collect()
+}
+
+/// Could this statement text change session settings or server-side prepared statements?
+/// Looks at the first keyword of each statement (outside comments, strings and quoted
+/// identifiers) and for set_config calls anywhere. Conservative: a false positive costs one
+/// extra query when the server is released.
+pub fn scan_session_effects(sql: &str) -> SessionEffects {
+    let b = sql.as_bytes();
+    let mut fx = SessionEffects::default();
+    let mut i = 0;
+    let mut at_start = true;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = find_from(b, i, b"\n").map_or(b.len(), |e| e + 1);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = find_from(b, i + 2, b"*/").map_or(b.len(), |e| e + 2);
+                continue;
+            }
+            b'\'' | b'"' => {
+                i = skip_quoted(b, i, c);
+                at_start = false;
+                continue;
+            }
+            b'$' => {
+                if let Some(end) = dollar_tag(b, i) {
+                    let tag = &b[i..end];
+                    i = find_from(b, end, tag).map_or(b.len(), |e| e + tag.len());
+                    at_start = false;
+                    continue;
+                }
+            }
+            b';' => at_start = true,
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let s = i;
+                while i < b.len() && is_ident(b[i]) {
+                    i += 1;
+                }
+                let word = &b[s..i];
+                if at_start {
+                    if word.eq_ignore_ascii_case(b"set") || word.eq_ignore_ascii_case(b"reset") {
+                        fx.settings = true;
+                    }
+                    if word.eq_ignore_ascii_case(b"discard") {
+                        fx.settings = true;
+                        fx.statements = true;
+                    }
+                    if word.eq_ignore_ascii_case(b"deallocate") {
+                        fx.statements = true;
+                    }
+                }
+                if word.eq_ignore_ascii_case(b"set_config") {
+                    fx.settings = true;
+                }
+                at_start = false;
+                continue;
+            }
+            c if c.is_ascii_whitespace() || c == b'(' => {}
+            _ => at_start = false,
+        }
+        i += 1;
+    }
+    fx
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionEffects {
+    pub settings: bool,
+    pub statements: bool,
+}
+
+fn find_from(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
+    b.get(from..)?
+        .windows(pat.len())
+        .position(|w| w == pat)
+        .map(|p| p + from)
+}
+
+/// Index just past a quoted string or identifier starting at `i` (doubled quotes escape;
+/// backslashes too, which only over-skips inside standard strings: harmless here).
+fn skip_quoted(b: &[u8], mut i: usize, q: u8) -> usize {
+    i += 1;
+    while i < b.len() {
+        if b[i] == b'\\' && q == b'\'' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// End of a dollar-quote tag (`$$` or `$name$`) starting at `i`, if it is one.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && is_ident(b[i - 1]) {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+        j += 1;
+    }
+    (b.get(j) == Some(&b'$') && !b.get(i + 1).is_some_and(u8::is_ascii_digit)).then_some(j + 1)
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn options_are_parsed() {
+        let o = parse_options("-c search_path=a,b --statement-timeout=5 -cwork_mem=64kB").unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5".into()),
+                ("work_mem".into(), "64kB".into())
+            ]
+        );
+        assert!(parse_options("garbage").is_err());
+        assert_eq!(
+            parse_options(r"-c x=a\ b").unwrap(),
+            vec![("x".into(), "a b".into())]
+        );
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal(r"a'b\c"), r"E'a''b\\c'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn diff_resets_and_sets_only_differences() {
+        let have = vec![
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ];
+        let want = vec![("b".to_string(), "3".to_string())];
+        assert_eq!(
+            diff_sql(&have, &want).unwrap(),
+            "RESET \"a\"; SELECT set_config(E'b', E'3', false)"
+        );
+        assert_eq!(diff_sql(&want, &want), None);
+    }
+
+    #[test]
+    fn detects_setting_changes() {
+        let settings = |s: &str| scan_session_effects(s).settings;
+        assert!(settings("SET statement_timeout = 1"));
+        assert!(settings("  /* x */ set search_path = a"));
+        assert!(settings("begin; reset all"));
+        assert!(settings("select set_config('a','b',false)"));
+        assert!(settings("select pg_catalog.SET_CONFIG('a','b',false)"));
+        assert!(settings("DISCARD ALL"));
+        assert!(!settings("UPDATE t SET a = 1 WHERE b = 'x; set y'"));
+        assert!(!settings("select offset_x, settings from t -- ; set x"));
+        assert!(!settings("select $$; set x$$, $t$;reset$t$"));
+        assert!(!settings(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
+        assert!(scan_session_effects("deallocate all").statements);
+        assert!(scan_session_effects("DISCARD ALL").statements);
+    }
+}
