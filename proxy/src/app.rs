@@ -4,10 +4,12 @@ use crate::auth::Credential;
 use crate::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolSettings};
 use crate::session::Shutdown;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tenantgate_config::{Config, TlsMode, UserConfig};
+use tenantgate_config::{Config, PolicyMode, TlsMode, UserConfig};
+use tenantgate_policy::Policy;
 use tokio_util::sync::CancellationToken;
 
 pub struct UserEntry {
@@ -19,6 +21,8 @@ pub struct App {
     config: Arc<Config>,
     users: HashMap<String, Arc<UserEntry>>,
     pools: HashMap<String, Arc<Pool>>,
+    /// Per database; replaced when the catalog is (re)discovered.
+    policies: HashMap<String, ArcSwap<Policy>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancel: CancelRegistry,
     clients: AtomicUsize,
@@ -66,7 +70,10 @@ impl App {
             );
         }
         let mut pools = HashMap::new();
+        let mut policies = HashMap::new();
         for db in &config.databases {
+            let policy = crate::discovery::build_policy(&config, None);
+            policies.insert(db.name.clone(), ArcSwap::from_pointee(policy));
             let settings = PoolSettings::from_config(
                 db,
                 config.proxy.max_message_size,
@@ -78,6 +85,7 @@ impl App {
             config,
             users,
             pools,
+            policies,
             tls,
             cancel: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
@@ -98,6 +106,25 @@ impl App {
 
     pub fn pool(&self, database: &str) -> Option<Arc<Pool>> {
         self.pools.get(database).cloned()
+    }
+
+    /// The policy for a database (None only for a database that is not configured).
+    pub fn policy(&self, database: &str) -> Option<Arc<Policy>> {
+        self.policies.get(database).map(ArcSwap::load_full)
+    }
+
+    pub fn set_policy(&self, database: &str, policy: Policy) {
+        if let Some(slot) = self.policies.get(database) {
+            slot.store(Arc::new(policy));
+        }
+    }
+
+    /// `[policy] mode`, or the database's `policy_mode` override.
+    pub fn policy_mode(&self, database: &str) -> PolicyMode {
+        self.config
+            .database(database)
+            .and_then(|d| d.policy_mode)
+            .unwrap_or(self.config.policy.mode)
     }
 
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {

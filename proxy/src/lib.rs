@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cancel;
 mod client;
 pub mod conn;
+pub mod discovery;
 pub mod io;
 pub mod pool;
 pub mod protocol;
@@ -38,6 +39,7 @@ pub async fn run(
         tracing::info!(%addr, "tenantgate listening");
     }
     let tracker = TaskTracker::new();
+    discover_catalogs(&app, &tracker, &shutdown).await;
     tracker.spawn(maintain_pools(app.clone(), shutdown.clone()));
     loop {
         tokio::select! {
@@ -70,6 +72,54 @@ pub async fn run(
     }
     tracing::info!("tenantgate stopped");
     Ok(())
+}
+
+/// Reads each database's catalog before serving; a database whose server cannot be reached
+/// keeps the configuration-only catalog (which rejects undeclared relations) and is retried in
+/// the background until discovery succeeds.
+async fn discover_catalogs(app: &Arc<App>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    for pool in app.pools() {
+        let target = pool.settings().target.clone();
+        let database = pool.name.clone();
+        if discover_one(app, &database, &target).await {
+            continue;
+        }
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                if discover_one(&app, &database, &target).await {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn discover_one(app: &App, database: &str, target: &server::ServerTarget) -> bool {
+    let column = app.config().tenancy.column.clone();
+    match discovery::discover_target(target, &column).await {
+        Ok(found) => {
+            let tenant_tables = found
+                .relations
+                .iter()
+                .filter(|r| r.has_tenant_column)
+                .count();
+            tracing::info!(%database, relations = found.relations.len(), tenant_tables, "catalog discovered");
+            app.set_policy(
+                database,
+                discovery::build_policy(app.config(), Some(&found)),
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%database, error = %e, "catalog discovery failed; undeclared relations are rejected until it succeeds");
+            false
+        }
+    }
 }
 
 async fn maintain_pools(app: Arc<App>, shutdown: CancellationToken) {

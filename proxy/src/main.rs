@@ -1,5 +1,7 @@
 //! The `tenantgate` command: parse the command line, load the configuration, hand over.
 
+mod explain;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,24 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Show the policy decision for a statement, without a server (exit 0 allow, 1 reject).
+    Explain {
+        /// Session tenant to check with (default: none, as before a switch user sets one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
+        /// Database whose catalog to use (default: the first configured).
+        #[arg(long)]
+        database: Option<String>,
+        /// Read the catalog from the database server instead of assuming every undeclared
+        /// relation is a tenant table.
+        #[arg(long)]
+        connect: bool,
+        /// The SQL, or `-` (or nothing) to read it from standard input.
+        sql: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,7 +59,9 @@ fn main() -> ExitCode {
         eprintln!("tenantgate: -c FILE is required");
         return ExitCode::from(2);
     };
-    let config = match tenantgate_config::load(&path) {
+    // explain needs no secrets unless it connects.
+    let needs_secrets = !matches!(&cli.command, Some(Command::Explain { connect: false, .. }));
+    let config = match load(&path, needs_secrets) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}: invalid configuration:", path.display());
@@ -62,7 +84,36 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Check { connect } => runtime.block_on(check(&path, config, connect)),
+        Command::Explain {
+            tenant,
+            format,
+            database,
+            connect,
+            sql,
+        } => runtime.block_on(explain::run(explain::Args {
+            config,
+            tenant,
+            json: format == "json",
+            database,
+            connect,
+            sql,
+        })),
     }
+}
+
+fn load(path: &std::path::Path, secrets: bool) -> Result<Config, tenantgate_config::ConfigErrors> {
+    if secrets {
+        return tenantgate_config::load(path);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        tenantgate_config::ConfigErrors(vec![tenantgate_config::ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    let config = Config::from_toml(&text)?;
+    config.validate()?;
+    Ok(config)
 }
 
 fn init_logging(config: &Config) {

@@ -105,6 +105,13 @@ pub fn ready_for_query(status: u8, out: &mut BytesMut) {
     encode(&ReadyForQuery::new(status), out);
 }
 
+pub fn command_complete(tag: &str, out: &mut BytesMut) {
+    encode(
+        &pgwire::messages::response::CommandComplete::new(tag.to_string()),
+        out,
+    );
+}
+
 pub fn auth_ok(out: &mut BytesMut) {
     encode(&Authentication::Ok, out);
 }

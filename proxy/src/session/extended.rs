@@ -38,21 +38,40 @@ pub enum Expect {
         client_name: Option<String>,
     },
     Bind,
-    Describe,
+    /// Describe; for a statement, the client's name (`""` = unnamed) to record its parameter
+    /// types under.
+    Describe {
+        statement: Option<String>,
+    },
     Execute,
     Close {
         visible: bool,
     },
     /// Sync, Query or FunctionCall: answered up to and including ReadyForQuery.
     Ready,
-    /// A reply the proxy writes itself when it reaches the head of the queue.
-    Synthetic(u8),
+    /// A message the proxy writes itself when it reaches the head of the queue.
+    Synthetic(Bytes),
+    /// A request the proxy replaced by one that fails on purpose (so that the server's
+    /// transaction is aborted exactly as Postgres would abort it): the server's error is
+    /// replaced by `error`. `simple` = a Query, answered up to ReadyForQuery.
+    Reject {
+        error: Bytes,
+        simple: bool,
+    },
+    /// A Query the proxy answers with its own command tag after running its own statement:
+    /// the server's rows and tags are dropped; errors are forwarded.
+    Rewrite {
+        tag: Bytes,
+        failed: bool,
+    },
 }
 
 /// Outcome of processing one server message.
 pub enum Route {
     Forward,
     Drop,
+    /// Send this instead of the server's message.
+    Replace(Bytes),
 }
 
 #[derive(Default)]
@@ -71,8 +90,8 @@ impl Expected {
 
     /// Writes synthetic replies that have reached the head of the queue.
     pub fn flush_synthetic(&mut self, to_client: &mut BytesMut) {
-        while let Some(Expect::Synthetic(tag)) = self.queue.front() {
-            put_header(to_client, *tag, 0);
+        while let Some(Expect::Synthetic(msg)) = self.queue.front() {
+            to_client.extend_from_slice(msg);
             self.queue.pop_front();
         }
     }
@@ -81,43 +100,54 @@ impl Expected {
     /// replies that precede it are written first.
     pub fn route(
         &mut self,
-        tag: u8,
+        frame: &Frame,
         to_client: &mut BytesMut,
         server_stmts: &mut ServerStatements,
         client: &mut ClientStatements,
     ) -> Route {
         self.flush_synthetic(to_client);
-        match tag {
+        let tag = frame.tag;
+        if matches!(tag, b'N' | b'A' | b'S') {
             // Asynchronous messages can arrive at any point.
-            b'N' | b'A' | b'S' => return Route::Forward,
-            b'E' => {
-                if matches!(self.queue.front(), Some(Expect::Ready) | None) {
-                    // Part of a simple Query's (or FunctionCall's) reply.
-                    return Route::Forward;
-                }
-                // An extended-protocol error: the server skips everything until Sync.
-                while let Some(front) = self.queue.front() {
-                    match front {
-                        Expect::Ready => break,
-                        Expect::Parse {
-                            global,
-                            client_name,
-                            ..
-                        } => {
-                            if let Some(g) = global {
-                                server_stmts.forget(g);
-                            }
-                            if let Some(name) = client_name {
-                                client.forget_if(name, global.as_deref());
-                            }
-                        }
-                        _ => {}
+            return Route::Forward;
+        }
+        match self.queue.front_mut() {
+            Some(Expect::Rewrite {
+                tag: command,
+                failed,
+            }) => {
+                return match tag {
+                    b'E' => {
+                        *failed = true;
+                        Route::Forward
                     }
-                    self.queue.pop_front();
-                }
-                return Route::Forward;
+                    b'Z' => {
+                        if !*failed {
+                            to_client.extend_from_slice(command);
+                        }
+                        self.queue.pop_front();
+                        Route::Forward
+                    }
+                    _ => Route::Drop,
+                };
+            }
+            Some(Expect::Reject {
+                error,
+                simple: true,
+            }) => {
+                return match tag {
+                    b'E' => Route::Replace(error.clone()),
+                    b'Z' => {
+                        self.queue.pop_front();
+                        Route::Forward
+                    }
+                    _ => Route::Drop,
+                };
             }
             _ => {}
+        }
+        if tag == b'E' {
+            return self.extended_error(to_client, server_stmts, client);
         }
         let Some(front) = self.queue.front() else {
             return Route::Forward;
@@ -126,8 +156,13 @@ impl Expected {
             (Expect::Parse { visible, .. }, b'1') => (true, *visible),
             (Expect::Bind, b'2') => (true, true),
             (Expect::Close { visible }, b'3') => (true, *visible),
-            (Expect::Describe, b't') => (false, true),
-            (Expect::Describe, b'T' | b'n') => (true, true),
+            (Expect::Describe { statement }, b't') => {
+                if let Some(name) = statement {
+                    client.set_param_types(name, frame.body());
+                }
+                (false, true)
+            }
+            (Expect::Describe { .. }, b'T' | b'n') => (true, true),
             (Expect::Execute, b'C' | b'I' | b's') => (true, true),
             (Expect::Ready, b'Z') => (true, true),
             _ => (false, true),
@@ -142,6 +177,38 @@ impl Expected {
         } else {
             Route::Drop
         }
+    }
+
+    /// An ErrorResponse outside a simple Query: in the extended protocol the server now skips
+    /// everything until Sync, so the replies queued up to the Sync will never come.
+    fn extended_error(
+        &mut self,
+        _to_client: &mut BytesMut,
+        server_stmts: &mut ServerStatements,
+        client: &mut ClientStatements,
+    ) -> Route {
+        let mut route = Route::Forward;
+        while let Some(front) = self.queue.front() {
+            match front {
+                Expect::Ready => break,
+                Expect::Reject { error, .. } => route = Route::Replace(error.clone()),
+                Expect::Parse {
+                    global,
+                    client_name,
+                    ..
+                } => {
+                    if let Some(g) = global {
+                        server_stmts.forget(g);
+                    }
+                    if let Some(name) = client_name {
+                        client.forget_if(name, global.as_deref());
+                    }
+                }
+                _ => {}
+            }
+            self.queue.pop_front();
+        }
+        route
     }
 }
 
@@ -179,29 +246,88 @@ impl ServerStatements {
     }
 }
 
+/// What the proxy knows of one client statement.
+#[derive(Clone, Default)]
+pub struct ClientStatement {
+    /// The server-side statement (transaction mode; None in session mode).
+    pub global: Option<Arc<Statement>>,
+    /// The policy decision for its text (None when the policy does not apply).
+    pub decision: Option<Arc<tenantgate_policy::Decision>>,
+    /// Parameter type OIDs: from the Parse, completed by the server's ParameterDescription.
+    pub param_types: Vec<u32>,
+}
+
 /// A client's named statements, and its last unnamed Parse.
 #[derive(Default)]
 pub struct ClientStatements {
-    named: HashMap<String, Arc<Statement>>,
-    pub unnamed: Option<Bytes>,
+    named: HashMap<String, ClientStatement>,
+    pub unnamed: ClientStatement,
+    /// The last Parse of the unnamed statement, to replay on another server.
+    pub unnamed_parse: Option<Bytes>,
 }
 
 impl ClientStatements {
-    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
-        self.named.get(name)
+    pub fn get(&self, name: &str) -> Option<&ClientStatement> {
+        if name.is_empty() {
+            Some(&self.unnamed)
+        } else {
+            self.named.get(name)
+        }
     }
 
-    pub fn insert(&mut self, name: &str, stmt: Arc<Statement>) {
-        self.named.insert(name.to_string(), stmt);
+    pub fn contains(&self, name: &str) -> bool {
+        self.named.contains_key(name)
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<Arc<Statement>> {
+    pub fn insert(&mut self, name: &str, stmt: ClientStatement) {
+        if name.is_empty() {
+            self.unnamed = stmt;
+        } else {
+            self.named.insert(name.to_string(), stmt);
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<ClientStatement> {
         self.named.remove(name)
     }
 
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.unnamed = ClientStatement::default();
+        self.unnamed_parse = None;
+    }
+
     fn forget_if(&mut self, name: &str, global: Option<&str>) {
-        if self.named.get(name).map(|s| s.global.as_str()) == global {
+        let same = self
+            .named
+            .get(name)
+            .is_some_and(|s| s.global.as_ref().map(|g| g.global.as_str()) == global);
+        if same {
             self.named.remove(name);
+        }
+    }
+
+    /// Records a ParameterDescription body for a statement whose Parse left types open.
+    fn set_param_types(&mut self, name: &str, body: &[u8]) {
+        let mut r = BodyReader::new(body);
+        let Ok(n) = r.i16() else { return };
+        let types: Option<Vec<u32>> = (0..n.max(0)).map(|_| r.u32().ok()).collect();
+        let (Some(types), Some(stmt)) = (
+            types,
+            if name.is_empty() {
+                Some(&mut self.unnamed)
+            } else {
+                self.named.get_mut(name)
+            },
+        ) else {
+            return;
+        };
+        for (i, t) in types.into_iter().enumerate() {
+            match stmt.param_types.get_mut(i) {
+                Some(slot) if *slot == 0 => *slot = t,
+                Some(_) => {}
+                None => stmt.param_types.push(t),
+            }
         }
     }
 }
@@ -212,6 +338,17 @@ pub struct ParseMsg<'a> {
     pub query: &'a str,
     /// Parameter type count and OIDs exactly as sent.
     pub types: &'a [u8],
+}
+
+impl ParseMsg<'_> {
+    pub fn type_oids(&self) -> Vec<u32> {
+        self.types
+            .get(2..)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
 }
 
 pub fn parse_parse(frame: &Frame) -> Option<ParseMsg<'_>> {
@@ -331,6 +468,12 @@ mod tests {
         assert_eq!(&g.raw[g.raw.len() - 4..], b"\0\0\0\0");
     }
 
+    fn msg(tag: u8) -> Frame {
+        let mut raw = BytesMut::new();
+        put_header(&mut raw, tag, 0);
+        frame(raw.freeze())
+    }
+
     #[test]
     fn synthetic_replies_keep_their_place() {
         let mut q = Expected::default();
@@ -338,17 +481,17 @@ mod tests {
         let mut server = ServerStatements::new(4);
         let mut client = ClientStatements::default();
         q.push(Expect::Bind);
-        q.push(Expect::Synthetic(b'1'));
+        q.push(Expect::Synthetic(msg(b'1').raw));
         q.push(Expect::Ready);
         q.flush_synthetic(&mut out);
         assert!(out.is_empty(), "must wait for BindComplete");
         assert!(matches!(
-            q.route(b'2', &mut out, &mut server, &mut client),
+            q.route(&msg(b'2'), &mut out, &mut server, &mut client),
             Route::Forward
         ));
         out.clear();
         assert!(matches!(
-            q.route(b'Z', &mut out, &mut server, &mut client),
+            q.route(&msg(b'Z'), &mut out, &mut server, &mut client),
             Route::Forward
         ));
         assert_eq!(&out[..], b"1\0\0\0\x04");
@@ -362,28 +505,84 @@ mod tests {
         let mut server = ServerStatements::new(4);
         let mut client = ClientStatements::default();
         let st = Arc::new(global_statement("bad sql", &[0, 0]));
-        client.insert("s1", st.clone());
+        client.insert(
+            "s1",
+            ClientStatement {
+                global: Some(st.clone()),
+                ..Default::default()
+            },
+        );
         server.insert(&st.global);
         q.push(Expect::Parse {
             visible: true,
             global: Some(st.global.clone()),
             client_name: Some("s1".into()),
         });
-        q.push(Expect::Synthetic(b'1'));
+        q.push(Expect::Synthetic(msg(b'1').raw));
         q.push(Expect::Bind);
         q.push(Expect::Ready);
         assert!(matches!(
-            q.route(b'E', &mut out, &mut server, &mut client),
+            q.route(&msg(b'E'), &mut out, &mut server, &mut client),
             Route::Forward
         ));
         assert!(!server.contains(&st.global));
-        assert!(client.get("s1").is_none());
+        assert!(!client.contains("s1"));
         assert!(matches!(
-            q.route(b'Z', &mut out, &mut server, &mut client),
+            q.route(&msg(b'Z'), &mut out, &mut server, &mut client),
             Route::Forward
         ));
         assert!(out.is_empty(), "skipped replies are not synthesized");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn rejected_query_error_is_replaced() {
+        let mut q = Expected::default();
+        let mut out = BytesMut::new();
+        let mut server = ServerStatements::new(4);
+        let mut client = ClientStatements::default();
+        let ours = msg(b'E').raw;
+        q.push(Expect::Reject {
+            error: ours.clone(),
+            simple: true,
+        });
+        assert!(
+            matches!(q.route(&msg(b'E'), &mut out, &mut server, &mut client), Route::Replace(e) if e == ours)
+        );
+        assert!(matches!(
+            q.route(&msg(b'Z'), &mut out, &mut server, &mut client),
+            Route::Forward
+        ));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn rewrite_replaces_rows_with_tag() {
+        let mut q = Expected::default();
+        let mut out = BytesMut::new();
+        let mut server = ServerStatements::new(4);
+        let mut client = ClientStatements::default();
+        q.push(Expect::Rewrite {
+            tag: msg(b'C').raw,
+            failed: false,
+        });
+        assert!(matches!(
+            q.route(&msg(b'T'), &mut out, &mut server, &mut client),
+            Route::Drop
+        ));
+        assert!(matches!(
+            q.route(&msg(b'D'), &mut out, &mut server, &mut client),
+            Route::Drop
+        ));
+        assert!(matches!(
+            q.route(&msg(b'C'), &mut out, &mut server, &mut client),
+            Route::Drop
+        ));
+        assert!(matches!(
+            q.route(&msg(b'Z'), &mut out, &mut server, &mut client),
+            Route::Forward
+        ));
+        assert_eq!(out[0], b'C');
     }
 
     #[test]

@@ -1,16 +1,36 @@
 //! Per-message handling in the relay: client messages towards the server (renaming prepared
 //! statements in transaction mode) and server messages back (tracking transaction state).
 
+use super::enforce::Screen;
 use super::extended::{
-    bind_statement, global_statement, parse_parse, parse_target, put_target, rename_bind, Expect,
-    Route, Statement,
+    bind_statement, global_statement, parse_parse, parse_target, put_target, rename_bind,
+    ClientStatement, Expect, Route, Statement,
 };
 use super::relay::RelayEnd;
 use super::{settings, Session};
+use crate::protocol::backend;
 use crate::protocol::frame::{next_frame, Frame};
 use crate::protocol::sqlstate;
 use crate::protocol::{BodyReader, PgError};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use std::sync::Arc;
+use tenantgate_policy::Decision;
+
+/// The outcome of screening one client message.
+enum Screened {
+    Relay(Option<Arc<Decision>>),
+    Reject(PgError),
+    Answer {
+        tag: &'static str,
+        sql: Option<String>,
+    },
+}
+
+/// A statement the server cannot prepare (the function does not exist) and that has no
+/// effect: sent in place of a rejected request so the server fails it, aborting an open
+/// transaction exactly as the rejected statement's own error would have.
+const FAILING_SQL: &str = "SELECT pg_catalog.tenantgate_policy_rejection()";
 
 impl Session {
     /// Handles every complete client message in the buffer, attaching a server first when
@@ -31,7 +51,24 @@ impl Session {
             if frame.tag == b'X' {
                 return Some(RelayEnd::ClientGone);
             }
-            if self.server.is_none() {
+            if self.skip_until_sync {
+                if frame.tag == b'S' {
+                    self.skip_until_sync = false;
+                    if self.server.is_none() {
+                        backend::ready_for_query(b'I', &mut self.to_client);
+                        continue;
+                    }
+                } else {
+                    continue;
+                }
+            }
+            let screened = self.screen(&frame);
+            let needs_server = match &screened {
+                Screened::Relay(_) => true,
+                Screened::Reject(_) | Screened::Answer { sql: None, .. } => false,
+                Screened::Answer { sql: Some(_), .. } => true,
+            };
+            if needs_server && self.server.is_none() {
                 if !self.tx_mode {
                     return Some(RelayEnd::Fatal(PgError::fatal(
                         sqlstate::CONNECTION_FAILURE,
@@ -42,25 +79,155 @@ impl Session {
                     return Some(RelayEnd::Fatal(e));
                 }
             }
-            if self.tx_mode {
-                self.forward_pooled(frame);
-                self.expected.flush_synthetic(&mut self.to_client);
-            } else {
-                self.forward_direct(&frame);
+            match screened {
+                Screened::Relay(decision) => {
+                    if self.tx_mode {
+                        self.forward_pooled(frame, decision);
+                    } else {
+                        self.forward_direct(&frame, decision);
+                    }
+                }
+                Screened::Reject(err) => self.reject(frame.tag, err),
+                Screened::Answer { tag, sql } => self.answer(tag, sql),
+            }
+            self.expected.flush_synthetic(&mut self.to_client);
+        }
+    }
+
+    /// Applies the policy and the proxy's own session commands to one client message.
+    fn screen(&mut self, frame: &Frame) -> Screened {
+        match frame.tag {
+            b'Q' => match self.screen_sql(query_text(frame), true) {
+                Screen::Forward(d) => Screened::Relay(d),
+                Screen::Reject(e) => Screened::Reject(e),
+                Screen::Answer { tag, sql } => Screened::Answer { tag, sql },
+            },
+            b'P' => match parse_parse(frame) {
+                Some(msg) => match self.screen_sql(msg.query, false) {
+                    Screen::Forward(d) => Screened::Relay(d),
+                    Screen::Reject(e) => Screened::Reject(e),
+                    Screen::Answer { .. } => Screened::Reject(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "tenantgate: this session command must be sent as a simple query",
+                    )),
+                },
+                None => Screened::Relay(None),
+            },
+            b'B' => match self.screen_bind(frame.body()) {
+                Some(e) => Screened::Reject(e),
+                None => Screened::Relay(None),
+            },
+            b'F' => match self.screen_function_call() {
+                Some(e) => Screened::Reject(e),
+                None => Screened::Relay(None),
+            },
+            _ => Screened::Relay(None),
+        }
+    }
+
+    /// Refuses a client message. With a server attached, a failing statement takes its place
+    /// so the server's transaction state follows; without one, the proxy answers alone.
+    fn reject(&mut self, tag: u8, err: PgError) {
+        let mut error = BytesMut::new();
+        err.encode(&mut error);
+        let simple = tag == b'Q';
+        if !simple {
+            self.skip_until_sync = true;
+            self.progress.unsynced = true;
+        }
+        if self.server.is_none() {
+            self.to_client.extend_from_slice(&error);
+            if simple {
+                backend::ready_for_query(b'I', &mut self.to_client);
+            }
+            return;
+        }
+        if simple {
+            let _ = frontend::query(FAILING_SQL, &mut self.to_server);
+            self.progress.pending += 1;
+        } else {
+            let _ = frontend::parse("", FAILING_SQL, std::iter::empty(), &mut self.to_server);
+        }
+        self.expected.push(Expect::Reject {
+            error: error.freeze(),
+            simple,
+        });
+    }
+
+    /// Answers a session command with `tag`, running `sql` on the server first if given.
+    fn answer(&mut self, tag: &str, sql: Option<String>) {
+        let mut complete = BytesMut::new();
+        backend::command_complete(tag, &mut complete);
+        match sql {
+            Some(sql) if self.server.is_some() => {
+                self.progress.settings_dirty = true;
+                let _ = frontend::query(&sql, &mut self.to_server);
+                self.progress.pending += 1;
+                self.expected.push(Expect::Rewrite {
+                    tag: complete.freeze(),
+                    failed: false,
+                });
+            }
+            _ => {
+                self.to_client.extend_from_slice(&complete);
+                backend::ready_for_query(
+                    self.server.as_ref().map_or(b'I', |s| s.conn.tx_status),
+                    &mut self.to_client,
+                );
             }
         }
     }
 
-    /// Session mode: the message goes through unchanged.
-    fn forward_direct(&mut self, frame: &Frame) {
+    /// Session mode: the message goes through unchanged; replies are routed like in
+    /// transaction mode so that rejections and rewrites keep their place.
+    fn forward_direct(&mut self, frame: &Frame, decision: Option<Arc<Decision>>) {
         let p = &mut self.progress;
         match frame.tag {
-            b'Q' | b'F' => p.pending += 1,
-            b'S' => {
+            b'Q' | b'F' | b'S' => {
                 p.pending += 1;
-                p.unsynced = false;
+                if frame.tag == b'S' {
+                    p.unsynced = false;
+                }
+                self.expected.push(Expect::Ready);
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => p.unsynced = true,
+            b'P' => {
+                p.unsynced = true;
+                if let Some(msg) = parse_parse(frame) {
+                    let stmt = ClientStatement {
+                        global: None,
+                        decision,
+                        param_types: msg.type_oids(),
+                    };
+                    self.statements.insert(msg.name, stmt);
+                }
+                self.expected.push(Expect::Parse {
+                    visible: true,
+                    global: None,
+                    client_name: None,
+                });
+            }
+            b'B' => {
+                p.unsynced = true;
+                self.expected.push(Expect::Bind);
+            }
+            b'D' => {
+                p.unsynced = true;
+                let statement =
+                    parse_target(frame).and_then(|(k, n)| (k == b'S').then(|| n.to_string()));
+                self.expected.push(Expect::Describe { statement });
+            }
+            b'C' => {
+                p.unsynced = true;
+                if let Some((b'S', name)) = parse_target(frame) {
+                    self.statements.remove(name);
+                }
+                self.expected.push(Expect::Close { visible: true });
+            }
+            b'E' => {
+                p.unsynced = true;
+                self.expected.push(Expect::Execute);
+            }
+            b'H' => p.unsynced = true,
             b'c' | b'f' => p.copy_in = false,
             _ => {}
         }
@@ -68,7 +235,7 @@ impl Session {
     }
 
     /// Transaction mode: named statements are renamed, and every reply is accounted for.
-    fn forward_pooled(&mut self, frame: Frame) {
+    fn forward_pooled(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
         match frame.tag {
             b'Q' => {
                 self.note_sql(query_text(&frame));
@@ -84,7 +251,7 @@ impl Session {
                 self.progress.unsynced = false;
                 self.expected.push(Expect::Ready);
             }
-            b'P' => return self.forward_parse(frame),
+            b'P' => return self.forward_parse(frame, decision),
             b'B' => return self.forward_bind(frame),
             b'D' => return self.forward_describe(frame),
             b'C' => return self.forward_close(frame),
@@ -104,9 +271,15 @@ impl Session {
         let fx = settings::scan_session_effects(sql);
         self.progress.settings_dirty |= fx.settings;
         self.progress.statements_dirty |= fx.statements;
+        for name in fx.custom {
+            // Bounded: a client inventing names endlessly only stops being tracked.
+            if !self.custom_settings.contains(&name) && self.custom_settings.len() < 256 {
+                self.custom_settings.push(name);
+            }
+        }
     }
 
-    fn forward_parse(&mut self, frame: Frame) {
+    fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
         self.progress.unsynced = true;
         let Some(msg) = parse_parse(&frame) else {
             // Malformed: the server reports it.
@@ -118,10 +291,19 @@ impl Session {
             return self.to_server.extend_from_slice(&frame.raw);
         };
         let (name, query) = (msg.name.to_string(), msg.query.to_string());
+        let param_types = msg.type_oids();
         self.note_sql(&query);
         if name.is_empty() {
             self.progress.unnamed_parsed = true;
-            self.statements.unnamed = Some(frame.raw.clone());
+            self.statements.unnamed_parse = Some(frame.raw.clone());
+            self.statements.insert(
+                "",
+                ClientStatement {
+                    global: None,
+                    decision,
+                    param_types,
+                },
+            );
             self.expected.push(Expect::Parse {
                 visible: true,
                 global: None,
@@ -130,7 +312,7 @@ impl Session {
             return self.to_server.extend_from_slice(&frame.raw);
         }
         let stmt = Arc::new(global_statement(&query, msg.types));
-        if self.statements.get(&name).is_some() {
+        if self.statements.contains(&name) {
             // Re-using a name without Close: make the server raise "already exists" (42P05)
             // by preparing the global name twice, as a direct connection would fail.
             self.ensure_prepared(&stmt);
@@ -141,9 +323,16 @@ impl Session {
             });
             return self.to_server.extend_from_slice(&stmt.parse);
         }
-        self.statements.insert(&name, stmt.clone());
+        self.statements.insert(
+            &name,
+            ClientStatement {
+                global: Some(stmt.clone()),
+                decision,
+                param_types,
+            },
+        );
         if self.server_has(&stmt.global) {
-            self.expected.push(Expect::Synthetic(b'1'));
+            self.expected.push(Expect::Synthetic(empty_message(b'1')));
         } else {
             self.prepare(&stmt, true, Some(name));
         }
@@ -156,7 +345,7 @@ impl Session {
                 self.ensure_unnamed();
                 self.to_server.extend_from_slice(&frame.raw);
             }
-            Some(name) => match self.statements.get(name).cloned() {
+            Some(name) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {
                     self.ensure_prepared(&stmt);
                     if rename_bind(&frame, &stmt.global, &mut self.to_server).is_none() {
@@ -173,12 +362,13 @@ impl Session {
 
     fn forward_describe(&mut self, frame: Frame) {
         self.progress.unsynced = true;
+        let statement = parse_target(&frame).and_then(|(k, n)| (k == b'S').then(|| n.to_string()));
         match parse_target(&frame) {
             Some((b'S', "")) => {
                 self.ensure_unnamed();
                 self.to_server.extend_from_slice(&frame.raw);
             }
-            Some((b'S', name)) => match self.statements.get(name).cloned() {
+            Some((b'S', name)) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {
                     self.ensure_prepared(&stmt);
                     put_target(&mut self.to_server, b'D', b'S', &stmt.global);
@@ -187,7 +377,7 @@ impl Session {
             },
             _ => self.to_server.extend_from_slice(&frame.raw),
         }
-        self.expected.push(Expect::Describe);
+        self.expected.push(Expect::Describe { statement });
     }
 
     fn forward_close(&mut self, frame: Frame) {
@@ -197,7 +387,7 @@ impl Session {
             // answer CloseComplete ourselves (closing a missing name is not an error either).
             Some((b'S', name)) if !name.is_empty() => {
                 self.statements.remove(name);
-                self.expected.push(Expect::Synthetic(b'3'));
+                self.expected.push(Expect::Synthetic(empty_message(b'3')));
             }
             _ => {
                 self.expected.push(Expect::Close { visible: true });
@@ -244,7 +434,7 @@ impl Session {
         if self.progress.unnamed_parsed {
             return;
         }
-        if let Some(parse) = self.statements.unnamed.clone() {
+        if let Some(parse) = self.statements.unnamed_parse.clone() {
             self.to_server.extend_from_slice(&parse);
             self.expected.push(Expect::Parse {
                 visible: false,
@@ -269,6 +459,9 @@ impl Session {
                     self.progress.pending = self.progress.pending.saturating_sub(1);
                     conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
                     self.progress.copy_in = false;
+                    if conn.tx_status == b'I' {
+                        self.local_tenant = None;
+                    }
                 }
                 b'G' | b'W' => self.progress.copy_in = true,
                 b'S' => {
@@ -277,23 +470,26 @@ impl Session {
                 }
                 _ => {}
             }
-            if !self.tx_mode {
-                self.to_client.extend_from_slice(&frame.raw);
-                continue;
-            }
             let route = self.expected.route(
-                frame.tag,
+                &frame,
                 &mut self.to_client,
                 &mut conn.statements,
                 &mut self.statements,
             );
-            if let Route::Forward = route {
-                self.to_client.extend_from_slice(&frame.raw);
+            match route {
+                Route::Forward => self.to_client.extend_from_slice(&frame.raw),
+                Route::Replace(msg) => self.to_client.extend_from_slice(&msg),
+                Route::Drop => {}
             }
             self.expected.flush_synthetic(&mut self.to_client);
         }
         Ok(())
     }
+}
+
+/// A message with an empty body (ParseComplete '1', CloseComplete '3').
+fn empty_message(tag: u8) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&[tag, 0, 0, 0, 4])
 }
 
 fn query_text(frame: &Frame) -> &str {

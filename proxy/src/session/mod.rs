@@ -5,6 +5,7 @@
 //! server is attached when the client sends something that needs it, brought to the client's
 //! session settings, and released at ReadyForQuery 'I'.
 
+mod enforce;
 mod extended;
 mod frames;
 mod relay;
@@ -26,7 +27,7 @@ use relay::{RelayEnd, Waits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tenantgate_config::PoolMode;
+use tenantgate_config::{PoolMode, TenantSource};
 use tokio::io::AsyncWriteExt;
 
 /// Who the client is, established by the handshake.
@@ -62,6 +63,7 @@ struct Progress {
 }
 
 pub struct Session {
+    app: Arc<App>,
     id: ClientIdentity,
     client: Framed,
     server: Option<Attached>,
@@ -71,8 +73,19 @@ pub struct Session {
     progress: Progress,
     expected: Expected,
     statements: ClientStatements,
-    /// Session settings the client's server must have (transaction mode).
+    /// Session settings the client's server must have (transaction mode), tenant included.
     desired: Vec<(String, String)>,
+    /// The startup settings as the server normalized them, without the tenant setting.
+    startup: Vec<(String, String)>,
+    /// The session's tenant (fixed by the user, or chosen by a switch user).
+    tenant: Option<String>,
+    /// A `SET LOCAL tenantgate.tenant` for the current transaction.
+    local_tenant: Option<String>,
+    bypass_policy: bool,
+    /// Custom (dotted) settings this client has named, read back with the others.
+    custom_settings: Vec<String>,
+    /// After a rejected extended-protocol message: drop client messages until Sync.
+    skip_until_sync: bool,
     cancel: CancelKey,
     waits: Waits,
 }
@@ -120,10 +133,18 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         .config()
         .database(&id.database)
         .is_some_and(|d| d.forward_options);
-    let startup = match settings::startup_settings(&app, &id.params, forward_options) {
+    let mut startup = match settings::startup_settings(&app, &id.params, forward_options) {
         Ok(s) => s,
         Err(e) => return send_fatal(&mut client, e).await,
     };
+    let user = &id.user_config.config;
+    let tenant = match user.tenant_from {
+        None | Some(TenantSource::Fixed) => user.tenant.clone(),
+        _ => None,
+    };
+    if let Some(t) = &tenant {
+        startup.push((app.config().tenancy.setting.clone(), t.clone()));
+    }
     let mut server = match id.pool.acquire().await {
         Ok(s) => s,
         Err(e) => {
@@ -158,7 +179,15 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
     tracing::debug!(user = %id.user, database = %id.database, peer = %id.peer,
         tenant = ?id.user_config.config.tenant, tx_mode, "session started");
     let waits = Waits::new(app.shutdown_token(), &app, &id.database);
+    let setting = app.config().tenancy.setting.clone();
+    let startup_normalized = desired
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(&setting))
+        .cloned()
+        .collect();
+    let bypass_policy = id.user_config.config.bypass_policy;
     let mut session = Session {
+        app,
         id,
         client,
         server: None,
@@ -169,6 +198,12 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         expected: Expected::default(),
         statements: ClientStatements::default(),
         desired,
+        startup: startup_normalized,
+        tenant,
+        local_tenant: None,
+        bypass_policy,
+        custom_settings: Vec::new(),
+        skip_until_sync: false,
         cancel,
         waits,
     };
@@ -194,8 +229,18 @@ async fn apply_startup(
     if !tx_mode || startup.is_empty() {
         return Ok(startup.to_vec());
     }
-    let rows = server.query_rows(settings::READ_SESSION_SETTINGS).await?;
-    let desired = settings::from_rows(rows);
+    // The tenant setting is a placeholder pg_settings does not show: keep it from `startup`.
+    let mut custom: Vec<String> = startup
+        .iter()
+        .filter(|(k, _)| k.contains('.'))
+        .map(|(k, _)| k.clone())
+        .collect();
+    custom.sort();
+    let rows = server
+        .query_rows(&settings::read_session_settings(&custom))
+        .await?;
+    let mut desired = settings::from_rows(rows);
+    desired.sort();
     server.session_settings = desired.clone();
     Ok(desired)
 }
@@ -251,9 +296,20 @@ impl Session {
             conn.statements.clear();
         }
         if self.progress.settings_dirty {
-            match conn.query_rows(settings::READ_SESSION_SETTINGS).await {
+            let tenant_setting = self.app.config().tenancy.setting.to_ascii_lowercase();
+            let custom: Vec<String> = self
+                .custom_settings
+                .iter()
+                .filter(|n| **n != tenant_setting)
+                .cloned()
+                .collect();
+            match conn
+                .query_rows(&settings::read_session_settings(&custom))
+                .await
+            {
                 Ok(rows) => {
-                    let now = settings::from_rows(rows);
+                    // The tenant setting is the proxy's: what the server has is what was set.
+                    let now = self.with_tenant(settings::from_rows(rows));
                     conn.session_settings = now.clone();
                     self.desired = now;
                 }

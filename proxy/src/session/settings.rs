@@ -18,9 +18,21 @@ const PROTOCOL_PARAMS: &[&str] = &[
     "options",
 ];
 
-/// The query that reads back a server's session-level settings.
-pub const READ_SESSION_SETTINGS: &str =
-    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
+/// The query that reads back a server's session-level settings. Custom (dotted) settings are
+/// placeholders that `pg_settings` never shows, so those whose names the session has used are
+/// read with `current_setting` (an empty value is a reset placeholder).
+pub fn read_session_settings(custom: &[String]) -> String {
+    let base = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+    if custom.is_empty() {
+        return base.to_string();
+    }
+    let names: Vec<String> = custom.iter().map(|n| quote_literal(n)).collect();
+    format!(
+        "{base} UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
+         FROM unnest(ARRAY[{}]::text[]) AS n) c WHERE v <> ''",
+        names.join(", ")
+    )
+}
 
 /// Settings a client may not choose: the proxy owns them.
 pub fn reserved_setting(app: &App, name: &str) -> bool {
@@ -222,6 +234,7 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
                 if at_start {
                     if word.eq_ignore_ascii_case(b"set") || word.eq_ignore_ascii_case(b"reset") {
                         fx.settings = true;
+                        fx.custom.extend(custom_name_after(b, i));
                     }
                     if word.eq_ignore_ascii_case(b"discard") {
                         fx.settings = true;
@@ -233,6 +246,7 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
                 }
                 if word.eq_ignore_ascii_case(b"set_config") {
                     fx.settings = true;
+                    fx.custom.extend(custom_name_in_call(b, i));
                 }
                 at_start = false;
                 continue;
@@ -245,10 +259,70 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     fx
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SessionEffects {
     pub settings: bool,
     pub statements: bool,
+    /// Custom (dotted) setting names named by SET/RESET or a set_config literal.
+    pub custom: Vec<String>,
+}
+
+/// The setting name after `SET [SESSION|LOCAL]` / `RESET` at `i`, if it is a dotted one.
+fn custom_name_after(b: &[u8], mut i: usize) -> Option<String> {
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let word = |i: &mut usize| -> Option<String> {
+        if b.get(*i) == Some(&b'"') {
+            let end = skip_quoted(b, *i, b'"');
+            let inner = b.get(*i + 1..end.saturating_sub(1))?;
+            *i = end;
+            return Some(String::from_utf8_lossy(inner).replace("\"\"", "\""));
+        }
+        let s = *i;
+        while *i < b.len() && (b[*i].is_ascii_alphanumeric() || b[*i] == b'_' || b[*i] == b'$') {
+            *i += 1;
+        }
+        (s < *i).then(|| String::from_utf8_lossy(&b[s..*i]).to_ascii_lowercase())
+    };
+    skip_ws(&mut i);
+    let mut first = word(&mut i)?;
+    if first == "session" || first == "local" {
+        skip_ws(&mut i);
+        first = word(&mut i)?;
+    }
+    let mut name = first;
+    while b.get(i) == Some(&b'.') {
+        i += 1;
+        name.push('.');
+        name.push_str(&word(&mut i)?);
+    }
+    name.contains('.').then_some(name)
+}
+
+/// The string literal that is the first argument of a set_config call at `i` (after the name).
+fn custom_name_in_call(b: &[u8], mut i: usize) -> Option<String> {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'(') {
+        return None;
+    }
+    i += 1;
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'\'') {
+        return None;
+    }
+    let end = skip_quoted(b, i, b'\'');
+    let inner = b.get(i + 1..end.saturating_sub(1))?;
+    let name = String::from_utf8_lossy(inner)
+        .replace("''", "'")
+        .to_ascii_lowercase();
+    name.contains('.').then_some(name)
 }
 
 fn find_from(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
@@ -354,6 +428,25 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         ));
         assert!(scan_session_effects("deallocate all").statements);
+        assert_eq!(
+            scan_session_effects("SET app.user_id = 5").custom,
+            vec!["app.user_id"]
+        );
+        assert_eq!(
+            scan_session_effects("set local App.X to 1").custom,
+            vec!["app.x"]
+        );
+        assert_eq!(
+            scan_session_effects("RESET \"my.Name\"").custom,
+            vec!["my.Name"]
+        );
+        assert_eq!(
+            scan_session_effects("select set_config( 'a.b', $1, false)").custom,
+            vec!["a.b"]
+        );
+        assert!(scan_session_effects("SET search_path = x")
+            .custom
+            .is_empty());
         assert!(scan_session_effects("DISCARD ALL").statements);
     }
 }

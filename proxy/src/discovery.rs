@@ -1,0 +1,199 @@
+//! Builds the policy [`Catalog`] of a database from the configuration and, when a server is
+//! reachable, from its system catalog.
+//!
+//! Safe defaults: a relation becomes a tenant table when it has the tenant column (or is
+//! listed); shared tables are only those named in `shared_tables`; everything else stays
+//! unknown to the policy and is rejected. A view or lookup table without the tenant column can
+//! hold other tenants' data, so it is never readable without being named as shared.
+
+use crate::server::{self, ServerConn, ServerError, ServerTarget};
+use crate::session::quote_literal;
+use tenantgate_config::{Config, TablesSpec};
+use tenantgate_policy::{Catalog, Policy, PolicyConfig, UnknownRelations};
+
+/// One relation found on the server.
+#[derive(Debug, Clone)]
+pub struct FoundRelation {
+    pub schema: String,
+    pub name: String,
+    pub has_tenant_column: bool,
+}
+
+/// What discovery read from a server.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    pub relations: Vec<FoundRelation>,
+    /// (schema, table, columns)
+    pub unique_keys: Vec<(String, String, Vec<String>)>,
+    /// (schema, table, columns, ref schema, ref table, ref columns)
+    pub foreign_keys: Vec<ForeignKeyRow>,
+}
+
+pub type ForeignKeyRow = (String, String, Vec<String>, String, String, Vec<String>);
+
+const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
+
+/// Column names of an attribute-number array, joined by the unit separator (chr(31)).
+fn columns_of(rel: &str, array: &str) -> String {
+    format!(
+        "array_to_string(ARRAY(SELECT a.attname FROM unnest({array}) WITH ORDINALITY k(attnum, ord) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = {rel} AND a.attnum = k.attnum ORDER BY k.ord), chr(31))"
+    )
+}
+
+fn split_columns(s: &str) -> Vec<String> {
+    s.split('\u{1f}').map(str::to_string).collect()
+}
+
+/// Reads relations, unique keys and foreign keys from a server.
+pub async fn discover(
+    conn: &mut ServerConn,
+    tenant_column: &str,
+) -> Result<Discovered, ServerError> {
+    let relations_sql = format!(
+        "SELECT n.nspname, c.relname, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = c.oid AND a.attname = {col} AND a.attnum > 0 AND NOT a.attisdropped) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {SYSTEM_SCHEMAS}",
+        col = quote_literal(tenant_column)
+    );
+    let unique_sql = format!(
+        "SELECT n.nspname, c.relname, {cols} FROM pg_catalog.pg_index i \
+         JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND {SYSTEM_SCHEMAS}",
+        cols = columns_of("c.oid", "i.indkey::int2[]")
+    );
+    let fk_sql = format!(
+        "SELECT n.nspname, c.relname, {cols}, rn.nspname, rc.relname, {ref_cols} \
+         FROM pg_catalog.pg_constraint con \
+         JOIN pg_catalog.pg_class c ON c.oid = con.conrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid \
+         JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
+         WHERE con.contype = 'f' AND {SYSTEM_SCHEMAS}",
+        cols = columns_of("con.conrelid", "con.conkey"),
+        ref_cols = columns_of("con.confrelid", "con.confkey"),
+    );
+    let text = |r: &mut Vec<Option<String>>, i: usize| {
+        r.get_mut(i).and_then(Option::take).unwrap_or_default()
+    };
+    let mut found = Discovered::default();
+    for mut r in conn.query_rows(&relations_sql).await? {
+        found.relations.push(FoundRelation {
+            schema: text(&mut r, 0),
+            name: text(&mut r, 1),
+            has_tenant_column: text(&mut r, 2) == "t",
+        });
+    }
+    for mut r in conn.query_rows(&unique_sql).await? {
+        found.unique_keys.push((
+            text(&mut r, 0),
+            text(&mut r, 1),
+            split_columns(&text(&mut r, 2)),
+        ));
+    }
+    for mut r in conn.query_rows(&fk_sql).await? {
+        found.foreign_keys.push((
+            text(&mut r, 0),
+            text(&mut r, 1),
+            split_columns(&text(&mut r, 2)),
+            text(&mut r, 3),
+            text(&mut r, 4),
+            split_columns(&text(&mut r, 5)),
+        ));
+    }
+    Ok(found)
+}
+
+/// Connects to a database's server and discovers its catalog.
+pub async fn discover_target(
+    target: &ServerTarget,
+    tenant_column: &str,
+) -> Result<Discovered, ServerError> {
+    let mut conn = server::connect(target, &[]).await?;
+    discover(&mut conn, tenant_column).await
+}
+
+/// `schema.table` or `table` (schema `public`), as written in the configuration.
+fn split_name(name: &str) -> (String, String) {
+    match name.split_once('.') {
+        Some((s, t)) => (s.to_string(), t.to_string()),
+        None => ("public".to_string(), name.to_string()),
+    }
+}
+
+/// Builds the catalog for a database from the configuration and what discovery found.
+/// `None` means no discovery: configured tables only.
+pub fn build_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
+    let t = &config.tenancy;
+    let mut catalog = Catalog::new(&t.column);
+    let shared: Vec<(String, String)> = t.shared_tables.iter().map(|n| split_name(n)).collect();
+    let overrides: Vec<((String, String), String)> = t
+        .table_overrides
+        .iter()
+        .map(|o| (split_name(&o.name), o.column.clone()))
+        .collect();
+    let listed: Vec<(String, String)> = match &t.tables {
+        TablesSpec::List(l) => l.iter().map(|n| split_name(n)).collect(),
+        TablesSpec::Auto(_) => Vec::new(),
+    };
+    for (s, n) in &shared {
+        catalog.add_shared_table(s, n);
+    }
+    for ((s, n), col) in &overrides {
+        catalog.add_tenant_table(s, n, col);
+    }
+    for (s, n) in &listed {
+        if !overrides.iter().any(|(k, _)| k.0 == *s && k.1 == *n) {
+            catalog.add_tenant_table(s, n, &t.column);
+        }
+    }
+    let Some(found) = found else {
+        return catalog;
+    };
+    let configured = |s: &str, n: &str| {
+        shared.iter().any(|k| k.0 == s && k.1 == n)
+            || overrides.iter().any(|(k, _)| k.0 == s && k.1 == n)
+            || listed.iter().any(|k| k.0 == s && k.1 == n)
+    };
+    for r in &found.relations {
+        if !configured(&r.schema, &r.name) && r.has_tenant_column {
+            catalog.add_tenant_table(&r.schema, &r.name, &t.column);
+        }
+    }
+    for (s, n, cols) in &found.unique_keys {
+        let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+        catalog.add_unique_key(s, n, &cols);
+    }
+    for (s, n, cols, rs, rn, rcols) in &found.foreign_keys {
+        let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+        let rcols: Vec<&str> = rcols.iter().map(String::as_str).collect();
+        catalog.add_foreign_key(s, n, &cols, rs, rn, &rcols);
+    }
+    catalog
+}
+
+/// The policy configuration from `[policy]` and `[tenancy]`.
+pub fn policy_config(config: &Config) -> PolicyConfig {
+    let p = &config.policy;
+    PolicyConfig {
+        tenant_setting: config.tenancy.setting.clone(),
+        require_parameters: p.require_parameters,
+        allow_multi_statement: p.allow_multi_statement,
+        unknown_relations: match p.unknown_relations {
+            tenantgate_config::UnknownRelations::Reject => UnknownRelations::Reject,
+            tenantgate_config::UnknownRelations::Allow => UnknownRelations::Allow,
+        },
+        max_query_length: p.max_query_length,
+        cache_entries: p.cache_entries,
+        allowed_functions: p.allowed_functions.clone(),
+        allowed_procedures: p.allowed_procedures.clone(),
+        allow_listen: p.allow_listen,
+    }
+}
+
+pub fn build_policy(config: &Config, found: Option<&Discovered>) -> Policy {
+    Policy::new(policy_config(config), build_catalog(config, found))
+}

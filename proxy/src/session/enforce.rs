@@ -1,0 +1,395 @@
+//! Screening client statements: the tenant policy, tenant switching, and the session commands
+//! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
+
+use super::settings::{quote_literal, set_sql};
+use super::Session;
+use crate::protocol::frame::BodyReader;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use std::sync::Arc;
+use tenantgate_config::{PolicyMode, TenantSource};
+use tenantgate_policy::{Decision, SessionCtx, StatementKind};
+
+/// What to do with a Query or Parse after screening.
+pub enum Screen {
+    /// Relay it; the decision (when the policy applies) is kept for Bind checks.
+    Forward(Option<Arc<Decision>>),
+    /// Refuse it with this error.
+    Reject(PgError),
+    /// Answer it with `tag` after running `sql` on the server instead, or locally when
+    /// `sql` is None or no server is needed.
+    Answer {
+        tag: &'static str,
+        sql: Option<String>,
+    },
+}
+
+/// Tenant switch requested with `SET [LOCAL] tenantgate.tenant` / `RESET tenantgate.tenant`.
+const SWITCH_SETTING: &str = "tenantgate.tenant";
+
+fn reject(rule: &str, message: String, hint: Option<String>) -> PgError {
+    let mut e = PgError::error(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        format!("tenantgate: {message}"),
+    )
+    .with_detail(format!("rule: {rule}"));
+    if let Some(h) = hint {
+        e = e.with_hint(h);
+    }
+    e
+}
+
+/// The ErrorResponse for a policy rejection: `42501 tenantgate: <reason>`, rule in DETAIL.
+pub fn rejection(decision: &Decision) -> PgError {
+    let mut e = reject(
+        decision.rule.as_str(),
+        decision.reason.clone(),
+        decision.hint.clone(),
+    );
+    e.code = decision.sqlstate;
+    e
+}
+
+/// The value of `SET name = 'value'` / `SET name TO value` (one string or number argument).
+fn set_value(sql: &str) -> Option<String> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let stmt = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?;
+    let pg_query::NodeEnum::VariableSetStmt(set) = stmt else {
+        return None;
+    };
+    let [arg] = set.args.as_slice() else {
+        return None;
+    };
+    let pg_query::NodeEnum::AConst(c) = arg.node.as_ref()? else {
+        return None;
+    };
+    match c.val.as_ref()? {
+        pg_query::protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
+        pg_query::protobuf::a_const::Val::Ival(i) => Some(i.ival.to_string()),
+        _ => None,
+    }
+}
+
+/// Allowed-list entries match exactly, or as a prefix when they end in `*`.
+fn tenant_allowed(allowed: &[String], tenant: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => tenant.starts_with(prefix),
+        None => a == tenant,
+    })
+}
+
+impl Session {
+    /// The tenant statements run for now: a `SET LOCAL` override, else the session's.
+    pub(super) fn current_tenant(&self) -> Option<&str> {
+        self.local_tenant.as_deref().or(self.tenant.as_deref())
+    }
+
+    fn policy_applies(&self) -> bool {
+        !self.bypass_policy && self.app.policy_mode(&self.id.database) != PolicyMode::Off
+    }
+
+    fn tx_status(&self) -> u8 {
+        self.server.as_ref().map_or(b'I', |s| s.conn.tx_status)
+    }
+
+    /// Screens the text of a Query (`simple`) or a Parse.
+    pub(super) fn screen_sql(&mut self, sql: &str, simple: bool) -> Screen {
+        if !self.policy_applies() {
+            // Only session commands matter here; skip the parse unless one may be present.
+            let fx = super::settings::scan_session_effects(sql);
+            if !fx.settings && !fx.statements {
+                return Screen::Forward(None);
+            }
+        }
+        let Some(policy) = self.app.policy(&self.id.database) else {
+            return Screen::Forward(None);
+        };
+        let decision = policy.check(
+            sql,
+            &SessionCtx {
+                tenant: self.current_tenant(),
+            },
+        );
+        if let [single] = decision.statements.as_slice() {
+            if let Some(screen) = self.intercept(single, sql, simple) {
+                return screen;
+            }
+        }
+        if !self.policy_applies() {
+            return Screen::Forward(None);
+        }
+        if decision.is_allowed() {
+            return Screen::Forward(Some(decision));
+        }
+        if self.app.policy_mode(&self.id.database) == PolicyMode::Audit {
+            tracing::warn!(user = %self.id.user, tenant = ?self.current_tenant(), rule = decision.rule.as_str(),
+                fingerprint = %decision.fingerprint, query = %decision.normalized, "policy would reject (audit mode)");
+            return Screen::Forward(Some(decision));
+        }
+        tracing::info!(user = %self.id.user, tenant = ?self.current_tenant(), rule = decision.rule.as_str(),
+            fingerprint = %decision.fingerprint, query = %decision.normalized, "policy rejected statement");
+        Screen::Reject(rejection(&decision))
+    }
+
+    /// Session commands the proxy owns, whatever the policy mode.
+    fn intercept(&mut self, kind: &StatementKind, sql: &str, simple: bool) -> Option<Screen> {
+        match kind {
+            StatementKind::Set { name, local } if name.eq_ignore_ascii_case(SWITCH_SETTING) => {
+                Some(self.switch_tenant(set_value(sql), *local, simple))
+            }
+            StatementKind::Reset { name: Some(name) }
+                if name.eq_ignore_ascii_case(SWITCH_SETTING) =>
+            {
+                Some(self.switch_tenant(None, false, simple))
+            }
+            StatementKind::Reset { name: None } if simple && self.tenant.is_some() => {
+                self.desired = self.with_tenant(self.startup.clone());
+                Some(Screen::Answer {
+                    tag: "RESET",
+                    sql: Some(format!("RESET ALL; {}", set_sql(&self.desired))),
+                })
+            }
+            StatementKind::Discard
+                if simple && self.tenant.is_some() && sql.to_ascii_lowercase().contains("all") =>
+            {
+                if self.tx_status() != b'I' {
+                    return Some(Screen::Reject(PgError::error(
+                        "25001",
+                        "DISCARD ALL cannot run inside a transaction block",
+                    )));
+                }
+                self.statements.clear();
+                self.desired = self.with_tenant(self.startup.clone());
+                Some(Screen::Answer {
+                    tag: "DISCARD ALL",
+                    sql: (!self.tx_mode)
+                        .then(|| format!("DISCARD ALL; {}", set_sql(&self.desired))),
+                })
+            }
+            StatementKind::Deallocate if simple && self.tx_mode => {
+                let lower = sql.to_ascii_lowercase();
+                let all = lower
+                    .split_whitespace()
+                    .any(|w| w.trim_end_matches(';') == "all");
+                if all {
+                    self.statements.clear();
+                    return Some(Screen::Answer {
+                        tag: "DEALLOCATE ALL",
+                        sql: None,
+                    });
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// `SET [LOCAL] tenantgate.tenant = 'x'` / `RESET tenantgate.tenant` from a switch user.
+    fn switch_tenant(&mut self, value: Option<String>, local: bool, simple: bool) -> Screen {
+        let user = &self.id.user_config.config;
+        if user.tenant_from != Some(TenantSource::Switch) {
+            return Screen::Reject(reject(
+                "tenant-setting-write",
+                format!(
+                    "the tenant of user \"{}\" is fixed and cannot be switched",
+                    user.name
+                ),
+                None,
+            ));
+        }
+        if !simple {
+            return Screen::Reject(reject(
+                "tenant-setting-write",
+                "switch the tenant with a simple query, not a prepared statement".into(),
+                None,
+            ));
+        }
+        if let Some(t) = &value {
+            if !tenant_allowed(&user.allowed_tenants, t) {
+                tracing::info!(user = %user.name, tenant = %t, "tenant switch refused");
+                return Screen::Reject(reject(
+                    "tenant-value-mismatch",
+                    format!("user \"{}\" may not act for this tenant", user.name),
+                    Some("add the tenant to allowed_tenants".into()),
+                ));
+            }
+        }
+        let setting = self.app.config().tenancy.setting.clone();
+        let in_tx = self.tx_status() != b'I';
+        if local {
+            if !in_tx {
+                return Screen::Reject(PgError::error(
+                    "25P01",
+                    "SET LOCAL tenantgate.tenant can only be used in transaction blocks",
+                ));
+            }
+            let Some(t) = value else {
+                return Screen::Reject(PgError::error(
+                    "22023",
+                    "SET LOCAL tenantgate.tenant needs a value",
+                ));
+            };
+            let sql = format!(
+                "SELECT set_config({}, {}, true)",
+                quote_literal(&setting),
+                quote_literal(&t)
+            );
+            self.local_tenant = Some(t);
+            return Screen::Answer {
+                tag: "SET",
+                sql: Some(sql),
+            };
+        }
+        if in_tx {
+            return Screen::Reject(PgError::error(
+                "25001",
+                "tenantgate: switch the tenant outside a transaction block (or use SET LOCAL)",
+            ));
+        }
+        tracing::debug!(user = %user.name, tenant = ?value, "tenant switched");
+        self.tenant = value;
+        let current = std::mem::take(&mut self.desired);
+        self.desired = self.with_tenant(current);
+        let sql = match &self.tenant {
+            Some(t) => format!(
+                "SELECT set_config({}, {}, false)",
+                quote_literal(&setting),
+                quote_literal(t)
+            ),
+            None => format!("RESET {}", super::settings::quote_ident(&setting)),
+        };
+        Screen::Answer {
+            tag: if self.tenant.is_some() {
+                "SET"
+            } else {
+                "RESET"
+            },
+            sql: (!self.tx_mode).then_some(sql),
+        }
+    }
+
+    fn without_tenant(&self, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
+        let setting = &self.app.config().tenancy.setting;
+        settings.retain(|(k, _)| !k.eq_ignore_ascii_case(setting));
+        settings
+    }
+
+    /// `settings` plus the tenant setting for the session's tenant (if any).
+    pub(super) fn with_tenant(&self, settings: Vec<(String, String)>) -> Vec<(String, String)> {
+        let mut settings = self.without_tenant(settings);
+        if let Some(t) = &self.tenant {
+            settings.push((self.app.config().tenancy.setting.clone(), t.clone()));
+            settings.sort();
+        }
+        settings
+    }
+
+    /// Checks a Bind's tenant parameters against the session tenant.
+    pub(super) fn screen_bind(&self, body: &[u8]) -> Option<PgError> {
+        if !self.policy_applies() {
+            return None;
+        }
+        let mut r = BodyReader::new(body);
+        let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
+            return None;
+        };
+        let stmt = self.statements.get(name)?;
+        let decision = stmt.decision.as_ref()?;
+        if decision.tenant_params.is_empty() {
+            return None;
+        }
+        let Some(tenant) = self.current_tenant() else {
+            return Some(reject(
+                "tenant-not-set",
+                "the session tenant is not known yet".into(),
+                None,
+            ));
+        };
+        let bad = || {
+            Some(PgError::error(
+                sqlstate::PROTOCOL_VIOLATION,
+                "tenantgate: malformed Bind message",
+            ))
+        };
+        let Ok(nformats) = r.i16() else { return bad() };
+        let mut formats = Vec::with_capacity(nformats.max(0) as usize);
+        for _ in 0..nformats.max(0) {
+            let Ok(f) = r.i16() else { return bad() };
+            formats.push(f);
+        }
+        let Ok(nparams) = r.i16() else { return bad() };
+        let mut params = Vec::with_capacity(nparams.max(0) as usize);
+        for _ in 0..nparams.max(0) {
+            let Ok(len) = r.i32() else { return bad() };
+            if len < 0 {
+                params.push(None);
+            } else {
+                let Ok(v) = r.bytes(len as usize) else {
+                    return bad();
+                };
+                params.push(Some(v));
+            }
+        }
+        match decision.check_bind(&params, &formats, &stmt.param_types, tenant) {
+            Ok(()) => None,
+            Err(rej) if self.app.policy_mode(&self.id.database) == PolicyMode::Audit => {
+                tracing::warn!(user = %self.id.user, rule = rej.rule.as_str(), "Bind would be rejected (audit mode)");
+                None
+            }
+            Err(rej) => {
+                tracing::info!(user = %self.id.user, tenant = %tenant, rule = rej.rule.as_str(), "policy rejected Bind");
+                Some(reject(rej.rule.as_str(), rej.reason, None))
+            }
+        }
+    }
+
+    /// A FunctionCall message runs a function by OID, around the SQL policy.
+    pub(super) fn screen_function_call(&self) -> Option<PgError> {
+        self.policy_applies().then(|| {
+            reject(
+                "forbidden-statement",
+                "the FunctionCall protocol message is not allowed; call functions with SQL".into(),
+                None,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn set_values_are_read() {
+        assert_eq!(
+            set_value("SET tenantgate.tenant = 'acme'").as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            set_value("set tenantgate.tenant to globex").as_deref(),
+            Some("globex")
+        );
+        assert_eq!(
+            set_value("SET tenantgate.tenant = 42").as_deref(),
+            Some("42")
+        );
+        assert_eq!(set_value("SET tenantgate.tenant = 'a', 'b'"), None);
+    }
+
+    #[test]
+    fn allowed_tenants_match_exactly_or_by_prefix() {
+        let allowed = vec!["acme".to_string(), "eu-*".to_string()];
+        assert!(tenant_allowed(&allowed, "acme"));
+        assert!(tenant_allowed(&allowed, "eu-42"));
+        assert!(!tenant_allowed(&allowed, "acme2"));
+        assert!(!tenant_allowed(&allowed, "us-1"));
+    }
+}
