@@ -25,7 +25,9 @@ pub struct App {
     policies: HashMap<String, ArcSwap<Policy>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancel: CancelRegistry,
+    audit: Option<crate::audit::AuditLog>,
     clients: AtomicUsize,
+    next_conn_id: std::sync::atomic::AtomicU64,
     shutdown: Shutdown,
 }
 
@@ -44,6 +46,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsSetupError),
     #[error("{0}")]
     Credential(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl App {
@@ -81,7 +85,10 @@ impl App {
             )?;
             pools.insert(db.name.clone(), Pool::new(&db.name, settings));
         }
+        let audit = crate::audit::AuditLog::start(&config.audit)?;
         Ok(App {
+            audit,
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
             config,
             users,
             pools,
@@ -142,6 +149,14 @@ impl App {
     pub fn client_guard(self: &Arc<Self>) -> ClientGuard {
         self.clients.fetch_add(1, Ordering::Relaxed);
         ClientGuard(self.clone())
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::AuditLog> {
+        self.audit.as_ref()
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn clients(&self) -> usize {

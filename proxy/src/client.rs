@@ -206,6 +206,18 @@ async fn login(
         Ok(()) => {}
         Err(AuthError::Failed) => {
             tracing::info!(%peer, %user, %database, known_user = entry.is_some(), database_allowed = allowed, "authentication failed");
+            if let Some(audit) = app.audit() {
+                audit
+                    .record(crate::audit::AuditEvent {
+                        kind: crate::audit::AuditKind::AuthFailure,
+                        conn: app.next_conn_id(),
+                        client_addr: peer,
+                        user: user.clone(),
+                        database: database.clone(),
+                        tenant: None,
+                    })
+                    .await;
+            }
             let msg = format!("password authentication failed for user \"{user}\"");
             send_fatal(&mut conn.stream, reject(sqlstate::INVALID_PASSWORD, msg)).await;
             return None;
@@ -233,6 +245,7 @@ async fn login(
     Some((
         conn,
         ClientIdentity {
+            conn_id: app.next_conn_id(),
             peer,
             user,
             database,

@@ -5,6 +5,7 @@
 //! in-process on port 0.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 mod client;
@@ -69,6 +70,9 @@ pub async fn run(
     }
     for pool in app.pools() {
         pool.close();
+    }
+    if let Some(audit) = app.audit() {
+        audit.shutdown().await;
     }
     tracing::info!("tenantgate stopped");
     Ok(())

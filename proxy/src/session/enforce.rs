@@ -3,6 +3,7 @@
 
 use super::settings::{quote_literal, set_sql};
 use super::Session;
+use crate::audit::AuditKind;
 use crate::protocol::frame::BodyReader;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
@@ -126,16 +127,33 @@ impl Session {
             return Screen::Forward(None);
         }
         if decision.is_allowed() {
+            self.audit_statement(&decision, "allow");
             return Screen::Forward(Some(decision));
         }
         if self.app.policy_mode(&self.id.database) == PolicyMode::Audit {
             tracing::warn!(user = %self.id.user, tenant = ?self.current_tenant(), rule = decision.rule.as_str(),
                 fingerprint = %decision.fingerprint, query = %decision.normalized, "policy would reject (audit mode)");
+            self.audit_statement(&decision, "would-reject");
             return Screen::Forward(Some(decision));
         }
         tracing::info!(user = %self.id.user, tenant = ?self.current_tenant(), rule = decision.rule.as_str(),
             fingerprint = %decision.fingerprint, query = %decision.normalized, "policy rejected statement");
+        self.audit_statement(&decision, "reject");
         Screen::Reject(rejection(&decision))
+    }
+
+    fn audit_statement(&mut self, d: &Decision, verdict: &'static str) {
+        if self.app.audit().is_none() {
+            return;
+        }
+        self.audit_pending.push(AuditKind::Statement {
+            decision: verdict,
+            rule: d.rule.as_str(),
+            reason: d.reason.clone(),
+            fingerprint: d.fingerprint.clone(),
+            query: d.normalized.clone(),
+            sqlstate: d.sqlstate,
+        });
     }
 
     /// Session commands the proxy owns, whatever the policy mode.
@@ -254,6 +272,10 @@ impl Session {
             ));
         }
         tracing::debug!(user = %user.name, tenant = ?value, "tenant switched");
+        self.audit_pending.push(AuditKind::TenantSwitch {
+            from: self.tenant.clone(),
+            to: value.clone(),
+        });
         self.tenant = value;
         let current = std::mem::take(&mut self.desired);
         self.desired = self.with_tenant(current);
@@ -292,7 +314,39 @@ impl Session {
     }
 
     /// Checks a Bind's tenant parameters against the session tenant.
-    pub(super) fn screen_bind(&self, body: &[u8]) -> Option<PgError> {
+    pub(super) fn screen_bind(&mut self, body: &[u8]) -> Option<PgError> {
+        let err = self.check_bind(body)?;
+        if self.app.audit().is_some() {
+            let name = BodyReader::new(body).cstr_bytes().ok().and_then(|_| {
+                let mut r = BodyReader::new(body);
+                r.cstr_bytes().ok()?;
+                r.cstr().ok().map(str::to_string)
+            });
+            let decision =
+                name.and_then(|n| self.statements.get(&n).and_then(|s| s.decision.clone()));
+            self.audit_pending.push(AuditKind::Bind {
+                decision: "reject",
+                rule: err
+                    .detail
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix("rule: "))
+                    .and_then(tenantgate_policy::Rule::from_id)
+                    .map_or("tenant-value-mismatch", |r| r.as_str()),
+                reason: err.message.clone(),
+                fingerprint: decision
+                    .as_ref()
+                    .map(|d| d.fingerprint.clone())
+                    .unwrap_or_default(),
+                query: decision
+                    .as_ref()
+                    .map(|d| d.normalized.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Some(err)
+    }
+
+    fn check_bind(&self, body: &[u8]) -> Option<PgError> {
         if !self.policy_applies() {
             return None;
         }

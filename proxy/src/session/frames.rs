@@ -91,6 +91,7 @@ impl Session {
                 Screened::Answer { tag, sql } => self.answer(tag, sql),
             }
             self.expected.flush_synthetic(&mut self.to_client);
+            self.flush_audit().await;
         }
     }
 

@@ -12,6 +12,7 @@ mod relay;
 pub mod settings;
 
 use crate::app::{App, UserEntry};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::conn::Framed;
 use crate::pool::{Pool, PoolError};
@@ -32,6 +33,8 @@ use tokio::io::AsyncWriteExt;
 
 /// Who the client is, established by the handshake.
 pub struct ClientIdentity {
+    /// Connection number, for logs and the audit trail.
+    pub conn_id: u64,
     pub peer: SocketAddr,
     pub user: String,
     pub database: String,
@@ -86,6 +89,8 @@ pub struct Session {
     custom_settings: Vec<String>,
     /// After a rejected extended-protocol message: drop client messages until Sync.
     skip_until_sync: bool,
+    /// Audit events waiting to be queued (screening is synchronous; queuing may wait).
+    audit_pending: Vec<AuditKind>,
     cancel: CancelKey,
     waits: Waits,
 }
@@ -204,6 +209,7 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         bypass_policy,
         custom_settings: Vec::new(),
         skip_until_sync: false,
+        audit_pending: vec![AuditKind::Connect],
         cancel,
         waits,
     };
@@ -323,7 +329,31 @@ impl Session {
         self.id.pool.release(conn);
     }
 
+    /// Queues the pending audit events (waiting for room if the writer is behind).
+    async fn flush_audit(&mut self) {
+        if self.audit_pending.is_empty() {
+            return;
+        }
+        let Some(audit) = self.app.audit().cloned() else {
+            self.audit_pending.clear();
+            return;
+        };
+        for kind in std::mem::take(&mut self.audit_pending) {
+            audit
+                .record(AuditEvent {
+                    kind,
+                    conn: self.id.conn_id,
+                    client_addr: self.id.peer,
+                    user: self.id.user.clone(),
+                    database: self.id.database.clone(),
+                    tenant: self.current_tenant().map(str::to_string),
+                })
+                .await;
+        }
+    }
+
     async fn serve(mut self) {
+        self.flush_audit().await;
         let end = self.relay().await;
         match &end {
             RelayEnd::ClientGone => {}
@@ -335,6 +365,8 @@ impl Session {
             let reusable = relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
             finish(&self.id.pool, conn, reusable, !self.tx_mode).await;
         }
+        self.audit_pending.push(AuditKind::Disconnect);
+        self.flush_audit().await;
     }
 }
 
