@@ -113,6 +113,13 @@ impl Config {
                 &db.password_env,
             );
         }
+        if let Some(jwt) = self.auth.jwt.as_mut() {
+            resolve(
+                "auth.jwt.secret_env".into(),
+                &mut jwt.secret,
+                &jwt.secret_env,
+            );
+        }
         for (i, user) in self.users.iter_mut().enumerate() {
             resolve(
                 format!("users[{i}].password_env"),

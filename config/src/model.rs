@@ -19,6 +19,55 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How JWT passwords of `tenant_from = "jwt"` users are verified.
+    pub jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    ES256,
+    ES384,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    /// HMAC secret (HS*), or secret_env.
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    /// PEM public key file (RS*/ES*).
+    pub public_key: Option<PathBuf>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Claim holding the tenant id.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// Seconds of clock skew tolerated for exp/nbf.
+    #[serde(default = "default_leeway")]
+    pub leeway: u64,
+}
+
+fn default_tenant_claim() -> String {
+    "tenant_id".into()
+}
+fn default_leeway() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -338,11 +387,63 @@ pub struct AuditConfig {
     pub path: Option<String>,
     /// `all`, `none` or `sample:N` (one allowed statement in N).
     pub log_allowed: String,
+    /// Rotate the file once it reaches this size; 0 = never rotate.
     pub rotate_bytes: u64,
+    /// Rotated files kept (`<path>.000001`, `<path>.000002`, …; the oldest are deleted).
     pub rotate_keep: usize,
     /// `always`, `never`, or a number of milliseconds between fsyncs.
     pub fsync: String,
+    /// Records waiting for the writer; when full, rejections wait and allowed statements are
+    /// dropped (and counted).
     pub queue_size: usize,
+}
+
+/// `[audit] log_allowed`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAllowed {
+    All,
+    None,
+    /// One allowed statement in N (N > 0).
+    Sample(u32),
+}
+
+/// `[audit] fsync`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFsync {
+    /// After every batch of records written.
+    Always,
+    /// Never; the operating system decides.
+    Never,
+    /// At most this long after a record is written.
+    Every(Duration),
+}
+
+impl AuditConfig {
+    /// `log_allowed`, or None when it is not valid.
+    pub fn allowed(&self) -> Option<AuditAllowed> {
+        match self.log_allowed.as_str() {
+            "all" => Some(AuditAllowed::All),
+            "none" => Some(AuditAllowed::None),
+            s => s
+                .strip_prefix("sample:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+                .map(AuditAllowed::Sample),
+        }
+    }
+
+    /// `fsync`, or None when it is not valid.
+    pub fn fsync_policy(&self) -> Option<AuditFsync> {
+        match self.fsync.as_str() {
+            "always" => Some(AuditFsync::Always),
+            "never" => Some(AuditFsync::Never),
+            ms => ms
+                .parse::<u32>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(|ms| AuditFsync::Every(Duration::from_millis(u64::from(ms)))),
+        }
+    }
 }
 
 impl Default for AuditConfig {

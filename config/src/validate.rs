@@ -50,6 +50,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     tenancy(config, &mut e);
+    jwt(config, &mut e);
     policy(config, &mut e);
     audit(config, &mut e);
     e.0
@@ -195,7 +196,12 @@ fn user_rules(path: &str, user: &UserConfig, config: &Config, e: &mut Errors) {
         );
     }
     let auth = user.auth_type.unwrap_or(config.proxy.auth_type);
-    if auth != crate::AuthType::Trust && user.password.is_none() && user.password_env.is_none() {
+    let jwt = user.tenant_from == Some(TenantSource::Jwt);
+    if !jwt
+        && auth != crate::AuthType::Trust
+        && user.password.is_none()
+        && user.password_env.is_none()
+    {
         e.push(
             format!("{path}.password"),
             "required unless auth_type = \"trust\" (or use password_env)",
@@ -221,10 +227,18 @@ fn user_rules(path: &str, user: &UserConfig, config: &Config, e: &mut Errors) {
                 );
             }
         }
-        TenantSource::Jwt => e.push(
-            format!("{path}.tenant_from"),
-            "\"jwt\" is not supported by this version (use \"fixed\" or \"switch\")",
-        ),
+        TenantSource::Jwt => {
+            e.check(
+                config.auth.jwt.is_some(),
+                format!("{path}.tenant_from"),
+                "\"jwt\" needs an [auth.jwt] section",
+            );
+            e.check(
+                user.tenant.is_none() && user.password.is_none() && user.password_env.is_none(),
+                format!("{path}.tenant_from"),
+                "a \"jwt\" user has no tenant or password: both come from the token",
+            );
+        }
         TenantSource::Switch => {
             e.check(
                 user.tenant.is_none(),
@@ -305,6 +319,34 @@ fn tenancy(config: &Config, e: &mut Errors) {
     }
 }
 
+fn jwt(config: &Config, e: &mut Errors) {
+    use crate::JwtAlgorithm::*;
+    let Some(j) = &config.auth.jwt else { return };
+    match j.algorithm {
+        HS256 | HS384 | HS512 => e.check(
+            j.secret.is_some() != j.secret_env.is_some(),
+            "auth.jwt.secret",
+            "HS* algorithms need exactly one of secret or secret_env",
+        ),
+        _ => match &j.public_key {
+            Some(p) => e.check(
+                p.is_file(),
+                "auth.jwt.public_key",
+                &format!("file {} does not exist", p.display()),
+            ),
+            None => e.push(
+                "auth.jwt.public_key",
+                "RS*/ES* algorithms need a PEM public_key file",
+            ),
+        },
+    }
+    e.check(
+        !j.tenant_claim.is_empty(),
+        "auth.jwt.tenant_claim",
+        "must not be empty",
+    );
+}
+
 fn policy(config: &Config, e: &mut Errors) {
     let p = &config.policy;
     e.check(
@@ -317,26 +359,25 @@ fn policy(config: &Config, e: &mut Errors) {
 
 fn audit(config: &Config, e: &mut Errors) {
     let a = &config.audit;
-    let sample_ok = match a.log_allowed.as_str() {
-        "all" | "none" => true,
-        s => s
-            .strip_prefix("sample:")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n > 0),
-    };
     e.check(
-        sample_ok,
+        a.allowed().is_some(),
         "audit.log_allowed",
         "must be \"all\", \"none\" or \"sample:N\" with N > 0",
     );
-    let fsync_ok = matches!(a.fsync.as_str(), "always" | "never") || a.fsync.parse::<u32>().is_ok();
     e.check(
-        fsync_ok,
+        a.fsync_policy().is_some(),
         "audit.fsync",
-        "must be \"always\", \"never\" or milliseconds",
+        "must be \"always\", \"never\" or milliseconds > 0",
     );
     e.check(a.queue_size > 0, "audit.queue_size", "must be > 0");
     e.check(a.rotate_keep > 0, "audit.rotate_keep", "must be > 0");
+    if let Some(path) = &a.path {
+        e.check(
+            !path.is_empty() && !path.ends_with('/') && !path.contains('\0'),
+            "audit.path",
+            "must be a file path or \"-\" for stdout",
+        );
+    }
 }
 
 fn positive(v: f64) -> bool {

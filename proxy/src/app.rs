@@ -61,10 +61,16 @@ impl App {
             (_, Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let jwt = match &config.auth.jwt {
+            Some(j) => Some(Arc::new(
+                crate::auth::JwtVerifier::new(j).map_err(StartError::Credential)?,
+            )),
+            None => None,
+        };
         let mut users = HashMap::new();
         for u in &config.users {
-            let credential =
-                Credential::for_user(u, config.proxy.auth_type).map_err(StartError::Credential)?;
+            let credential = Credential::for_user(u, config.proxy.auth_type, jwt.as_ref())
+                .map_err(StartError::Credential)?;
             users.insert(
                 u.name.clone(),
                 Arc::new(UserEntry {

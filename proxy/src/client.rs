@@ -202,8 +202,8 @@ async fn login(
             && (u.config.databases.is_empty() || u.config.databases.iter().any(|d| d == &database))
     });
     let credential = entry.as_ref().filter(|_| allowed).map(|u| &u.credential);
-    match auth::authenticate(&mut conn, &user, credential).await {
-        Ok(()) => {}
+    let token_tenant = match auth::authenticate(&mut conn, &user, credential).await {
+        Ok(t) => t,
         Err(AuthError::Failed) => {
             tracing::info!(%peer, %user, %database, known_user = entry.is_some(), database_allowed = allowed, "authentication failed");
             if let Some(audit) = app.audit() {
@@ -234,7 +234,7 @@ async fn login(
             tracing::debug!(%peer, error = %e, "client left during authentication");
             return None;
         }
-    }
+    };
     let mut out = BytesMut::new();
     backend::auth_ok(&mut out);
     if conn.write_all(&out).await.is_err() {
@@ -252,6 +252,7 @@ async fn login(
             user_config: entry,
             pool,
             params,
+            token_tenant,
         },
     ))
 }

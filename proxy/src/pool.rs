@@ -48,6 +48,8 @@ pub enum PoolError {
     WaitTimeout,
     #[error("pool is closed")]
     Closed,
+    #[error("tenant holds max_tenant_connections servers and none was released within query_wait_timeout")]
+    TenantQuota,
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -80,8 +82,13 @@ pub struct Pool {
     pub name: String,
     settings: arc_swap::ArcSwap<PoolSettings>,
     state: Mutex<PoolState>,
+    /// Per-tenant server quotas (`max_tenant_connections`): FIFO semaphores.
+    tenant_quotas: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub stats: PoolStats,
 }
+
+/// A tenant's share of a pool, held for as long as one of its clients holds a server.
+pub type TenantPermit = tokio::sync::OwnedSemaphorePermit;
 
 /// Counts for SHOW POOLS and metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,6 +104,7 @@ impl Pool {
             name: name.to_string(),
             settings: arc_swap::ArcSwap::from_pointee(settings),
             state: Mutex::new(PoolState::default()),
+            tenant_quotas: Mutex::new(std::collections::HashMap::new()),
             stats: PoolStats::default(),
         })
     }
@@ -121,6 +129,33 @@ impl Pool {
             total: s.total,
             waiting: s.waiters.len(),
         }
+    }
+
+    /// Waits (FIFO, up to `query_wait_timeout`) until `tenant` holds fewer than `limit` servers
+    /// of this pool, so one busy tenant cannot take every server.
+    pub async fn tenant_permit(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<TenantPermit, PoolError> {
+        let sem = {
+            let mut quotas = self.tenant_quotas.lock().unwrap_or_else(|e| e.into_inner());
+            quotas
+                .entry(tenant.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
+                .clone()
+        };
+        let wait = self.settings().query_wait_timeout;
+        let acquire = sem.acquire_owned();
+        let permit = if wait.is_zero() {
+            acquire.await.ok()
+        } else {
+            tokio::time::timeout(wait, acquire)
+                .await
+                .map_err(|_| PoolError::TenantQuota)?
+                .ok()
+        };
+        permit.ok_or(PoolError::Closed)
     }
 
     /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`.

@@ -1,7 +1,9 @@
 //! Client authentication: SCRAM-SHA-256, md5 and trust, against the users in the config.
 
+mod jwt;
 mod scram;
 
+pub use jwt::JwtVerifier;
 pub use scram::ScramVerifier;
 
 use crate::conn::{ConnError, Framed};
@@ -30,11 +32,22 @@ pub enum Credential {
     /// md5(password || username) as 32 hex digits.
     Md5Hash(String),
     Trust,
+    /// The password is a JWT; its claim names the tenant.
+    Jwt(std::sync::Arc<JwtVerifier>),
 }
 
 impl Credential {
     /// Chooses the method for a user: the stored format decides when it allows only one.
-    pub fn for_user(user: &UserConfig, default_auth: AuthType) -> Result<Credential, String> {
+    pub fn for_user(
+        user: &UserConfig,
+        default_auth: AuthType,
+        jwt: Option<&std::sync::Arc<JwtVerifier>>,
+    ) -> Result<Credential, String> {
+        if user.tenant_from == Some(tenantgate_config::TenantSource::Jwt) {
+            let v =
+                jwt.ok_or_else(|| format!("user {:?}: [auth.jwt] is not configured", user.name))?;
+            return Ok(Credential::Jwt(v.clone()));
+        }
         let auth = user.auth_type.unwrap_or(default_auth);
         if auth == AuthType::Trust {
             return Ok(Credential::Trust);
@@ -65,21 +78,41 @@ fn md5_hex(parts: &[&[u8]]) -> String {
 }
 
 /// Runs the exchange for `credential` (or a decoy exchange when the user or database is
-/// unknown, so the client cannot tell) and returns Ok only for a correct password.
+/// unknown, so the client cannot tell) and returns Ok only for a correct password; for a JWT
+/// login, Ok carries the token's tenant.
 pub async fn authenticate(
     conn: &mut Framed,
     user: &str,
     credential: Option<&Credential>,
-) -> Result<(), AuthError> {
+) -> Result<Option<String>, AuthError> {
     match credential {
-        Some(Credential::Trust) => Ok(()),
-        Some(Credential::Md5Hash(hash)) => md5_exchange(conn, hash).await,
-        Some(Credential::Scram(v)) => scram::exchange(conn, v).await,
+        Some(Credential::Trust) => Ok(None),
+        Some(Credential::Md5Hash(hash)) => md5_exchange(conn, hash).await.map(|_| None),
+        Some(Credential::Scram(v)) => scram::exchange(conn, v).await.map(|_| None),
+        Some(Credential::Jwt(v)) => jwt_exchange(conn, v).await.map(Some),
         None => {
             scram::exchange(conn, &ScramVerifier::decoy(user)).await?;
             Err(AuthError::Failed)
         }
     }
+}
+
+/// Asks for the password in clear (the token cannot go through SCRAM) and verifies it.
+async fn jwt_exchange(conn: &mut Framed, verifier: &JwtVerifier) -> Result<String, AuthError> {
+    let mut out = BytesMut::new();
+    backend::auth_cleartext(&mut out);
+    conn.write_all(&out).await?;
+    let frame = conn.read_frame().await?;
+    if frame.tag != b'p' {
+        return Err(AuthError::Protocol("expected a password message"));
+    }
+    let token = BodyReader::new(frame.body())
+        .cstr()
+        .map_err(|_| AuthError::Protocol("malformed password message"))?;
+    verifier.tenant(token).map_err(|e| {
+        tracing::info!(error = %e, "JWT rejected");
+        AuthError::Failed
+    })
 }
 
 async fn md5_exchange(conn: &mut Framed, hash: &str) -> Result<(), AuthError> {

@@ -15,7 +15,7 @@ use crate::app::{App, UserEntry};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::conn::Framed;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Pool, PoolError, TenantPermit};
 use crate::protocol::backend;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
@@ -41,11 +41,14 @@ pub struct ClientIdentity {
     pub user_config: Arc<UserEntry>,
     pub pool: Arc<Pool>,
     pub params: Vec<(String, String)>,
+    /// The tenant claim of a JWT login.
+    pub token_tenant: Option<String>,
 }
 
-/// A server while a client holds it, with what the session tracks about it.
+/// A server while a client holds it, with the tenant quota permit that goes with it.
 struct Attached {
     conn: ServerConn,
+    _quota: Option<TenantPermit>,
 }
 
 /// Protocol progress on the attached server, used to decide when it can be released.
@@ -102,6 +105,10 @@ fn pool_error(e: &PoolError) -> PgError {
             "tenantgate: no server connection available (query_wait_timeout)",
         ),
         PoolError::Closed => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "tenantgate: pool is closed"),
+        PoolError::TenantQuota => PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "tenantgate: tenant connection quota reached (max_tenant_connections, query_wait_timeout)",
+        ),
         PoolError::Server(ServerError::Rejected(m)) => PgError::fatal(
             sqlstate::CANNOT_CONNECT,
             format!("tenantgate: server login failed: {}", m.message),
@@ -145,11 +152,20 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
     let user = &id.user_config.config;
     let tenant = match user.tenant_from {
         None | Some(TenantSource::Fixed) => user.tenant.clone(),
-        _ => None,
+        Some(TenantSource::Jwt) => id.token_tenant.clone(),
+        Some(TenantSource::Switch) => None,
     };
     if let Some(t) = &tenant {
         startup.push((app.config().tenancy.setting.clone(), t.clone()));
     }
+    let quota = id.user_config.config.max_tenant_connections;
+    let permit = match (&tenant, quota, tx_mode) {
+        (Some(t), Some(limit), false) => match id.pool.tenant_permit(t, limit).await {
+            Ok(p) => Some(p),
+            Err(e) => return send_fatal(&mut client, pool_error(&e)).await,
+        },
+        _ => None,
+    };
     let mut server = match id.pool.acquire().await {
         Ok(s) => s,
         Err(e) => {
@@ -217,7 +233,7 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         server.session_settings = session.desired.clone();
         session.id.pool.release(server);
     } else {
-        session.attach_conn(server);
+        session.attach_conn(server, permit);
     }
     session.serve().await;
 }
@@ -252,18 +268,34 @@ async fn apply_startup(
 }
 
 impl Session {
-    fn attach_conn(&mut self, conn: ServerConn) {
+    fn attach_conn(&mut self, conn: ServerConn, quota: Option<TenantPermit>) {
         self.cancel.slot.set(Some(CancelTarget {
             target: self.id.pool.settings().target.clone(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         }));
         self.progress = Progress::default();
-        self.server = Some(Attached { conn });
+        self.server = Some(Attached {
+            conn,
+            _quota: quota,
+        });
     }
 
     /// Attaches a server for the client's next transaction, at the client's settings.
     async fn attach(&mut self) -> Result<(), PgError> {
+        let quota = match (
+            self.current_tenant(),
+            self.id.user_config.config.max_tenant_connections,
+        ) {
+            (Some(t), Some(limit)) => Some(
+                self.id
+                    .pool
+                    .tenant_permit(t, limit)
+                    .await
+                    .map_err(|e| pool_error(&e))?,
+            ),
+            _ => None,
+        };
         let mut conn = self.id.pool.acquire().await.map_err(|e| pool_error(&e))?;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
             if let Err(e) = conn.exec_quiet(&sql).await {
@@ -273,7 +305,7 @@ impl Session {
             }
             conn.session_settings = self.desired.clone();
         }
-        self.attach_conn(conn);
+        self.attach_conn(conn, quota);
         Ok(())
     }
 
@@ -294,7 +326,7 @@ impl Session {
 
     /// Returns the server to the pool, first learning its settings if they may have changed.
     async fn release(&mut self) {
-        let Some(Attached { mut conn }) = self.server.take() else {
+        let Some(Attached { mut conn, .. }) = self.server.take() else {
             return;
         };
         self.cancel.slot.set(None);
@@ -359,7 +391,7 @@ impl Session {
             RelayEnd::ClientGone => {}
             RelayEnd::Fatal(e) => send_fatal(&mut self.client, e.clone()).await,
         }
-        if let Some(Attached { conn }) = self.server.take() {
+        if let Some(Attached { conn, .. }) = self.server.take() {
             self.cancel.slot.set(None);
             let mut conn = conn;
             let reusable = relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;

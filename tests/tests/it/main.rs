@@ -7,6 +7,7 @@ mod clients;
 mod config_files;
 mod demo;
 mod harness;
+mod jwt;
 mod lifecycle;
 mod malformed;
 mod pool;
