@@ -78,6 +78,57 @@ fn set_value(sql: &str) -> Option<String> {
     }
 }
 
+/// Cheap test for words that may start a session-only feature (transaction mode).
+fn mentions_session_only_feature(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    [
+        "listen",
+        "prepare",
+        "execute",
+        "declare",
+        "advisory_lock",
+        "advisory_unlock",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
+/// Features that need the same server across transactions, which transaction pooling cannot
+/// give: refused with 0A000 rather than silently misbehaving.
+fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
+    let feature = decision.statements.iter().find_map(|k| match k {
+        StatementKind::Listen => Some("LISTEN"),
+        StatementKind::DeclareCursor { with_hold: true } => Some("DECLARE … WITH HOLD"),
+        StatementKind::Prepare | StatementKind::Execute => {
+            Some("SQL PREPARE/EXECUTE (use protocol-level prepared statements)")
+        }
+        _ => None,
+    });
+    let lower = sql.to_ascii_lowercase();
+    let feature = feature.or_else(|| {
+        // Session-level advisory locks outlive the transaction; the _xact_ variants are fine.
+        [
+            "pg_advisory_lock",
+            "pg_advisory_lock_shared",
+            "pg_try_advisory_lock",
+            "pg_try_advisory_lock_shared",
+            "pg_advisory_unlock",
+        ]
+        .iter()
+        .any(|f| lower.contains(f))
+        .then_some("session-level advisory locks (use pg_advisory_xact_lock)")
+    })?;
+    Some(
+        PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("tenantgate: {feature} is not supported in transaction pooling mode"),
+        )
+        .with_hint(
+            "use pool_mode = \"session\" for this database, or a session-mode database entry",
+        ),
+    )
+}
+
 /// Allowed-list entries match exactly, or as a prefix when they end in `*`.
 fn tenant_allowed(allowed: &[String], tenant: &str) -> bool {
     allowed.iter().any(|a| match a.strip_suffix('*') {
@@ -102,7 +153,8 @@ impl Session {
 
     /// Screens the text of a Query (`simple`) or a Parse.
     pub(super) fn screen_sql(&mut self, sql: &str, simple: bool) -> Screen {
-        if !self.policy_applies() {
+        let session_only = self.tx_mode && mentions_session_only_feature(sql);
+        if !self.policy_applies() && !session_only {
             // Only session commands matter here; skip the parse unless one may be present.
             let fx = super::settings::scan_session_effects(sql);
             if !fx.settings && !fx.statements {
@@ -121,6 +173,11 @@ impl Session {
         if let [single] = decision.statements.as_slice() {
             if let Some(screen) = self.intercept(single, sql, simple) {
                 return screen;
+            }
+        }
+        if session_only {
+            if let Some(e) = transaction_mode_refusal(&decision, sql) {
+                return Screen::Reject(e);
             }
         }
         if !self.policy_applies() {
@@ -436,6 +493,28 @@ mod tests {
             Some("42")
         );
         assert_eq!(set_value("SET tenantgate.tenant = 'a', 'b'"), None);
+    }
+
+    #[test]
+    fn session_only_features_are_refused_in_transaction_mode() {
+        let policy = tenantgate_policy::Policy::new(
+            tenantgate_policy::PolicyConfig::default(),
+            tenantgate_policy::Catalog::new("tenant_id"),
+        );
+        let refused = |sql: &str| {
+            mentions_session_only_feature(sql)
+                && transaction_mode_refusal(&policy.check(sql, &SessionCtx::default()), sql)
+                    .is_some()
+        };
+        assert!(refused("LISTEN jobs"));
+        assert!(refused("PREPARE p AS SELECT 1"));
+        assert!(refused("EXECUTE p"));
+        assert!(refused("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+        assert!(refused("SELECT pg_advisory_lock(1)"));
+        assert!(refused("SELECT pg_try_advisory_lock(1)"));
+        assert!(!refused("SELECT pg_advisory_xact_lock(1)"));
+        assert!(!refused("DECLARE c CURSOR FOR SELECT 1"));
+        assert!(!refused("SELECT executed_at FROM jobs"));
     }
 
     #[test]
