@@ -46,7 +46,9 @@ fn split_columns(s: &str) -> Vec<String> {
     s.split('\u{1f}').map(str::to_string).collect()
 }
 
-/// Reads relations, unique keys and foreign keys from a server.
+/// Reads relations, unique keys and foreign keys from a server. Only keys that always hold are
+/// used as proofs: valid, immediate unique indexes without predicates or expressions, and
+/// validated, non-deferrable foreign keys.
 pub async fn discover(
     conn: &mut ServerConn,
     tenant_column: &str,
@@ -62,7 +64,8 @@ pub async fn discover(
         "SELECT n.nspname, c.relname, {cols} FROM pg_catalog.pg_index i \
          JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND {SYSTEM_SCHEMAS}",
+         WHERE i.indisunique AND i.indisvalid AND i.indimmediate AND i.indpred IS NULL \
+         AND i.indexprs IS NULL AND {SYSTEM_SCHEMAS}",
         cols = columns_of("c.oid", "i.indkey::int2[]")
     );
     let fk_sql = format!(
@@ -72,7 +75,7 @@ pub async fn discover(
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid \
          JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
-         WHERE con.contype = 'f' AND {SYSTEM_SCHEMAS}",
+         WHERE con.contype = 'f' AND con.convalidated AND NOT con.condeferrable AND {SYSTEM_SCHEMAS}",
         cols = columns_of("con.conrelid", "con.conkey"),
         ref_cols = columns_of("con.confrelid", "con.confkey"),
     );

@@ -315,6 +315,33 @@ fn fk_proves(cx: &Cx, entries: &[Entry], edges: &[Edge], o: usize, c: usize) -> 
             .iter()
             .any(|k| !k.is_empty() && k.iter().all(|col| others.iter().any(|(_, r)| *r == col)));
         fk.ref_table == (cs.clone(), ct.clone()) && has_tenant_pair && all_equated && key_unique
+    }) || child_fk_proves(cx, (os, ot, ocol), (cs, ct, ccol), &pairs)
+}
+
+/// The child direction (collection fetch): `c` references the constrained `o` with a composite
+/// FK `(c.tenant, c.fk) -> (o.tenant, o.key)`, `o.key` is unique and the join equates
+/// `c.fk = o.key`. The one `o` row a `c` row can match is the row its FK references, which has
+/// the same tenant, so every joined `c` row is `o`'s tenant's.
+fn child_fk_proves(
+    cx: &Cx,
+    (os, ot, ocol): (&String, &String, &String),
+    (cs, ct, ccol): (&String, &String, &String),
+    pairs: &[(String, String)],
+) -> bool {
+    let uniques = cx.cat.unique_keys(os, ot);
+    cx.cat.foreign_keys(cs, ct).iter().any(|fk| {
+        let mapping: Vec<(&String, &String)> = fk.columns.iter().zip(&fk.ref_columns).collect();
+        let has_tenant_pair = mapping.iter().any(|(f, r)| *f == ccol && *r == ocol);
+        let others: Vec<&(&String, &String)> = mapping.iter().filter(|(f, _)| *f != ccol).collect();
+        // pairs are (c column, o column) equated by the join.
+        let all_equated = !others.is_empty()
+            && others
+                .iter()
+                .all(|(f, r)| pairs.iter().any(|(kc, fo)| kc == *f && fo == *r));
+        let key_unique = uniques
+            .iter()
+            .any(|k| !k.is_empty() && k.iter().all(|col| others.iter().any(|(_, r)| *r == col)));
+        fk.ref_table == (os.clone(), ot.clone()) && has_tenant_pair && all_equated && key_unique
     })
 }
 
