@@ -22,6 +22,8 @@ pub enum Screen {
     Answer {
         tag: &'static str,
         sql: Option<String>,
+        /// A follow-up whose replies the client never sees.
+        hidden: Option<String>,
     },
 }
 
@@ -229,6 +231,7 @@ impl Session {
                 Some(Screen::Answer {
                     tag: "RESET",
                     sql: Some(format!("RESET ALL; {}", set_sql(&self.desired))),
+                    hidden: None,
                 })
             }
             StatementKind::Discard
@@ -242,10 +245,11 @@ impl Session {
                 }
                 self.statements.clear();
                 self.desired = self.with_tenant(self.startup.clone());
+                // DISCARD ALL cannot share an (implicit) transaction with the re-set.
                 Some(Screen::Answer {
                     tag: "DISCARD ALL",
-                    sql: (!self.tx_mode)
-                        .then(|| format!("DISCARD ALL; {}", set_sql(&self.desired))),
+                    sql: Some("DISCARD ALL".into()),
+                    hidden: Some(set_sql(&self.desired)),
                 })
             }
             StatementKind::Deallocate if simple && self.tx_mode => {
@@ -258,6 +262,7 @@ impl Session {
                     return Some(Screen::Answer {
                         tag: "DEALLOCATE ALL",
                         sql: None,
+                        hidden: None,
                     });
                 }
                 None
@@ -320,6 +325,7 @@ impl Session {
             return Screen::Answer {
                 tag: "SET",
                 sql: Some(sql),
+                hidden: None,
             };
         }
         if in_tx {
@@ -350,7 +356,8 @@ impl Session {
             } else {
                 "RESET"
             },
-            sql: (!self.tx_mode).then_some(sql),
+            sql: Some(sql),
+            hidden: None,
         }
     }
 

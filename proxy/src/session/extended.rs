@@ -64,6 +64,8 @@ pub enum Expect {
         tag: Bytes,
         failed: bool,
     },
+    /// A Query of the proxy\'s own that the client never sees, ReadyForQuery included.
+    Hidden,
 }
 
 /// Outcome of processing one server message.
@@ -130,6 +132,12 @@ impl Expected {
                     }
                     _ => Route::Drop,
                 };
+            }
+            Some(Expect::Hidden) => {
+                if tag == b'Z' {
+                    self.queue.pop_front();
+                }
+                return Route::Drop;
             }
             Some(Expect::Reject {
                 error,

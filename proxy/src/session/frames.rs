@@ -24,6 +24,7 @@ enum Screened {
     Answer {
         tag: &'static str,
         sql: Option<String>,
+        hidden: Option<String>,
     },
 }
 
@@ -63,11 +64,9 @@ impl Session {
                 }
             }
             let screened = self.screen(&frame);
-            let needs_server = match &screened {
-                Screened::Relay(_) => true,
-                Screened::Reject(_) | Screened::Answer { sql: None, .. } => false,
-                Screened::Answer { sql: Some(_), .. } => true,
-            };
+            // Rejections and session commands need no server: in transaction mode they are
+            // answered locally when none is attached.
+            let needs_server = matches!(screened, Screened::Relay(_));
             if needs_server && self.server.is_none() {
                 if !self.tx_mode {
                     return Some(RelayEnd::Fatal(PgError::fatal(
@@ -88,7 +87,7 @@ impl Session {
                     }
                 }
                 Screened::Reject(err) => self.reject(frame.tag, err),
-                Screened::Answer { tag, sql } => self.answer(tag, sql),
+                Screened::Answer { tag, sql, hidden } => self.answer(tag, sql, hidden),
             }
             self.expected.flush_synthetic(&mut self.to_client);
             self.flush_audit().await;
@@ -101,7 +100,7 @@ impl Session {
             b'Q' => match self.screen_sql(query_text(frame), true) {
                 Screen::Forward(d) => Screened::Relay(d),
                 Screen::Reject(e) => Screened::Reject(e),
-                Screen::Answer { tag, sql } => Screened::Answer { tag, sql },
+                Screen::Answer { tag, sql, hidden } => Screened::Answer { tag, sql, hidden },
             },
             b'P' => match parse_parse(frame) {
                 Some(msg) => match self.screen_sql(msg.query, false) {
@@ -155,27 +154,33 @@ impl Session {
         });
     }
 
-    /// Answers a session command with `tag`, running `sql` on the server first if given.
-    fn answer(&mut self, tag: &str, sql: Option<String>) {
+    /// Answers a session command with `tag`. With a server attached, `sql` (or a no-op) runs
+    /// there as a rewrite, so the answer keeps its place among replies still in flight and the
+    /// server's state follows; without one, the proxy answers alone (the next checkout brings
+    /// the server to the new settings).
+    fn answer(&mut self, tag: &str, sql: Option<String>, hidden: Option<String>) {
         let mut complete = BytesMut::new();
         backend::command_complete(tag, &mut complete);
-        match sql {
-            Some(sql) if self.server.is_some() => {
-                self.progress.settings_dirty = true;
-                let _ = frontend::query(&sql, &mut self.to_server);
-                self.progress.pending += 1;
-                self.expected.push(Expect::Rewrite {
-                    tag: complete.freeze(),
-                    failed: false,
-                });
-            }
-            _ => {
-                self.to_client.extend_from_slice(&complete);
-                backend::ready_for_query(
-                    self.server.as_ref().map_or(b'I', |s| s.conn.tx_status),
-                    &mut self.to_client,
-                );
-            }
+        if self.server.is_none() {
+            self.to_client.extend_from_slice(&complete);
+            backend::ready_for_query(b'I', &mut self.to_client);
+            return;
+        }
+        let sql = sql.unwrap_or_else(|| "SELECT 1".to_string());
+        self.progress.settings_dirty = true;
+        if tag == "DISCARD ALL" {
+            self.progress.statements_dirty = true;
+        }
+        let _ = frontend::query(&sql, &mut self.to_server);
+        self.progress.pending += 1;
+        self.expected.push(Expect::Rewrite {
+            tag: complete.freeze(),
+            failed: false,
+        });
+        if let Some(sql) = hidden {
+            let _ = frontend::query(&sql, &mut self.to_server);
+            self.progress.pending += 1;
+            self.expected.push(Expect::Hidden);
         }
     }
 

@@ -147,6 +147,9 @@ pub fn quote_ident(s: &str) -> String {
 /// `SET` statements for `settings`, as one simple-query string (set_config, so that custom
 /// settings with dots need no identifier quoting rules).
 pub fn set_sql(settings: &[(String, String)]) -> String {
+    if settings.is_empty() {
+        return "SELECT 1".to_string();
+    }
     let calls: Vec<String> = settings
         .iter()
         .map(|(k, v)| {
