@@ -132,6 +132,8 @@ pub struct ProxyConfig {
     pub shutdown_timeout: f64,
     pub metrics_listen: Option<String>,
     pub admin_users: Vec<String>,
+    /// Runtime worker threads (0 = one per CPU core).
+    pub workers: usize,
     /// `tracing` filter (RUST_LOG overrides it), e.g. "info" or "tenantgate=debug".
     pub log_level: String,
     pub log_format: LogFormat,
@@ -152,6 +154,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: 30.0,
             metrics_listen: None,
             admin_users: Vec::new(),
+            workers: 0,
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }

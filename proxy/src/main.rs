@@ -51,10 +51,31 @@ enum Command {
         /// The SQL, or `-` (or nothing) to read it from standard input.
         sql: Option<String>,
     },
+    /// Audit log tools (need no configuration).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files given oldest first (`audit.jsonl.* audit.jsonl`):
+    /// exit 0 when intact, 1 naming the first broken or missing record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit {
+        command: AuditCommand::Verify { files },
+    }) = &cli.command
+    {
+        return audit_verify(files);
+    }
     let Some(path) = cli.config.clone() else {
         eprintln!("tenantgate: -c FILE is required");
         return ExitCode::from(2);
@@ -98,6 +119,20 @@ fn main() -> ExitCode {
             connect,
             sql,
         })),
+        Command::Audit { .. } => ExitCode::from(2),
+    }
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    match tenantgate::audit::verify(files) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 
