@@ -42,6 +42,9 @@ pub async fn run(
     let tracker = TaskTracker::new();
     discover_catalogs(&app, &tracker, &shutdown).await;
     tracker.spawn(maintain_pools(app.clone(), shutdown.clone()));
+    if let Some(audit) = app.audit().cloned() {
+        tracker.spawn(reopen_audit_on_sighup(audit, shutdown.clone()));
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,6 +125,27 @@ async fn discover_one(app: &App, database: &str, target: &server::ServerTarget) 
         Err(e) => {
             tracing::warn!(%database, error = %e, "catalog discovery failed; undeclared relations are rejected until it succeeds");
             false
+        }
+    }
+}
+
+/// SIGHUP reopens the audit file (after an external logrotate rename).
+async fn reopen_audit_on_sighup(audit: audit::AuditLog, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reopening the audit log");
+                audit.reopen();
+            }
         }
     }
 }

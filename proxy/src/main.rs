@@ -206,7 +206,10 @@ async fn signals(shutdown: CancellationToken) {
 
 async fn check(path: &std::path::Path, config: Config, connect: bool) -> ExitCode {
     let mut failed = false;
-    if let Err(e) = tenantgate::app::App::new(Arc::new(config.clone())) {
+    // Check credentials and TLS files without opening the audit log.
+    let mut dry = config.clone();
+    dry.audit.path = None;
+    if let Err(e) = tenantgate::app::App::new(Arc::new(dry)) {
         eprintln!("{}: {e}", path.display());
         failed = true;
     }

@@ -2,6 +2,7 @@
 //! Each test is bounded by a timeout ([`tenantgate_tests::within`]) so nothing can hang CI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod auth;
 mod clients;
 mod config_files;
