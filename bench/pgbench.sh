@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# pgbench comparison: PostgreSQL direct vs PgBouncer vs tenantgate, one command.
+#
+#   bench/pgbench.sh                      full run (DURATION=10 s per cell, SCALE=10)
+#   DURATION=2 SCALE=1 bench/pgbench.sh   quick trial
+#
+# It installs what is missing (postgresql, pgbouncer; apt, as root or via sudo), builds tenantgate
+# (release), starts a throw-away PostgreSQL, PgBouncer and tenantgate on free loopback ports in a
+# temporary directory, runs `pgbench -n -S -M <mode> -c <clients> -j $JOBS -T <DURATION + connect
+# allowance>` for every target x mode x clients cell, measures tenantgate's RSS with $IDLE_CLIENTS idle clients, prints a
+# Markdown table and writes bench/results/pgbench-<timestamp>.json (+ latest.json, .md and the
+# logs in bench/results/pgbench-<timestamp>/). Everything it started is stopped on exit, also on
+# failure or Ctrl-C; re-running is safe (fresh directory and ports every time; leftovers of a run
+# that was killed with SIGKILL are cleaned up by the next run).
+#
+# Environment (defaults in brackets):
+#   DURATION [10]  seconds per cell          SCALE [10]   pgbench -i scale factor
+#   JOBS [2]       pgbench -j                CLIENTS ["1 32 1000"]
+#   MODES ["simple extended prepared"]       TARGETS ["direct pgbouncer tenantgate"]
+#   DIRECT_MAX_CLIENTS [100]  direct cells with more clients are skipped (see README)
+#   CONNECT_ALLOWANCE [15]  seconds added to -T per 1000 clients (integer arithmetic: none for 32):
+#                  pgbench's -T clock starts before its clients have connected, and 1000 SCRAM
+#                  logins take several seconds (see README)
+#   CELL_TIMEOUT [2*T+90]  hard limit per cell; a hang fails that cell, not the run
+#   WARMUP [3]     seconds of direct pgbench before the cells (fills the caches)
+#   IDLE_CLIENTS [10000]  idle connections for the RSS measurement (0 = skip)
+#   SKIP_BUILD [0] use the existing target/release/tenantgate
+#   KEEP_TMP [0]   keep the temporary directory (data directory, configs, logs)
+#   AUDIT [0] / ENFORCE [0]  policy runs: hook only for now (see "HOOK" below)
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+BENCH="$ROOT/bench"
+RESULTS="$BENCH/results"
+
+DURATION="${DURATION:-10}"
+SCALE="${SCALE:-10}"
+JOBS="${JOBS:-2}"
+CLIENTS="${CLIENTS:-1 32 1000}"
+MODES="${MODES:-simple extended prepared}"
+TARGETS="${TARGETS:-direct pgbouncer tenantgate}"
+DIRECT_MAX_CLIENTS="${DIRECT_MAX_CLIENTS:-100}"
+CONNECT_ALLOWANCE="${CONNECT_ALLOWANCE:-15}"
+CELL_TIMEOUT="${CELL_TIMEOUT:-}"
+WARMUP="${WARMUP:-3}"
+IDLE_CLIENTS="${IDLE_CLIENTS:-10000}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+KEEP_TMP="${KEEP_TMP:-0}"
+AUDIT="${AUDIT:-0}"
+ENFORCE="${ENFORCE:-0}"
+POOL_SIZE=8
+PGBENCH_OPTS="-n -S"   # -n: no VACUUM before each cell (the data is read-only; -i vacuumed it)
+
+# 1000 clients (and 10k idle ones) need many file descriptors; the hard limit may be lower.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+IS_ROOT=0
+[ "$(id -u)" -eq 0 ] && IS_ROOT=1
+SUDO=()
+[ "$IS_ROOT" -eq 1 ] || SUDO=(sudo)   # only used to install packages
+
+# PostgreSQL and PgBouncer refuse to run as root: as root they run as the `postgres` OS user.
+as_pg() {
+    if [ "$IS_ROOT" -eq 1 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Packages and build
+# ---------------------------------------------------------------------------------------------
+APT_UPDATED=0
+need_pkg() {   # need_pkg PACKAGE...: apt-get install those that `dpkg -s` does not report installed
+    local missing=() p
+    for p in "$@"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    [ "$IS_ROOT" -eq 1 ] || command -v sudo >/dev/null || die "not root and no sudo: install ${missing[*]} yourself"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+need_pkg postgresql pgbouncer
+command -v python3 >/dev/null || need_pkg python3
+command -v timeout >/dev/null || need_pkg coreutils
+command -v runuser >/dev/null || need_pkg util-linux
+
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
+[ -x "$PGBIN/postgres" ] || die "no PostgreSQL server under /usr/lib/postgresql"
+PGBENCH="$PGBIN/pgbench"
+PSQL="$PGBIN/psql"
+PGBOUNCER=/usr/sbin/pgbouncer
+[ -x "$PGBOUNCER" ] || die "$PGBOUNCER missing (package pgbouncer)"
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release/tenantgate"
+if [ "$SKIP_BUILD" = 1 ]; then
+    [ -x "$BIN" ] || die "SKIP_BUILD=1 but $BIN does not exist"
+else
+    log "building tenantgate (cargo build --release -p tenantgate)"
+    cargo build --release -p tenantgate
+fi
+
+# ---------------------------------------------------------------------------------------------
+# State, cleanup
+# ---------------------------------------------------------------------------------------------
+TS="$(date -u +%Y%m%dT%H%M%SZ)"
+TMP=""
+TG_PID=""
+IDLE_PID=""
+CELL_PID=""
+RUN_LOGS="$RESULTS/pgbench-$TS"
+
+stop_pid() {   # stop_pid PID COMM: SIGTERM (then SIGKILL) a process only if it still is COMM
+    local pid="$1" comm="$2" i
+    [ -n "$pid" ] || return 0
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_tenantgate() {
+    [ -n "$TG_PID" ] || return 0
+    stop_pid "$TG_PID" tenantgate
+    wait "$TG_PID" 2>/dev/null || true
+    TG_PID=""
+}
+
+stop_pgbouncer() {   # stop_pgbouncer DIR
+    local f="$1/pgbouncer/pgbouncer.pid"
+    [ -f "$f" ] && stop_pid "$(cat "$f" 2>/dev/null)" pgbouncer
+    return 0
+}
+
+stop_postgres() {    # stop_postgres DIR
+    [ -f "$1/pg/postmaster.pid" ] || return 0
+    as_pg "$PGBIN/pg_ctl" -D "$1/pg" -m fast -t 30 stop >/dev/null 2>&1 \
+        || as_pg "$PGBIN/pg_ctl" -D "$1/pg" -m immediate stop >/dev/null 2>&1 || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM ERR
+    set +e
+    [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null
+    [ -n "$CELL_PID" ] && kill -TERM "$CELL_PID" 2>/dev/null && wait "$CELL_PID" 2>/dev/null
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        log "cleaning up"
+        stop_tenantgate
+        stop_pgbouncer "$TMP"
+        stop_postgres "$TMP"
+        mkdir -p "$RUN_LOGS"
+        cp -r "$TMP/cells" "$RUN_LOGS/" 2>/dev/null
+        cp "$TMP"/*.log "$TMP"/tenantgate*.toml "$TMP/pgbouncer/pgbouncer.ini" \
+            "$TMP/pgbouncer/pgbouncer.log" "$RUN_LOGS/" 2>/dev/null
+        if [ "$KEEP_TMP" = 1 ]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+        log "logs: ${RUN_LOGS#$ROOT/}/"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'warn "command failed (line $LINENO): $BASH_COMMAND"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Leftovers of runs that died without cleaning up (SIGKILL, OOM): their runner is gone.
+for d in /tmp/tenantgate-bench.*; do
+    [ -d "$d" ] && [ -f "$d/runner.pid" ] || continue
+    kill -0 "$(cat "$d/runner.pid")" 2>/dev/null && continue
+    log "removing leftovers of an earlier run in $d"
+    [ -f "$d/tenantgate.pid" ] && stop_pid "$(cat "$d/tenantgate.pid")" tenantgate
+    stop_pgbouncer "$d"
+    stop_postgres "$d"
+    rm -rf "$d"
+done
+
+TMP="$(mktemp -d /tmp/tenantgate-bench.XXXXXX)"
+chmod 755 "$TMP"
+echo $$ >"$TMP/runner.pid"
+mkdir -p "$TMP/pg" "$TMP/sock" "$TMP/pgbouncer" "$TMP/cells" "$RESULTS"
+[ "$IS_ROOT" -eq 1 ] && chown postgres: "$TMP/pg" "$TMP/sock" "$TMP/pgbouncer"
+chmod 700 "$TMP/pg"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() {   # wait_port PORT SECONDS
+    local i
+    for i in $(seq 1 $(($2 * 10))); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+PW="bench-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
+PG_PORT="$(free_port)"
+PGB_PORT="$(free_port)"
+TG_PORT="$(free_port)"
+while [ "$PGB_PORT" = "$PG_PORT" ]; do PGB_PORT="$(free_port)"; done
+while [ "$TG_PORT" = "$PG_PORT" ] || [ "$TG_PORT" = "$PGB_PORT" ]; do TG_PORT="$(free_port)"; done
+
+# ---------------------------------------------------------------------------------------------
+# 2. PostgreSQL
+# ---------------------------------------------------------------------------------------------
+log "PostgreSQL ($PGBIN) on 127.0.0.1:$PG_PORT, data in $TMP/pg"
+as_pg "$PGBIN/initdb" -D "$TMP/pg" -U postgres -E UTF8 --auth-local=trust \
+    --auth-host=scram-sha-256 >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+cat >>"$TMP/pg/postgresql.conf" <<EOF
+# bench/pgbench.sh
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/sock'
+max_connections = 1100
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+EOF
+touch "$TMP/postgres.log"
+[ "$IS_ROOT" -eq 1 ] && chown postgres: "$TMP/postgres.log"
+as_pg "$PGBIN/pg_ctl" -D "$TMP/pg" -l "$TMP/postgres.log" -w -t 60 start >/dev/null \
+    || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+
+psql_super() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$TMP/sock" -p "$PG_PORT" -U postgres "$@"; }
+psql_super -d postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PW'" -c "CREATE DATABASE bench OWNER bench"
+export PGPASSWORD="$PW"
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench >"$TMP/pgbench-init.log" 2>&1 \
+    || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------------------------------------
+# 3. PgBouncer and tenantgate
+# ---------------------------------------------------------------------------------------------
+PGB_VERSION="$("$PGBOUNCER" --version 2>/dev/null | head -n1 | awk '{print $2}')"
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+if version_ge "$PGB_VERSION" 1.21; then
+    PGB_PREPARED=supported
+    PGB_PREPARED_LINE="max_prepared_statements = 200"
+else
+    PGB_PREPARED=unsupported
+    PGB_PREPARED_LINE="; max_prepared_statements needs PgBouncer >= 1.21 (this is $PGB_VERSION)"
+fi
+
+log "PgBouncer $PGB_VERSION on 127.0.0.1:$PGB_PORT (prepared statements in transaction mode: $PGB_PREPARED)"
+printf '"bench" "%s"\n' "$PW" >"$TMP/pgbouncer/userlist.txt"
+cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $TMP/pgbouncer/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 2000
+$PGB_PREPARED_LINE
+ignore_startup_parameters = extra_float_digits
+logfile = $TMP/pgbouncer/pgbouncer.log
+pidfile = $TMP/pgbouncer/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+chmod 600 "$TMP/pgbouncer/userlist.txt"
+[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$TMP/pgbouncer"
+# runuser's PAM session (pam_limits) resets the soft nofile limit to 1024: raise it again.
+as_pg sh -c 'ulimit -n "$1" && exec "$2" -d "$3"' sh "$(ulimit -n)" "$PGBOUNCER" "$TMP/pgbouncer/pgbouncer.ini" \
+    || { cat "$TMP/pgbouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
+wait_port "$PGB_PORT" 10 || { cat "$TMP/pgbouncer/pgbouncer.log" >&2; die "PgBouncer is not listening"; }
+
+cat >"$TMP/tenantgate.toml" <<EOF
+# generated by bench/pgbench.sh
+[proxy]
+listen = "127.0.0.1:$TG_PORT"
+auth_type = "scram-sha-256"
+max_client_connections = 20000
+max_prepared_statements = 200
+log_level = "warn"
+
+[[databases]]
+name = "bench"
+host = "127.0.0.1"
+port = $PG_PORT
+dbname = "bench"
+user = "bench"
+password = "$PW"
+pool_mode = "transaction"
+pool_size = $POOL_SIZE
+
+# The benchmark login: no tenant, no policy checks; this measures pooling.
+[[users]]
+name = "bench"
+password = "$PW"
+bypass_policy = true
+
+# For the idle-client RSS measurement (bench/idle_clients.py speaks no SCRAM).
+[[users]]
+name = "idle"
+auth_type = "trust"
+bypass_policy = true
+EOF
+
+start_tenantgate() {
+    "$BIN" check -c "$TMP/tenantgate.toml" >/dev/null || die "tenantgate check failed on the generated config"
+    "$BIN" serve -c "$TMP/tenantgate.toml" >>"$TMP/tenantgate.log" 2>&1 &
+    TG_PID=$!
+    echo "$TG_PID" >"$TMP/tenantgate.pid"
+    wait_port "$TG_PORT" 20 || { tail -n 30 "$TMP/tenantgate.log" >&2; die "tenantgate is not listening"; }
+}
+log "tenantgate ($BIN) on 127.0.0.1:$TG_PORT"
+start_tenantgate
+
+target_port() {
+    case "$1" in
+        direct) echo "$PG_PORT" ;;
+        pgbouncer) echo "$PGB_PORT" ;;
+        tenantgate*) echo "$TG_PORT" ;;
+    esac
+}
+
+for t in $TARGETS; do
+    out="$("$PSQL" -X -At -h 127.0.0.1 -p "$(target_port "$t")" -U bench -d bench \
+        -c "SELECT count(*) FROM pgbench_branches" 2>&1)" \
+        || die "cannot query through $t: $out"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 4. The cells
+# ---------------------------------------------------------------------------------------------
+CELLS="$TMP/cells.tsv"
+: >"$CELLS"
+
+clean() { tr '\t\n\r' '   ' | sed 's/  */ /g; s/^ //; s/ $//' | cut -c1-400; }
+
+# Columns: as CELL_FIELDS in bench/report.py.
+record() {   # record TARGET MODE CLIENTS STATUS TPS LAT FAILED ABORTED TXNS RC ELAPSED ERROR NOTE CONN_MS T
+    local IFS=$'\t'
+    printf '%s\n' "$*" >>"$CELLS"
+}
+
+tg_alive() { [ -n "$TG_PID" ] && kill -0 "$TG_PID" 2>/dev/null; }
+
+run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
+    local target="$1" mode="$2" clients="$3"
+    shift 3
+    local name="$target-$mode-$clients"
+    local out="$TMP/cells/$name.txt"
+    if [ "$target" = direct ] && [ "$clients" -gt "$DIRECT_MAX_CLIENTS" ]; then
+        log "$name: skipped"
+        record "$target" "$mode" "$clients" skipped "" "" "" "" "" "" "" "" \
+            "direct connections above $DIRECT_MAX_CLIENTS are not measured: one backend per client is what a pooler exists to avoid" "" ""
+        return 0
+    fi
+    if [ "$target" != "${target#tenantgate}" ] && ! tg_alive; then
+        warn "tenantgate is not running (see the log); restarting it for $name"
+        echo "=== bench/pgbench.sh: tenantgate was not running before $name; restarted ===" >>"$TMP/tenantgate.log"
+        start_tenantgate
+    fi
+    local log_before
+    log_before="$(wc -l <"$TMP/tenantgate.log")"
+    local T=$((DURATION + clients * CONNECT_ALLOWANCE / 1000))
+    local limit="${CELL_TIMEOUT:-$((T * 2 + 90))}"
+    log "$name: pgbench ${PGBENCH_OPTS} -M $mode -c $clients -j $JOBS -T $T $*"
+    local rc=0 t0 t1
+    t0="$(date +%s.%N)"
+    # In the background + `wait`: a Ctrl-C then interrupts the wait at once (bash defers traps
+    # while a foreground child runs, and timeout puts pgbench in its own process group).
+    timeout -k 10 "$limit" "$PGBENCH" $PGBENCH_OPTS -M "$mode" -c "$clients" -j "$JOBS" \
+        -T "$T" "$@" -h 127.0.0.1 -p "$(target_port "$target")" -U bench bench >"$out" 2>&1 &
+    CELL_PID=$!
+    wait "$CELL_PID" || rc=$?
+    CELL_PID=""
+    t1="$(date +%s.%N)"
+    local tps lat failed aborted errors txns err note="" status conn
+    conn="$(sed -n 's/^initial connection time = \([0-9.]*\) ms.*/\1/p' "$out" | tail -n1)"
+    tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -n1)"
+    lat="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | tail -n1)"
+    failed="$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | tail -n1)"
+    txns="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | tail -n1)"
+    aborted="$(grep -c 'aborted in command' "$out" || true)"
+    errors="$(grep -c 'error:' "$out" || true)"
+    err="$(grep -m1 -E '^pgbench: (error|fatal)|FATAL|ERROR|aborted|could not' "$out" | clean || true)"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        err="hung: killed by timeout after ${limit}s${err:+; $err}"
+    fi
+    if [ "$rc" -eq 0 ] && [ -n "$tps" ] && [ "${failed:-0}" -eq 0 ] && [ "$errors" -eq 0 ]; then
+        status=ok
+        err=""
+    else
+        status=failed
+        if [ -z "$err" ] && [ "${txns:-}" = 0 ]; then
+            err="no transaction completed within -T ${T}s${conn:-: the clients did not even finish connecting (raise CONNECT_ALLOWANCE)}"
+        fi
+        [ -n "$err" ] || err="$(tail -n 3 "$out" | clean)"
+        if [ "$errors" -gt 1 ]; then err="$errors error lines, first: $err"; fi
+    fi
+    if [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && [ "$PGB_PREPARED" = unsupported ]; then
+        note="PgBouncer $PGB_VERSION has no prepared-statement support in transaction mode (max_prepared_statements needs >= 1.21)"
+        if [ "$status" = ok ]; then
+            note="$note; pgbench reported no error in this cell, which is luck (one client, or every server connection happened to have P_0), not support"
+        fi
+        status=unsupported
+    fi
+    if [ "$target" != "${target#tenantgate}" ]; then
+        local new
+        new="$(tail -n +"$((log_before + 1))" "$TMP/tenantgate.log" | grep -cE 'WARN|ERROR' || true)"
+        if [ "$new" -gt 0 ]; then
+            note="${note:+$note; }tenantgate logged $new warning/error line(s), first: $(tail -n +"$((log_before + 1))" "$TMP/tenantgate.log" | grep -m1 -E 'WARN|ERROR' | clean)"
+        fi
+        if ! tg_alive; then
+            status=failed
+            note="${note:+$note; }tenantgate exited during this cell"
+        fi
+    fi
+    record "$target" "$mode" "$clients" "$status" "$tps" "$lat" "$failed" "$aborted" "$txns" "$rc" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$err" "$note" "$conn" "$T"
+    log "$name: $status tps=${tps:--} latency=${lat:--} ms failed=${failed:--} aborted=$aborted errors=$errors${err:+ ($err)}"
+}
+
+if [ "$WARMUP" -gt 0 ]; then
+    log "warm-up: ${WARMUP}s of pgbench -S directly"
+    "$PGBENCH" -n -S -c 2 -j 2 -T "$WARMUP" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >"$TMP/warmup.log" 2>&1 || true
+fi
+
+RUN_START="$(date +%s)"
+# Cells of one (mode, clients) pair run back to back so that ratios compare neighbours in time.
+for c in $CLIENTS; do
+    for m in $MODES; do
+        for t in $TARGETS; do
+            run_cell "$t" "$m" "$c"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# 7. HOOK: policy enforcement on vs off (AUDIT=1 / ENFORCE=1) -- not implemented yet.
+# ---------------------------------------------------------------------------------------------
+# To add it, start a second tenantgate (or restart this one) whose config has a tenant user, e.g.
+#   [[users]] name = "t1" password = "$PW" tenant = "t1"      (no bypass_policy)
+# with [policy] mode = "enforce" (ENFORCE=1) or "audit" plus [audit] path (AUDIT=1), make
+# pgbench_accounts a tenant table (it has no tenant_id column: add one, or list it in
+# [tenancy] shared_tables), then for each mode in extended/prepared (simple inlines the literal,
+# which require_parameters = true rejects) call
+#   run_cell tenantgate+enforce "$m" "$c" -f "$BENCH/tenant_select.sql"
+# after pointing target_port at it (any target name starting with "tenantgate" uses $TG_PORT)
+# and switching the pgbench user (run_cell uses -U bench; add a variable). PGBENCH_OPTS must
+# drop -S when -f is given. report.py needs no change: such cells get ratios vs direct/pgbouncer
+# of the same mode and client count.
+policy_runs() {
+    if [ "$AUDIT" = 1 ] || [ "$ENFORCE" = 1 ]; then
+        warn "AUDIT=1 / ENFORCE=1: policy runs are not implemented yet (hook in bench/pgbench.sh); skipping"
+        NOTE_POLICY="AUDIT/ENFORCE requested but the policy runs are not implemented yet"
+    fi
+}
+NOTE_POLICY=""
+policy_runs
+RUN_SECS=$(( $(date +%s) - RUN_START ))
+
+# ---------------------------------------------------------------------------------------------
+# 6. tenantgate RSS with many idle clients (a fresh process, so pgbench load does not inflate it)
+# ---------------------------------------------------------------------------------------------
+IDLE_JSON=""
+if [ "$IDLE_CLIENTS" -gt 0 ]; then
+    log "tenantgate RSS with $IDLE_CLIENTS idle clients (fresh tenantgate; nofile limit $(ulimit -n))"
+    # PgBouncer is done; stopping it leaves only tenantgate's server connections for the probe.
+    stop_pgbouncer "$TMP"
+    echo "=== bench/pgbench.sh: restarting tenantgate for the idle-client measurement ===" >>"$TMP/tenantgate.log"
+    stop_tenantgate
+    start_tenantgate
+    sleep 1
+    IDLE_JSON="$TMP/idle.json"
+    probe="$PSQL -X -At -h $TMP/sock -p $PG_PORT -U postgres -d postgres -c \"SELECT count(*) || ' (pg_stat_activity rows of role bench)' FROM pg_stat_activity WHERE usename = 'bench'\""
+    python3 "$BENCH/idle_clients.py" --host 127.0.0.1 --port "$TG_PORT" --user idle --database bench \
+        --count "$IDLE_CLIENTS" --pid "$TG_PID" --probe-cmd "$probe" >"$IDLE_JSON" 2>"$TMP/idle_clients.log" &
+    IDLE_PID=$!
+    idle_rc=0
+    wait "$IDLE_PID" || idle_rc=$?
+    IDLE_PID=""
+    tail -n 1 "$TMP/idle_clients.log" >&2 || true
+    [ "$idle_rc" -eq 0 ] || warn "idle_clients.py exited with $idle_rc (see the JSON / idle_clients.log)"
+    [ -s "$IDLE_JSON" ] || echo "{\"error\": \"idle_clients.py exit $idle_rc: $(tail -n 3 "$TMP/idle_clients.log" | clean | sed 's/"/\\"/g')\"}" >"$IDLE_JSON"
+    tg_alive || warn "tenantgate exited during the idle-client measurement"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. Report
+# ---------------------------------------------------------------------------------------------
+META="$TMP/meta.tsv"
+{
+    printf 'timestamp\t%s\n' "$TS"
+    printf 'hostname\t%s\n' "$(hostname)"
+    printf 'nproc\t%s\n' "$(nproc)"
+    printf 'cpu_model\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+    printf 'mem_total_kb\t%s\n' "$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+    printf 'kernel\t%s\n' "$(uname -r)"
+    printf 'os\t%s\n' "$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+    printf 'pgbench_version\t%s\n' "$("$PGBENCH" --version)"
+    printf 'pgbouncer_version\t%s\n' "$PGB_VERSION"
+    printf 'postgres_version\t%s\n' "$("$PGBIN/postgres" --version)"
+    printf 'tenantgate_version\t%s\n' "$("$BIN" --version 2>/dev/null)"
+    printf 'git_commit\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf 'git_dirty\t%s\n' "$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo true || echo false)"
+    printf 'duration_s\t%s\n' "$DURATION"
+    printf 'scale\t%s\n' "$SCALE"
+    printf 'jobs\t%s\n' "$JOBS"
+    printf 'pool_size\t%s\n' "$POOL_SIZE"
+    printf 'clients\t%s\n' "$CLIENTS"
+    printf 'modes\t%s\n' "$MODES"
+    printf 'targets\t%s\n' "$TARGETS"
+    printf 'direct_max_clients\t%s\n' "$DIRECT_MAX_CLIENTS"
+    printf 'cell_timeout_s\t%s\n' "${CELL_TIMEOUT:-2*T+90}"
+    printf 'connect_allowance_s_per_1000_clients\t%s\n' "$CONNECT_ALLOWANCE"
+    printf 'warmup_s\t%s\n' "$WARMUP"
+    printf 'idle_clients\t%s\n' "$IDLE_CLIENTS"
+    printf 'pgbouncer_prepared\t%s\n' "$PGB_PREPARED"
+    printf 'audit\t%s\n' "$AUDIT"
+    printf 'enforce\t%s\n' "$ENFORCE"
+    printf 'pgbench_options\t%s\n' "$PGBENCH_OPTS -M <mode> -c <clients> -j $JOBS -T <DURATION + clients*CONNECT_ALLOWANCE/1000>"
+    printf 'note_cells_seconds\t%s\n' "pgbench cells took ${RUN_SECS}s in total"
+    [ -n "$NOTE_POLICY" ] && printf 'note_policy\t%s\n' "$NOTE_POLICY"
+    true
+} >"$META"
+
+echo
+python3 "$BENCH/report.py" --cells "$CELLS" --meta "$META" ${IDLE_JSON:+--idle "$IDLE_JSON"} \
+    --json "$RESULTS/pgbench-$TS.json" --json "$RESULTS/latest.json" \
+    --md "$RESULTS/pgbench-$TS.md" --md "$RESULTS/latest.md"
+echo
+log "results: ${RESULTS#$ROOT/}/pgbench-$TS.json (and latest.json, .md); cells took ${RUN_SECS}s"
+if awk -F'\t' '$4 == "failed" { found = 1 } END { exit !found }' "$CELLS"; then
+    warn "some cells failed; tenantgate log tail:"
+    tail -n 20 "$TMP/tenantgate.log" >&2 || true
+fi
