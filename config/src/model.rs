@@ -131,6 +131,10 @@ pub struct ProxyConfig {
     /// Seconds to let sessions finish after SIGTERM/SIGINT before closing them.
     pub shutdown_timeout: f64,
     pub metrics_listen: Option<String>,
+    /// Add a `tenant` label to the per-tenant metric families (cardinality grows with tenants).
+    pub metrics_tenant_labels: bool,
+    /// Distinct tenants tracked in metrics and SHOW TENANTS; the rest are counted as "other".
+    pub metrics_max_tenants: usize,
     pub admin_users: Vec<String>,
     /// Runtime worker threads (0 = one per CPU core).
     pub workers: usize,
@@ -153,6 +157,8 @@ impl Default for ProxyConfig {
             auth_timeout: 60.0,
             shutdown_timeout: 30.0,
             metrics_listen: None,
+            metrics_tenant_labels: false,
+            metrics_max_tenants: 100,
             admin_users: Vec::new(),
             workers: 0,
             log_level: "info".into(),

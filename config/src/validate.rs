@@ -119,6 +119,11 @@ fn proxy(config: &Config, e: &mut Errors) {
         "proxy.shutdown_timeout",
         "must be >= 0 seconds",
     );
+    e.check(
+        (1..=100_000).contains(&p.metrics_max_tenants),
+        "proxy.metrics_max_tenants",
+        "must be between 1 and 100000",
+    );
     for (i, admin) in p.admin_users.iter().enumerate() {
         e.check(
             config.user(admin).is_some(),

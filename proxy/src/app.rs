@@ -29,6 +29,10 @@ pub struct App {
     clients: AtomicUsize,
     next_conn_id: std::sync::atomic::AtomicU64,
     shutdown: Shutdown,
+    /// Statistics for metrics and the admin console.
+    pub stats: crate::metrics::Stats,
+    /// Cancelled by the admin console's SHUTDOWN; `run` then shuts down as on SIGTERM.
+    stop: CancellationToken,
 }
 
 /// Counts a connected client for `max_client_connections` until dropped.
@@ -92,7 +96,10 @@ impl App {
             pools.insert(db.name.clone(), Pool::new(&db.name, settings));
         }
         let audit = crate::audit::AuditLog::start(&config.audit)?;
+        let stats = crate::metrics::Stats::new(&config);
         Ok(App {
+            stats,
+            stop: CancellationToken::new(),
             audit,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
             config,
@@ -167,5 +174,15 @@ impl App {
 
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Asks [`crate::run`] to shut down (admin SHUTDOWN).
+    pub fn request_shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Cancelled once a shutdown was requested by [`App::request_shutdown`].
+    pub fn shutdown_requested(&self) -> CancellationToken {
+        self.stop.clone()
     }
 }

@@ -20,7 +20,7 @@ impl CancelSlot {
     pub fn set(&self, target: Option<CancelTarget>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
-    fn get(&self) -> Option<CancelTarget> {
+    pub fn get(&self) -> Option<CancelTarget> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

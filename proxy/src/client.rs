@@ -22,6 +22,12 @@ struct Startup {
     params: Vec<(String, String)>,
 }
 
+/// A client that passed authentication.
+enum LoggedIn {
+    Session(Framed, ClientIdentity),
+    Admin(Framed, crate::admin::AdminIdentity),
+}
+
 enum Handshake {
     Startup(Startup),
     /// A cancel request was served or the client went away; nothing more to do.
@@ -37,6 +43,7 @@ pub async fn handle(app: Arc<App>, tcp: TcpStream, peer: SocketAddr, _guard: Cli
             Ok(Handshake::Done) => None,
             Err((stream, e)) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
+                crate::metrics::error(crate::metrics::ErrorKind::Protocol);
                 if let Some(mut stream) = stream {
                     let code = match e {
                         StartupError::UnsupportedProtocol { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
@@ -50,7 +57,8 @@ pub async fn handle(app: Arc<App>, tcp: TcpStream, peer: SocketAddr, _guard: Cli
     })
     .await;
     match login {
-        Ok(Some((conn, identity))) => session::run(app, conn, identity).await,
+        Ok(Some(LoggedIn::Session(conn, identity))) => session::run(app, conn, identity).await,
+        Ok(Some(LoggedIn::Admin(conn, identity))) => crate::admin::run(app, conn, identity).await,
         Ok(None) => {}
         Err(_) => tracing::info!(%peer, "client did not finish startup within auth_timeout"),
     }
@@ -140,17 +148,14 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Checks limits and credentials; on success the client has received AuthenticationOk.
-async fn login(
-    app: &Arc<App>,
-    startup: Startup,
-    peer: SocketAddr,
-) -> Option<(Framed, ClientIdentity)> {
+async fn login(app: &Arc<App>, startup: Startup, peer: SocketAddr) -> Option<LoggedIn> {
     let config = app.config();
     let mut conn = Framed::new(startup.stream, config.proxy.max_message_size);
     let params = startup.params;
     let reject = |code, msg: String| PgError::fatal(code, msg);
 
     if app.clients() > config.proxy.max_client_connections {
+        crate::metrics::error(crate::metrics::ErrorKind::ClientLimit);
         let msg = format!(
             "too many connections (max_client_connections = {})",
             config.proxy.max_client_connections
@@ -197,14 +202,19 @@ async fn login(
     // Unknown user, unknown database and a user not allowed on the database all look like a
     // wrong password to the client; the log says which.
     let entry = app.user(&user);
+    // The admin console authenticates any user; who may use it is checked after that.
+    let admin_db = database == crate::admin::DATABASE;
     let allowed = entry.as_ref().is_some_and(|u| {
-        app.pool(&database).is_some()
-            && (u.config.databases.is_empty() || u.config.databases.iter().any(|d| d == &database))
+        admin_db
+            || app.pool(&database).is_some()
+                && (u.config.databases.is_empty()
+                    || u.config.databases.iter().any(|d| d == &database))
     });
     let credential = entry.as_ref().filter(|_| allowed).map(|u| &u.credential);
     let token_tenant = match auth::authenticate(&mut conn, &user, credential).await {
         Ok(t) => t,
         Err(AuthError::Failed) => {
+            crate::metrics::error(crate::metrics::ErrorKind::AuthFailure);
             tracing::info!(%peer, %user, %database, known_user = entry.is_some(), database_allowed = allowed, "authentication failed");
             if let Some(audit) = app.audit() {
                 audit
@@ -223,6 +233,7 @@ async fn login(
             return None;
         }
         Err(AuthError::Protocol(m)) => {
+            crate::metrics::error(crate::metrics::ErrorKind::Protocol);
             send_fatal(
                 &mut conn.stream,
                 reject(sqlstate::PROTOCOL_VIOLATION, m.to_string()),
@@ -241,8 +252,11 @@ async fn login(
         return None;
     }
     let entry = entry?;
+    if admin_db {
+        return admin_login(app, conn, user, peer).await;
+    }
     let pool = app.pool(&database)?;
-    Some((
+    Some(LoggedIn::Session(
         conn,
         ClientIdentity {
             conn_id: app.next_conn_id(),
@@ -255,4 +269,28 @@ async fn login(
             token_tenant,
         },
     ))
+}
+
+/// An authenticated client of the admin database: an admin gets the console, anyone else
+/// FATAL 42501.
+async fn admin_login(
+    app: &Arc<App>,
+    mut conn: Framed,
+    user: String,
+    peer: SocketAddr,
+) -> Option<LoggedIn> {
+    if !app.config().proxy.admin_users.contains(&user) {
+        tracing::info!(%peer, %user, "admin console refused: not in admin_users");
+        let msg = format!("tenantgate: user \"{user}\" is not allowed to use the admin console");
+        let err = PgError::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, msg)
+            .with_hint("add the user to [proxy] admin_users");
+        send_fatal(&mut conn.stream, err).await;
+        return None;
+    }
+    let identity = crate::admin::AdminIdentity {
+        conn_id: app.next_conn_id(),
+        user,
+        peer,
+    };
+    Some(LoggedIn::Admin(conn, identity))
 }

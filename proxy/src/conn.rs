@@ -26,7 +26,8 @@ impl Framed {
     pub fn new(stream: Stream, max_message: usize) -> Self {
         Framed {
             stream,
-            rbuf: BytesMut::with_capacity(8192),
+            // Small: most clients are idle most of the time; reads grow it as needed.
+            rbuf: BytesMut::with_capacity(1024),
             max_message,
         }
     }
@@ -37,8 +38,8 @@ impl Framed {
             if let Some(frame) = next_frame(&mut self.rbuf, self.max_message)? {
                 return Ok(frame);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(8192);
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(4096);
             }
             let n = self.stream.read_buf(&mut self.rbuf).await?;
             if n == 0 {

@@ -4,6 +4,7 @@
 //! `main` only parses the command line, loads the configuration and calls it; tests call it
 //! in-process on port 0.
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -12,6 +13,7 @@ mod client;
 pub mod conn;
 pub mod discovery;
 pub mod io;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod server;
@@ -35,11 +37,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Bound first: the metric handles App::new registers must see the recorder.
+    let endpoint = match &config.proxy.metrics_listen {
+        Some(addr) => Some(
+            metrics::Endpoint::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("proxy.metrics_listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App::new(config.clone())?);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "tenantgate listening");
     }
     let tracker = TaskTracker::new();
+    // From here on `shutdown` is also cancelled by the admin console's SHUTDOWN.
+    let shutdown = {
+        let (external, stop) = (shutdown, app.shutdown_requested());
+        tracker.spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = external.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
+        stop
+    };
+    if let Some(endpoint) = endpoint {
+        tracker.spawn(endpoint.serve(shutdown.clone()));
+    }
     discover_catalogs(&app, &tracker, &shutdown).await;
     tracker.spawn(maintain_pools(app.clone(), shutdown.clone()));
     if let Some(audit) = app.audit().cloned() {
@@ -64,6 +92,10 @@ pub async fn run(
     drop(listener);
     let stop = app.shutdown_token();
     stop.drain.cancel();
+    // Checkouts held back by an admin PAUSE would otherwise outlast the drain.
+    for pool in app.pools() {
+        pool.resume();
+    }
     tracker.close();
     let grace = config.proxy.shutdown_timeout();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -161,5 +193,6 @@ async fn maintain_pools(app: Arc<App>, shutdown: CancellationToken) {
         for pool in app.pools() {
             pool.maintain().await;
         }
+        app.stats.sample(&app);
     }
 }

@@ -76,6 +76,17 @@ pub struct PoolStats {
     pub waits: AtomicU64,
     pub wait_timeouts: AtomicU64,
     pub wait_us_total: AtomicU64,
+    /// Servers handed to clients (SHOW STATS total_server_assignment_count).
+    pub assignments: AtomicU64,
+}
+
+/// An idle server, for SHOW SERVERS.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    pub id: u64,
+    pub backend_pid: i32,
+    pub created: Instant,
+    pub last_used: Instant,
 }
 
 pub struct Pool {
@@ -84,7 +95,16 @@ pub struct Pool {
     state: Mutex<PoolState>,
     /// Per-tenant server quotas (`max_tenant_connections`): FIFO semaphores.
     tenant_quotas: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// The ParameterStatus values of the last server opened, for transaction-mode logins that
+    /// need no server.
+    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
     pub stats: PoolStats,
+    /// Admin PAUSE: new checkouts wait until RESUME.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// Checkouts waiting for RESUME (counted as waiting clients).
+    paused_waiters: std::sync::atomic::AtomicUsize,
+    metrics: crate::metrics::PoolMetrics,
 }
 
 /// A tenant's share of a pool, held for as long as one of its clients holds a server.
@@ -105,7 +125,12 @@ impl Pool {
             settings: arc_swap::ArcSwap::from_pointee(settings),
             state: Mutex::new(PoolState::default()),
             tenant_quotas: Mutex::new(std::collections::HashMap::new()),
+            server_params: Mutex::new(None),
             stats: PoolStats::default(),
+            paused: Default::default(),
+            resumed: tokio::sync::Notify::new(),
+            paused_waiters: Default::default(),
+            metrics: crate::metrics::PoolMetrics::new(name),
         })
     }
 
@@ -127,8 +152,76 @@ impl Pool {
         PoolCounts {
             idle: s.idle.len(),
             total: s.total,
-            waiting: s.waiters.len(),
+            waiting: s.waiters.len() + self.paused_waiters.load(Ordering::Relaxed),
         }
+    }
+
+    /// Idle servers, most recently used last.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        self.lock()
+            .idle
+            .iter()
+            .map(|c| IdleServer {
+                id: c.id,
+                backend_pid: c.backend_pid,
+                created: c.created,
+                last_used: c.last_used,
+            })
+            .collect()
+    }
+
+    /// Admin PAUSE: checkouts from now on wait for [`Pool::resume`] (within
+    /// `query_wait_timeout`); servers already held are not affected.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Waits while the pool is paused, up to `query_wait_timeout` (0 = forever).
+    async fn wait_resumed(&self, settings: &PoolSettings) -> Result<(), PoolError> {
+        self.paused_waiters.fetch_add(1, Ordering::Relaxed);
+        let wait = async {
+            loop {
+                let notified = self.resumed.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a RESUME in between is not missed.
+                notified.as_mut().enable();
+                if !self.is_paused() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let result = if settings.query_wait_timeout.is_zero() {
+            wait.await;
+            Ok(())
+        } else {
+            tokio::time::timeout(settings.query_wait_timeout, wait)
+                .await
+                .map_err(|_| PoolError::WaitTimeout)
+        };
+        self.paused_waiters.fetch_sub(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
+        }
+        result
+    }
+
+    /// ParameterStatus values of this pool's servers, once one has been opened.
+    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits (FIFO, up to `query_wait_timeout`) until `tenant` holds fewer than `limit` servers
@@ -152,7 +245,10 @@ impl Pool {
         } else {
             tokio::time::timeout(wait, acquire)
                 .await
-                .map_err(|_| PoolError::TenantQuota)?
+                .map_err(|_| {
+                    crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
+                    PoolError::TenantQuota
+                })?
                 .ok()
         };
         permit.ok_or(PoolError::Closed)
@@ -160,7 +256,16 @@ impl Pool {
 
     /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`.
     pub async fn acquire(&self) -> Result<ServerConn, PoolError> {
+        let conn = self.checkout().await?;
+        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    async fn checkout(&self) -> Result<ServerConn, PoolError> {
         let settings = self.settings();
+        if self.is_paused() {
+            self.wait_resumed(&settings).await?;
+        }
         let rx = {
             let mut s = self.lock();
             if s.closed {
@@ -201,10 +306,13 @@ impl Pool {
         match server::connect(&settings.target, &[]).await {
             Ok(conn) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(conn.params.clone()));
                 Ok(conn)
             }
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::error(crate::metrics::ErrorKind::ServerConnect);
                 self.forget_one();
                 Err(e.into())
             }
@@ -231,6 +339,8 @@ impl Pool {
                         self.return_grant(grant);
                     }
                     self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.waited(started.elapsed());
+                    crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
                     return Err(PoolError::WaitTimeout);
                 }
             }
@@ -238,6 +348,7 @@ impl Pool {
         self.stats
             .wait_us_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.waited(started.elapsed());
         match granted {
             Some(Grant::Conn(conn)) => Ok(*conn),
             Some(Grant::Connect) => self.open(settings).await,
@@ -344,5 +455,8 @@ impl Pool {
         s.idle.clear();
         s.total -= n;
         s.waiters.clear();
+        drop(s);
+        // Paused checkouts see `closed` and fail.
+        self.resume();
     }
 }

@@ -196,6 +196,23 @@ impl ServerConn {
         }
     }
 
+    /// Reads the session-level settings (see `session::settings::read_session_settings`). It
+    /// runs under the client's own `statement_timeout`, which may be tiny: a cancelled read is
+    /// retried a few times before the server is given up on.
+    pub async fn read_settings(
+        &mut self,
+        custom: &[String],
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let sql = crate::session::settings::read_session_settings(custom);
+        let mut attempt = 0;
+        loop {
+            match self.query_rows(&sql).await {
+                Err(ServerError::Rejected(m)) if m.code == "57014" && attempt < 4 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
     pub fn record_parameter_status(&mut self, body: &[u8]) {
         let mut r = BodyReader::new(body);
         if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {

@@ -155,6 +155,8 @@ pub enum AuditError {
 struct Shared {
     /// Allowed-statement records dropped because the queue was full, not yet reported.
     dropped: AtomicU64,
+    /// Every allowed-statement record ever dropped (metrics; never reset).
+    dropped_total: AtomicU64,
     /// Allowed statements seen, for `sample:N`.
     allowed_seen: AtomicU64,
     /// Set by [`AuditLog::reopen`]; the writer checks it before every record, so records
@@ -238,7 +240,18 @@ impl AuditLog {
             self.tx.try_send(Msg::Event(now, Box::new(event)))
         {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Allowed-statement records dropped because the queue was full, since start.
+    pub fn dropped_total(&self) -> u64 {
+        self.shared.dropped_total.load(Ordering::Relaxed)
     }
 
     /// Opens `path` again (SIGHUP after an external rotation renamed the file).

@@ -131,6 +131,23 @@ fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
     )
 }
 
+/// `DEALLOCATE [PREPARE] ALL` → Some(None); `DEALLOCATE [PREPARE] name` → Some(Some(name)).
+fn deallocate_target(sql: &str) -> Option<Option<String>> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let stmt = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?;
+    let pg_query::NodeEnum::DeallocateStmt(d) = stmt else {
+        return None;
+    };
+    Some((!d.isall && !d.name.is_empty()).then(|| d.name.clone()))
+}
+
 /// Allowed-list entries match exactly, or as a prefix when they end in `*`.
 fn tenant_allowed(allowed: &[String], tenant: &str) -> bool {
     allowed.iter().any(|a| match a.strip_suffix('*') {
@@ -202,6 +219,7 @@ impl Session {
     }
 
     fn audit_statement(&mut self, d: &Decision, verdict: &'static str) {
+        self.metrics.decision(verdict, d.rule.as_str());
         if self.app.audit().is_none() {
             return;
         }
@@ -235,7 +253,9 @@ impl Session {
                 })
             }
             StatementKind::Discard
-                if simple && self.tenant.is_some() && sql.to_ascii_lowercase().contains("all") =>
+                if simple
+                    && (self.tenant.is_some() || self.tx_mode)
+                    && sql.to_ascii_lowercase().contains("all") =>
             {
                 if self.tx_status() != b'I' {
                     return Some(Screen::Reject(PgError::error(
@@ -252,20 +272,31 @@ impl Session {
                     hidden: Some(set_sql(&self.desired)),
                 })
             }
+            // Transaction mode: the server knows only the proxy's names for the client's
+            // statements, so the proxy deallocates (forgets) them itself.
             StatementKind::Deallocate if simple && self.tx_mode => {
-                let lower = sql.to_ascii_lowercase();
-                let all = lower
-                    .split_whitespace()
-                    .any(|w| w.trim_end_matches(';') == "all");
-                if all {
-                    self.statements.clear();
-                    return Some(Screen::Answer {
-                        tag: "DEALLOCATE ALL",
-                        sql: None,
-                        hidden: None,
-                    });
-                }
-                None
+                let tag = match deallocate_target(sql) {
+                    Some(None) => {
+                        self.statements.clear();
+                        "DEALLOCATE ALL"
+                    }
+                    Some(Some(name)) if self.statements.contains(&name) => {
+                        self.statements.remove(&name);
+                        "DEALLOCATE"
+                    }
+                    Some(Some(name)) => {
+                        return Some(Screen::Reject(PgError::error(
+                            "26000",
+                            format!("prepared statement \"{name}\" does not exist"),
+                        )))
+                    }
+                    None => return None,
+                };
+                Some(Screen::Answer {
+                    tag,
+                    sql: None,
+                    hidden: None,
+                })
             }
             _ => None,
         }
@@ -340,6 +371,8 @@ impl Session {
             to: value.clone(),
         });
         self.tenant = value;
+        self.metrics
+            .set_tenant(&self.app.stats, self.tenant.as_deref());
         let current = std::mem::take(&mut self.desired);
         self.desired = self.with_tenant(current);
         let sql = match &self.tenant {
@@ -380,6 +413,8 @@ impl Session {
     /// Checks a Bind's tenant parameters against the session tenant.
     pub(super) fn screen_bind(&mut self, body: &[u8]) -> Option<PgError> {
         let err = self.check_bind(body)?;
+        self.metrics
+            .decision("reject", crate::metrics::rule_of(&err));
         if self.app.audit().is_some() {
             let name = BodyReader::new(body).cstr_bytes().ok().and_then(|_| {
                 let mut r = BodyReader::new(body);
@@ -522,6 +557,18 @@ mod tests {
         assert!(!refused("SELECT pg_advisory_xact_lock(1)"));
         assert!(!refused("DECLARE c CURSOR FOR SELECT 1"));
         assert!(!refused("SELECT executed_at FROM jobs"));
+    }
+
+    #[test]
+    fn deallocate_targets() {
+        assert_eq!(deallocate_target("DEALLOCATE ALL"), Some(None));
+        assert_eq!(deallocate_target("deallocate prepare all"), Some(None));
+        assert_eq!(deallocate_target("DEALLOCATE s1"), Some(Some("s1".into())));
+        assert_eq!(
+            deallocate_target("DEALLOCATE \"S 1\""),
+            Some(Some("S 1".into()))
+        );
+        assert_eq!(deallocate_target("SELECT 1"), None);
     }
 
     #[test]

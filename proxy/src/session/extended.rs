@@ -64,8 +64,18 @@ pub enum Expect {
         tag: Bytes,
         failed: bool,
     },
-    /// A Query of the proxy\'s own that the client never sees, ReadyForQuery included.
+    /// A Query of the proxy's own that the client never sees, ReadyForQuery included.
     Hidden,
+    /// Where the client ended a COPY FROM STDIN: no reply of its own; marks which Syncs the
+    /// server ignored in copy-in mode.
+    CopyEnd,
+}
+
+/// What [`Expected::copy_in_started`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyIgnored {
+    pub extended: bool,
+    pub syncs: usize,
 }
 
 /// Outcome of processing one server message.
@@ -92,9 +102,41 @@ impl Expected {
 
     /// Writes synthetic replies that have reached the head of the queue.
     pub fn flush_synthetic(&mut self, to_client: &mut BytesMut) {
-        while let Some(Expect::Synthetic(msg)) = self.queue.front() {
-            to_client.extend_from_slice(msg);
+        loop {
+            match self.queue.front() {
+                Some(Expect::Synthetic(msg)) => to_client.extend_from_slice(msg),
+                Some(Expect::CopyEnd) => {}
+                _ => return,
+            }
             self.queue.pop_front();
+        }
+    }
+
+    /// The server entered COPY FROM STDIN. If an extended-protocol Execute started it, the
+    /// Syncs queued after that Execute and before the client's end of the copy were ignored
+    /// by the server: drop them.
+    pub fn copy_in_started(&mut self) -> CopyIgnored {
+        if !matches!(self.queue.front(), Some(Expect::Execute)) {
+            return CopyIgnored::default();
+        }
+        let end = self
+            .queue
+            .iter()
+            .position(|e| *e == Expect::CopyEnd)
+            .unwrap_or(self.queue.len());
+        let mut syncs = 0;
+        let mut i = 1;
+        while i < end - syncs {
+            if self.queue[i] == Expect::Ready {
+                self.queue.remove(i);
+                syncs += 1;
+            } else {
+                i += 1;
+            }
+        }
+        CopyIgnored {
+            extended: true,
+            syncs,
         }
     }
 
@@ -591,6 +633,27 @@ mod tests {
             Route::Forward
         ));
         assert_eq!(out[0], b'C');
+    }
+
+    #[test]
+    fn syncs_during_extended_copy_in_are_dropped() {
+        let mut q = Expected::default();
+        q.push(Expect::Execute);
+        q.push(Expect::Ready);
+        q.push(Expect::CopyEnd);
+        q.push(Expect::Ready);
+        let ignored = q.copy_in_started();
+        assert_eq!(
+            ignored,
+            CopyIgnored {
+                extended: true,
+                syncs: 1
+            }
+        );
+        assert_eq!(q.queue, [Expect::Execute, Expect::CopyEnd, Expect::Ready]);
+        let mut simple = Expected::default();
+        simple.push(Expect::Ready);
+        assert!(!simple.copy_in_started().extended);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::extended::{
 use super::relay::RelayEnd;
 use super::{settings, Session};
 use crate::protocol::backend;
-use crate::protocol::frame::{next_frame, Frame};
+use crate::protocol::frame::{next_frame, put_message, Frame};
 use crate::protocol::sqlstate;
 use crate::protocol::{BodyReader, PgError};
 use bytes::BytesMut;
@@ -43,10 +43,11 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
                 Err(e) => {
+                    crate::metrics::error(crate::metrics::ErrorKind::Protocol);
                     return Some(RelayEnd::Fatal(PgError::fatal(
                         sqlstate::PROTOCOL_VIOLATION,
                         format!("tenantgate: {e}"),
-                    )))
+                    )));
                 }
             };
             if frame.tag == b'X' {
@@ -64,6 +65,7 @@ impl Session {
                 }
             }
             let screened = self.screen(&frame);
+            let tag = frame.tag;
             // Rejections and session commands need no server: in transaction mode they are
             // answered locally when none is attached.
             let needs_server = matches!(screened, Screened::Relay(_));
@@ -88,6 +90,9 @@ impl Session {
                 }
                 Screened::Reject(err) => self.reject(frame.tag, err),
                 Screened::Answer { tag, sql, hidden } => self.answer(tag, sql, hidden),
+            }
+            if matches!(tag, b'Q' | b'S' | b'F') && self.progress.pending > 0 {
+                self.metrics.request_sent();
             }
             self.expected.flush_synthetic(&mut self.to_client);
             self.flush_audit().await;
@@ -130,7 +135,8 @@ impl Session {
     fn reject(&mut self, tag: u8, err: PgError) {
         let mut error = BytesMut::new();
         err.encode(&mut error);
-        let simple = tag == b'Q';
+        // Query and FunctionCall are answered up to ReadyForQuery; the rest wait for Sync.
+        let simple = tag == b'Q' || tag == b'F';
         if !simple {
             self.skip_until_sync = true;
             self.progress.unsynced = true;
@@ -146,7 +152,13 @@ impl Session {
             let _ = frontend::query(FAILING_SQL, &mut self.to_server);
             self.progress.pending += 1;
         } else {
-            let _ = frontend::parse("", FAILING_SQL, std::iter::empty(), &mut self.to_server);
+            // A Bind of a statement that does not exist: it fails without touching the
+            // client's unnamed statement or portal (a failed Parse of "" would drop them).
+            put_message(
+                &mut self.to_server,
+                b'B',
+                b"tenantgate_rejected\0tenantgate_rejected\0\0\0\0\0\0\0",
+            );
         }
         self.expected.push(Expect::Reject {
             error: error.freeze(),
@@ -169,7 +181,11 @@ impl Session {
         let sql = sql.unwrap_or_else(|| "SELECT 1".to_string());
         self.progress.settings_dirty = true;
         if tag == "DISCARD ALL" {
-            self.progress.statements_dirty = true;
+            // The server drops its prepared statements now: a Parse pipelined behind this
+            // must really be sent.
+            if let Some(s) = self.server.as_mut() {
+                s.conn.statements.clear();
+            }
         }
         let _ = frontend::query(&sql, &mut self.to_server);
         self.progress.pending += 1;
@@ -189,6 +205,7 @@ impl Session {
     fn forward_direct(&mut self, frame: &Frame, decision: Option<Arc<Decision>>) {
         let p = &mut self.progress;
         match frame.tag {
+            b'S' if p.copy_extended => {} // ignored by the server in copy-in mode
             b'Q' | b'F' | b'S' => {
                 p.pending += 1;
                 if frame.tag == b'S' {
@@ -234,7 +251,10 @@ impl Session {
                 self.expected.push(Expect::Execute);
             }
             b'H' => p.unsynced = true,
-            b'c' | b'f' => p.copy_in = false,
+            b'c' | b'f' => {
+                self.to_server.extend_from_slice(&frame.raw);
+                return self.copy_end();
+            }
             _ => {}
         }
         self.to_server.extend_from_slice(&frame.raw);
@@ -252,6 +272,7 @@ impl Session {
                 self.progress.pending += 1;
                 self.expected.push(Expect::Ready);
             }
+            b'S' if self.progress.copy_extended => {} // ignored by the server in copy-in mode
             b'S' => {
                 self.progress.pending += 1;
                 self.progress.unsynced = false;
@@ -266,17 +287,31 @@ impl Session {
                 self.expected.push(Expect::Execute);
             }
             b'H' => self.progress.unsynced = true,
-            b'c' | b'f' => self.progress.copy_in = false,
+            b'c' | b'f' => self.copy_end(),
             _ => {}
         }
         self.to_server.extend_from_slice(&frame.raw);
+    }
+
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
+    fn copy_end(&mut self) {
+        self.progress.copy_in = false;
+        self.progress.copy_extended = false;
+        self.expected.push(Expect::CopyEnd);
     }
 
     /// Flags statements that may change what the next checkout must restore.
     fn note_sql(&mut self, sql: &str) {
         let fx = settings::scan_session_effects(sql);
         self.progress.settings_dirty |= fx.settings;
-        self.progress.statements_dirty |= fx.statements;
+        if fx.statements {
+            // DISCARD / DEALLOCATE on the server: forget what it had prepared right away, so a
+            // Parse pipelined behind it is not skipped, and the client's names with it.
+            if let Some(s) = self.server.as_mut() {
+                s.conn.statements.clear();
+            }
+            self.statements.clear();
+        }
         for name in fx.custom {
             // Bounded: a client inventing names endlessly only stops being tracked.
             if !self.custom_settings.contains(&name) && self.custom_settings.len() < 256 {
@@ -418,6 +453,7 @@ impl Session {
     /// Sends the Parse for a global statement, closing the least recently used one if the
     /// server's statement cache is full.
     fn prepare(&mut self, stmt: &Statement, visible: bool, client_name: Option<String>) {
+        tracing::trace!(global = %stmt.global, visible, ?client_name, "prepare on server");
         let evicted = self
             .server
             .as_mut()
@@ -464,12 +500,23 @@ impl Session {
                 b'Z' => {
                     self.progress.pending = self.progress.pending.saturating_sub(1);
                     conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                    self.metrics
+                        .ready_for_query(conn.tx_status, self.progress.pending);
                     self.progress.copy_in = false;
                     if conn.tx_status == b'I' {
                         self.local_tenant = None;
                     }
                 }
-                b'G' | b'W' => self.progress.copy_in = true,
+                b'G' | b'W' => {
+                    self.progress.copy_in = true;
+                    // COPY started by an extended-protocol Execute: the server ignores Syncs
+                    // until the copy ends, including those already sent.
+                    let ignored = self.expected.copy_in_started();
+                    if ignored.extended {
+                        self.progress.copy_extended = true;
+                        self.progress.pending = self.progress.pending.saturating_sub(ignored.syncs);
+                    }
+                }
                 b'S' => {
                     conn.record_parameter_status(frame.body());
                     self.progress.settings_dirty = true;

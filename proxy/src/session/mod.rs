@@ -60,10 +60,10 @@ struct Progress {
     unsynced: bool,
     /// The server expects CopyData from the client (COPY FROM STDIN / COPY BOTH).
     copy_in: bool,
+    /// ... and the COPY came from an extended-protocol Execute: Syncs are ignored until it ends.
+    copy_extended: bool,
     /// Statements since the last release may have changed session settings.
     settings_dirty: bool,
-    /// Statements since the last release may have dropped server-side prepared statements.
-    statements_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
 }
@@ -92,10 +92,15 @@ pub struct Session {
     custom_settings: Vec<String>,
     /// After a rejected extended-protocol message: drop client messages until Sync.
     skip_until_sync: bool,
+    /// `desired` holds the values as the client wrote them: read them back, as the server
+    /// normalizes them, after the first transaction.
+    settings_unnormalized: bool,
     /// Audit events waiting to be queued (screening is synchronous; queuing may wait).
     audit_pending: Vec<AuditKind>,
     cancel: CancelKey,
     waits: Waits,
+    /// Statistics and the client's entry in SHOW CLIENTS.
+    metrics: crate::metrics::SessionMetrics,
 }
 
 fn pool_error(e: &PoolError) -> PgError {
@@ -166,37 +171,36 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         },
         _ => None,
     };
-    let mut server = match id.pool.acquire().await {
+    let start = match start_session(&id.pool, &startup, tx_mode).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(user = %id.user, database = %id.database, error = %e, "no server for client");
-            return send_fatal(&mut client, pool_error(&e)).await;
-        }
-    };
-    let desired = match apply_startup(&mut server, &startup, tx_mode).await {
-        Ok(d) => d,
-        Err(e) => {
-            let err = match &e {
-                ServerError::Rejected(m) => {
-                    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, m.message.clone())
-                }
-                other => server_error(other),
-            };
-            finish(&id.pool, server, false, !tx_mode).await;
-            return send_fatal(&mut client, err).await;
+            tracing::info!(user = %id.user, database = %id.database, error = %e.message, "session start failed");
+            return send_fatal(&mut client, e).await;
         }
     };
     let cancel = app.cancel.register();
+    let metrics = app.stats.session(
+        &id,
+        client.stream.is_tls(),
+        cancel.slot.clone(),
+        tenant.as_deref(),
+    );
+    if tenant.is_some() && start.server.is_some() {
+        metrics.injection();
+    }
     let mut out = BytesMut::new();
-    for (k, v) in &server.params {
+    for (k, v) in &start.params {
         backend::parameter_status(k, v, &mut out);
     }
     backend::backend_key_data(cancel.pid, cancel.secret, &mut out);
     backend::ready_for_query(b'I', &mut out);
     if client.write_all(&out).await.is_err() {
-        finish(&id.pool, server, true, !tx_mode).await;
+        if let Some(server) = start.server {
+            finish(&id.pool, server, true, !tx_mode).await;
+        }
         return;
     }
+    let desired = start.desired;
     tracing::debug!(user = %id.user, database = %id.database, peer = %id.peer,
         tenant = ?id.user_config.config.tenant, tx_mode, "session started");
     let waits = Waits::new(app.shutdown_token(), &app, &id.database);
@@ -207,14 +211,19 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         .cloned()
         .collect();
     let bypass_policy = id.user_config.config.bypass_policy;
+    let startup_custom: Vec<String> = startup
+        .iter()
+        .filter(|(k, _)| k.contains('.') && !k.eq_ignore_ascii_case(&setting))
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
     let mut session = Session {
         app,
         id,
         client,
         server: None,
         tx_mode,
-        to_server: BytesMut::with_capacity(8192),
-        to_client: BytesMut::with_capacity(8192),
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
         progress: Progress::default(),
         expected: Expected::default(),
         statements: ClientStatements::default(),
@@ -223,19 +232,85 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         tenant,
         local_tenant: None,
         bypass_policy,
-        custom_settings: Vec::new(),
+        // Custom startup settings are placeholders pg_settings hides: track them by name.
+        custom_settings: startup_custom,
         skip_until_sync: false,
+        settings_unnormalized: false,
         audit_pending: vec![AuditKind::Connect],
         cancel,
         waits,
+        metrics,
     };
-    if tx_mode {
-        server.session_settings = session.desired.clone();
-        session.id.pool.release(server);
-    } else {
-        session.attach_conn(server, permit);
+    session.settings_unnormalized = !start.normalized;
+    match start.server {
+        Some(mut server) if tx_mode => {
+            server.session_settings = session.desired.clone();
+            session.id.pool.release(server);
+        }
+        Some(server) => session.attach_conn(server, permit),
+        None => {}
     }
     session.serve().await;
+}
+
+/// How a session starts: its server (session mode; transaction mode only while the pool's
+/// ParameterStatus values are unknown), its settings, and the ParameterStatus to report.
+struct Start {
+    server: Option<ServerConn>,
+    desired: Vec<(String, String)>,
+    params: Vec<(String, String)>,
+    /// `desired` is as the server normalized it.
+    normalized: bool,
+}
+
+async fn start_session(
+    pool: &Pool,
+    startup: &[(String, String)],
+    tx_mode: bool,
+) -> Result<Start, PgError> {
+    if tx_mode {
+        if let Some(cached) = pool.server_params() {
+            // No server needed to log in: report the pool's values with the client's own
+            // settings over them; the first checkout applies the settings.
+            let params = cached
+                .iter()
+                .map(|(k, v)| {
+                    let own = startup.iter().find(|(sk, _)| sk.eq_ignore_ascii_case(k));
+                    (
+                        k.clone(),
+                        own.map_or_else(|| v.clone(), |(_, sv)| sv.clone()),
+                    )
+                })
+                .collect();
+            let mut desired = startup.to_vec();
+            desired.sort();
+            return Ok(Start {
+                server: None,
+                desired,
+                params,
+                normalized: false,
+            });
+        }
+    }
+    let mut server = pool.acquire().await.map_err(|e| pool_error(&e))?;
+    match apply_startup(&mut server, startup, tx_mode).await {
+        Ok(desired) => Ok(Start {
+            params: server.params.clone(),
+            server: Some(server),
+            desired,
+            normalized: true,
+        }),
+        Err(e) => {
+            let err = match &e {
+                ServerError::Rejected(m) => {
+                    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, m.message.clone())
+                }
+                other => server_error(other),
+            };
+            finish(pool, server, false, !tx_mode).await;
+            Err(err)
+        }
+    }
 }
 
 /// Gives a fresh server the client's startup settings; in transaction mode returns them as
@@ -246,7 +321,7 @@ async fn apply_startup(
     tx_mode: bool,
 ) -> Result<Vec<(String, String)>, ServerError> {
     if let Some(sql) = settings::diff_sql(&server.session_settings, startup) {
-        server.exec_quiet(&sql).await?;
+        server.exec_quiet(&settings::guarded(&sql)).await?;
     }
     if !tx_mode || startup.is_empty() {
         return Ok(startup.to_vec());
@@ -258,9 +333,7 @@ async fn apply_startup(
         .map(|(k, _)| k.clone())
         .collect();
     custom.sort();
-    let rows = server
-        .query_rows(&settings::read_session_settings(&custom))
-        .await?;
+    let rows = server.read_settings(&custom).await?;
     let mut desired = settings::from_rows(rows);
     desired.sort();
     server.session_settings = desired.clone();
@@ -298,14 +371,23 @@ impl Session {
         };
         let mut conn = self.id.pool.acquire().await.map_err(|e| pool_error(&e))?;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
-            if let Err(e) = conn.exec_quiet(&sql).await {
+            if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
                 tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
                 finish(&self.id.pool, conn, false, false).await;
                 return Err(server_error(&e));
             }
+            let setting = &self.app.config().tenancy.setting;
+            if crate::metrics::changes_tenant(&conn.session_settings, &self.desired, setting) {
+                self.metrics.injection();
+            }
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, quota);
+        if self.settings_unnormalized {
+            // Learn the server's spelling of the client's settings at the first release.
+            self.settings_unnormalized = false;
+            self.progress.settings_dirty = true;
+        }
         Ok(())
     }
 
@@ -330,9 +412,6 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
-        if self.progress.statements_dirty {
-            conn.statements.clear();
-        }
         if self.progress.settings_dirty {
             let tenant_setting = self.app.config().tenancy.setting.to_ascii_lowercase();
             let custom: Vec<String> = self
@@ -341,10 +420,7 @@ impl Session {
                 .filter(|n| **n != tenant_setting)
                 .cloned()
                 .collect();
-            match conn
-                .query_rows(&settings::read_session_settings(&custom))
-                .await
-            {
+            match conn.read_settings(&custom).await {
                 Ok(rows) => {
                     // The tenant setting is the proxy's: what the server has is what was set.
                     let now = self.with_tenant(settings::from_rows(rows));

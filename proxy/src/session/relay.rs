@@ -110,9 +110,24 @@ fn poll_write_some(
     }
 }
 
+/// Room for the next read: 1 KiB while idle (most messages fit, and 10,000 idle clients
+/// should not each hold a large buffer), more while a large message or a burst is arriving.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+    let free = buf.capacity() - buf.len();
+    if buf.is_empty() {
+        if free < 512 {
+            buf.reserve(1024);
+        }
+    } else if free < 4096 {
+        buf.reserve(buf.len().clamp(8 * 1024, 64 * 1024));
+    }
+}
+
+/// Drops a large output buffer once it has been written, so one big result does not stay
+/// allocated for the rest of an idle session.
+fn shrink_if_drained(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
     }
 }
 
@@ -228,6 +243,7 @@ impl Session {
             to_server,
             to_client,
             waits,
+            metrics,
             ..
         } = self;
         let mut server = server.as_mut().map(|s| &mut s.conn.conn);
@@ -239,15 +255,23 @@ impl Session {
             if let Some(s) = server.as_mut() {
                 if !to_server.is_empty() {
                     match poll_write_some(&mut s.stream, to_server, cx) {
-                        Poll::Ready(Ok(())) => progressed = true,
+                        Poll::Ready(Ok(())) => {
+                            shrink_if_drained(to_server);
+                            progressed = true
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Server(e))),
                         Poll::Pending => {}
                     }
                 }
             }
             if !to_client.is_empty() {
+                let before = to_client.len();
                 match poll_write_some(&mut client.stream, to_client, cx) {
-                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Ok(())) => {
+                        metrics.bytes_sent(before - to_client.len());
+                        shrink_if_drained(to_client);
+                        progressed = true
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Client(e))),
                     Poll::Pending => {}
                 }
@@ -256,7 +280,10 @@ impl Session {
                 reserve(&mut client.rbuf);
                 match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
-                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::Client)),
+                    Poll::Ready(Ok(n)) => {
+                        metrics.bytes_received(n);
+                        return Poll::Ready(Ok(Event::Client));
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Client(e))),
                     Poll::Pending => {}
                 }

@@ -183,6 +183,13 @@ pub fn diff_sql(have: &[(String, String)], want: &[(String, String)]) -> Option<
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// Runs the proxy's own settings statements in a transaction that is immune to the client's
+/// `statement_timeout`/`lock_timeout` (a client's `SET statement_timeout = 1` must not make
+/// the proxy lose track of its settings). Session-level SETs inside it persist at COMMIT.
+pub fn guarded(sql: &str) -> String {
+    format!("BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; {sql}; COMMIT")
+}
+
 /// Rows of READ_SESSION_SETTINGS as (name, value).
 pub fn from_rows(rows: Vec<Vec<Option<String>>>) -> Vec<(String, String)> {
     rows.into_iter()
