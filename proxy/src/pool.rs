@@ -97,7 +97,7 @@ pub struct Pool {
     tenant_quotas: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The ParameterStatus values of the last server opened, for transaction-mode logins that
     /// need no server.
-    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    server_params: Mutex<Option<ServerParams>>,
     pub stats: PoolStats,
     /// Admin PAUSE: new checkouts wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
@@ -106,6 +106,9 @@ pub struct Pool {
     paused_waiters: std::sync::atomic::AtomicUsize,
     metrics: crate::metrics::PoolMetrics,
 }
+
+/// ParameterStatus values (name, value) as a server reported them.
+pub type ServerParams = Arc<Vec<(String, String)>>;
 
 /// A tenant's share of a pool, held for as long as one of its clients holds a server.
 pub type TenantPermit = tokio::sync::OwnedSemaphorePermit;
@@ -217,7 +220,7 @@ impl Pool {
     }
 
     /// ParameterStatus values of this pool's servers, once one has been opened.
-    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn server_params(&self) -> Option<ServerParams> {
         self.server_params
             .lock()
             .unwrap_or_else(|e| e.into_inner())

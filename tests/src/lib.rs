@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod pg;
+pub mod pipeline;
 pub mod proxy;
 pub mod tls;
 pub mod tools;

@@ -2,16 +2,21 @@
 //! Each test is bounded by a timeout ([`tenantgate_tests::within`]) so nothing can hang CI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod audit;
 mod auth;
 mod clients;
+mod compose;
 mod config_files;
 mod demo;
 mod harness;
+mod isolation;
 mod jwt;
 mod lifecycle;
 mod malformed;
+mod metrics;
 mod pool;
+mod pooling_semantics;
 mod protocol;
 mod restart;
 mod tls;
