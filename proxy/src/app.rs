@@ -17,13 +17,79 @@ pub struct UserEntry {
     pub credential: Credential,
 }
 
-pub struct App {
-    config: Arc<Config>,
+/// Everything a configuration reload replaces, swapped as a whole.
+pub struct Runtime {
+    pub config: Arc<Config>,
     users: HashMap<String, Arc<UserEntry>>,
     pools: HashMap<String, Arc<Pool>>,
     /// Per database; replaced when the catalog is (re)discovered.
-    policies: HashMap<String, ArcSwap<Policy>>,
+    policies: HashMap<String, Arc<ArcSwap<Policy>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Runtime {
+    /// Builds the state for `config`, keeping the pools (and their servers) of databases that
+    /// `old` already had, with their new settings.
+    fn build(config: Arc<Config>, old: Option<&Runtime>) -> Result<Runtime, StartError> {
+        let tls = match (
+            &config.proxy.tls_mode,
+            &config.proxy.tls_cert,
+            &config.proxy.tls_key,
+        ) {
+            (TlsMode::Disable, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let jwt = match &config.auth.jwt {
+            Some(j) => Some(Arc::new(
+                crate::auth::JwtVerifier::new(j).map_err(StartError::Credential)?,
+            )),
+            None => None,
+        };
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let credential = Credential::for_user(u, config.proxy.auth_type, jwt.as_ref())
+                .map_err(StartError::Credential)?;
+            let entry = UserEntry {
+                config: u.clone(),
+                credential,
+            };
+            users.insert(u.name.clone(), Arc::new(entry));
+        }
+        let mut pools = HashMap::new();
+        let mut policies = HashMap::new();
+        for db in &config.databases {
+            let settings = PoolSettings::from_config(
+                db,
+                config.proxy.max_message_size,
+                config.proxy.max_prepared_statements,
+            )?;
+            let pool = match old.and_then(|o| o.pools.get(&db.name)) {
+                Some(pool) => {
+                    pool.set_settings(settings);
+                    pool.clone()
+                }
+                None => Pool::new(&db.name, settings),
+            };
+            pools.insert(db.name.clone(), pool);
+            let policy = crate::discovery::build_policy(&config, None);
+            policies.insert(db.name.clone(), Arc::new(ArcSwap::from_pointee(policy)));
+        }
+        Ok(Runtime {
+            config,
+            users,
+            pools,
+            policies,
+            tls,
+        })
+    }
+}
+
+pub struct App {
+    runtime: ArcSwap<Runtime>,
+    /// The file the configuration came from, for reloads.
+    config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    reload_lock: tokio::sync::Mutex<()>,
     pub cancel: CancelRegistry,
     audit: Option<crate::audit::AuditLog>,
     clients: AtomicUsize,
@@ -33,6 +99,31 @@ pub struct App {
     pub stats: crate::metrics::Stats,
     /// Cancelled by the admin console's SHUTDOWN; `run` then shuts down as on SIGTERM.
     stop: CancellationToken,
+}
+
+/// Settings a running proxy cannot change; a reload keeps the old value and says so.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            notes.push(format!("{key} changed: takes effect after a restart"));
+        }
+    };
+    check("proxy.listen", old.proxy.listen != new.proxy.listen);
+    check(
+        "proxy.metrics_listen",
+        old.proxy.metrics_listen != new.proxy.metrics_listen,
+    );
+    check("proxy.workers", old.proxy.workers != new.proxy.workers);
+    check(
+        "audit",
+        format!("{:?}", old.audit) != format!("{:?}", new.audit),
+    );
+    check(
+        "proxy.log_level",
+        old.proxy.log_level != new.proxy.log_level,
+    );
+    notes
 }
 
 /// Counts a connected client for `max_client_connections` until dropped.
@@ -56,57 +147,17 @@ pub enum StartError {
 
 impl App {
     pub fn new(config: Arc<Config>) -> Result<App, StartError> {
-        let tls = match (
-            &config.proxy.tls_mode,
-            &config.proxy.tls_cert,
-            &config.proxy.tls_key,
-        ) {
-            (TlsMode::Disable, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-            _ => None,
-        };
-        let jwt = match &config.auth.jwt {
-            Some(j) => Some(Arc::new(
-                crate::auth::JwtVerifier::new(j).map_err(StartError::Credential)?,
-            )),
-            None => None,
-        };
-        let mut users = HashMap::new();
-        for u in &config.users {
-            let credential = Credential::for_user(u, config.proxy.auth_type, jwt.as_ref())
-                .map_err(StartError::Credential)?;
-            users.insert(
-                u.name.clone(),
-                Arc::new(UserEntry {
-                    config: u.clone(),
-                    credential,
-                }),
-            );
-        }
-        let mut pools = HashMap::new();
-        let mut policies = HashMap::new();
-        for db in &config.databases {
-            let policy = crate::discovery::build_policy(&config, None);
-            policies.insert(db.name.clone(), ArcSwap::from_pointee(policy));
-            let settings = PoolSettings::from_config(
-                db,
-                config.proxy.max_message_size,
-                config.proxy.max_prepared_statements,
-            )?;
-            pools.insert(db.name.clone(), Pool::new(&db.name, settings));
-        }
+        let runtime = Runtime::build(config.clone(), None)?;
         let audit = crate::audit::AuditLog::start(&config.audit)?;
         let stats = crate::metrics::Stats::new(&config);
         Ok(App {
+            runtime: ArcSwap::from_pointee(runtime),
+            config_path: std::sync::Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
             stats,
             stop: CancellationToken::new(),
             audit,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
-            config,
-            users,
-            pools,
-            policies,
-            tls,
             cancel: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             shutdown: Shutdown {
@@ -116,43 +167,110 @@ impl App {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The current configuration (replaced by reloads).
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.config_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
     }
 
     pub fn user(&self, name: &str) -> Option<Arc<UserEntry>> {
-        self.users.get(name).cloned()
+        self.runtime.load().users.get(name).cloned()
     }
 
     pub fn pool(&self, database: &str) -> Option<Arc<Pool>> {
-        self.pools.get(database).cloned()
+        self.runtime.load().pools.get(database).cloned()
     }
 
     /// The policy for a database (None only for a database that is not configured).
     pub fn policy(&self, database: &str) -> Option<Arc<Policy>> {
-        self.policies.get(database).map(ArcSwap::load_full)
+        self.runtime
+            .load()
+            .policies
+            .get(database)
+            .map(|p| p.load_full())
     }
 
     pub fn set_policy(&self, database: &str, policy: Policy) {
-        if let Some(slot) = self.policies.get(database) {
+        if let Some(slot) = self.runtime.load().policies.get(database) {
             slot.store(Arc::new(policy));
         }
     }
 
     /// `[policy] mode`, or the database's `policy_mode` override.
     pub fn policy_mode(&self, database: &str) -> PolicyMode {
-        self.config
+        let rt = self.runtime.load();
+        rt.config
             .database(database)
             .and_then(|d| d.policy_mode)
-            .unwrap_or(self.config.policy.mode)
+            .unwrap_or(rt.config.policy.mode)
     }
 
-    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.pools.values()
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.runtime.load().pools.values().cloned().collect()
     }
 
-    pub fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref()
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.runtime.load().tls.clone()
+    }
+
+    /// Re-reads the configuration file: validates it fully and, only if it is valid, swaps it
+    /// in. Pools of databases that remain keep their servers (with the new sizes and timeouts),
+    /// new databases get pools, removed ones are closed once their clients leave; users,
+    /// credentials and TLS certificates are replaced; each database's policy is rebuilt (new
+    /// epoch: the decision cache starts empty) from a fresh catalog discovery. Connected
+    /// clients are not dropped. Returns every problem when the new configuration is refused.
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                vec!["this proxy was not started from a configuration file".to_string()]
+            })?;
+        let config = tenantgate_config::load(&path)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let old = self.runtime.load_full();
+        let mut notes = restart_only_changes(&old.config, &config);
+        let config = Arc::new(config);
+        let new = Runtime::build(config.clone(), Some(&old)).map_err(|e| vec![e.to_string()])?;
+        for name in new.pools.keys() {
+            self.stats.add_database(name);
+        }
+        for (name, pool) in &old.pools {
+            if !new.pools.contains_key(name) {
+                pool.close();
+                notes.push(format!("database {name:?} removed"));
+            }
+        }
+        self.runtime.store(Arc::new(new));
+        for pool in self.pools() {
+            let target = pool.settings().target.clone();
+            match crate::discovery::discover_target(&target, &config.tenancy.column).await {
+                Ok(found) => {
+                    self.set_policy(&pool.name, crate::discovery::build_policy(&config, Some(&found)))
+                }
+                Err(e) => notes.push(format!(
+                    "database {:?}: catalog discovery failed ({e}); undeclared relations are rejected",
+                    pool.name
+                )),
+            }
+        }
+        let summary = if notes.is_empty() {
+            "configuration reloaded".to_string()
+        } else {
+            format!("configuration reloaded; {}", notes.join("; "))
+        };
+        tracing::info!("{summary}");
+        Ok(summary)
     }
 
     pub fn shutdown_token(&self) -> Shutdown {

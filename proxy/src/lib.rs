@@ -37,6 +37,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve(config, listener, shutdown, None).await
+}
+
+/// [`run`] for a configuration read from `config_path`: SIGHUP and the admin console's RELOAD
+/// re-read that file and apply it without dropping clients (see [`app::App::reload`]).
+pub async fn serve(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     // Bound first: the metric handles App::new registers must see the recorder.
     let endpoint = match &config.proxy.metrics_listen {
         Some(addr) => Some(
@@ -47,6 +58,10 @@ pub async fn run(
         None => None,
     };
     let app = Arc::new(App::new(config.clone())?);
+    let reloadable = config_path.is_some();
+    if let Some(path) = config_path {
+        app.set_config_path(path);
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "tenantgate listening");
     }
@@ -70,8 +85,8 @@ pub async fn run(
     }
     discover_catalogs(&app, &tracker, &shutdown).await;
     tracker.spawn(maintain_pools(app.clone(), shutdown.clone()));
-    if let Some(audit) = app.audit().cloned() {
-        tracker.spawn(reopen_audit_on_sighup(audit, shutdown.clone()));
+    if reloadable || app.audit().is_some() {
+        tracker.spawn(on_sighup(app.clone(), shutdown.clone()));
     }
     loop {
         tokio::select! {
@@ -150,7 +165,7 @@ async fn discover_one(app: &App, database: &str, target: &server::ServerTarget) 
             tracing::info!(%database, relations = found.relations.len(), tenant_tables, "catalog discovered");
             app.set_policy(
                 database,
-                discovery::build_policy(app.config(), Some(&found)),
+                discovery::build_policy(&app.config(), Some(&found)),
             );
             true
         }
@@ -161,8 +176,9 @@ async fn discover_one(app: &App, database: &str, target: &server::ServerTarget) 
     }
 }
 
-/// SIGHUP reopens the audit file (after an external logrotate rename).
-async fn reopen_audit_on_sighup(audit: audit::AuditLog, shutdown: CancellationToken) {
+/// SIGHUP: reload the configuration (when started from a file) and reopen the audit file
+/// (after an external logrotate rename).
+async fn on_sighup(app: Arc<App>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler");
@@ -175,8 +191,13 @@ async fn reopen_audit_on_sighup(audit: audit::AuditLog, shutdown: CancellationTo
                 if got.is_none() {
                     return;
                 }
-                tracing::info!("SIGHUP: reopening the audit log");
-                audit.reopen();
+                tracing::info!("SIGHUP: reloading");
+                if let Some(audit) = app.audit() {
+                    audit.reopen();
+                }
+                if let Err(errors) = app.reload().await {
+                    tracing::error!(errors = %errors.join("; "), "reload refused; the previous configuration stays in force");
+                }
             }
         }
     }

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(config)),
+        Command::Serve => runtime.block_on(serve(config, path)),
         Command::Check { connect } => runtime.block_on(check(&path, config, connect)),
         Command::Explain {
             tenant,
@@ -164,7 +164,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
     init_logging(&config);
     let listener = match tokio::net::TcpListener::bind(&config.proxy.listen).await {
         Ok(l) => l,
@@ -175,7 +175,7 @@ async fn serve(config: Config) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    match tenantgate::run(Arc::new(config), listener, shutdown).await {
+    match tenantgate::serve(Arc::new(config), listener, shutdown, Some(path)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "tenantgate failed");

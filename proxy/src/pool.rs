@@ -141,8 +141,21 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// New settings (reload). A larger pool lets queued clients open servers at once; a
+    /// smaller one shrinks as servers are released.
     pub fn set_settings(&self, settings: PoolSettings) {
+        let size = settings.pool_size;
         self.settings.store(Arc::new(settings));
+        let mut s = self.lock();
+        while s.total < size {
+            let Some(tx) = s.waiters.pop_front() else {
+                break;
+            };
+            s.total += 1;
+            if tx.send(Grant::Connect).is_err() {
+                s.total -= 1;
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -376,7 +389,8 @@ impl Pool {
         }
         conn.last_used = Instant::now();
         let mut s = self.lock();
-        if s.closed {
+        if s.closed || s.total > settings.pool_size {
+            // Closed, or shrunk by a reload: this server goes away.
             s.total -= 1;
             return;
         }

@@ -127,7 +127,15 @@ pub struct TestProxy {
 impl TestProxy {
     /// Validates `config` (a test with an invalid config fails here, not somewhere in the proxy),
     /// binds 127.0.0.1:0 and spawns `tenantgate::run` on the current runtime.
-    pub async fn start(mut config: Config) -> TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
+        Self::start_with_path(config, None).await
+    }
+
+    /// Like [`TestProxy::start`], reloadable from `path` (admin RELOAD re-reads that file).
+    pub async fn start_with_path(
+        mut config: Config,
+        path: Option<std::path::PathBuf>,
+    ) -> TestProxy {
         crate::init_tracing();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -139,7 +147,12 @@ impl TestProxy {
         }
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(tenantgate::run(config.clone(), listener, shutdown.clone()));
+        let task = tokio::spawn(tenantgate::serve(
+            config.clone(),
+            listener,
+            shutdown.clone(),
+            path,
+        ));
         TestProxy {
             addr,
             config,

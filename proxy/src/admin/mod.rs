@@ -3,8 +3,8 @@
 //! It speaks the simple query protocol only, with PgBouncer's commands and column names where
 //! the concept matches (so dashboards and `pgbouncer_exporter`-style tools keep working):
 //! `SHOW POOLS | CLIENTS | SERVERS | STATS | TENANTS | DATABASES | LISTS | CONFIG | VERSION |
-//! HELP`, `PAUSE [db]`, `RESUME [db]`, `SHUTDOWN`, and `RELOAD` (refused: hot reload is not
-//! built). Anything else is `42601 unknown command`.
+//! HELP`, `PAUSE [db]`, `RESUME [db]`, `SHUTDOWN`, and `RELOAD` (re-reads the configuration
+//! file). Anything else is `42601 unknown command`.
 
 mod show;
 pub mod table;
@@ -143,7 +143,11 @@ pub async fn run(app: Arc<App>, mut conn: Framed, id: AdminIdentity) {
             b'X' => return,
             b'Q' => {
                 let sql = BodyReader::new(frame.body()).cstr().unwrap_or("");
-                execute(&app, &id, sql, &mut out);
+                if matches!(parse(sql), Ok(Command::Reload)) {
+                    reload(&app, &id, &mut out).await;
+                } else {
+                    execute(&app, &id, sql, &mut out);
+                }
                 backend::ready_for_query(b'I', &mut out);
             }
             b'S' => {
@@ -207,6 +211,23 @@ async fn send_fatal(conn: &mut Framed, err: PgError) {
 }
 
 /// Runs one command, writing its reply (without ReadyForQuery) to `out`.
+/// RELOAD: re-read and apply the configuration file, or report every problem with it.
+async fn reload(app: &App, id: &AdminIdentity, out: &mut BytesMut) {
+    tracing::info!(user = %id.user, peer = %id.peer, "admin RELOAD");
+    match app.reload().await {
+        Ok(summary) => {
+            backend::notice(&summary, out);
+            backend::command_complete("RELOAD", out);
+        }
+        Err(errors) => PgError::error(
+            "F0000",
+            "tenantgate: new configuration refused; the previous one stays in force",
+        )
+        .with_detail(errors.join("\n"))
+        .encode(out),
+    }
+}
+
 fn execute(app: &App, id: &AdminIdentity, sql: &str, out: &mut BytesMut) {
     let command = match parse(sql) {
         Ok(c) => c,
@@ -223,7 +244,7 @@ fn execute(app: &App, id: &AdminIdentity, sql: &str, out: &mut BytesMut) {
         Command::Pause(db) | Command::Resume(db) => {
             let pools: Vec<_> = match &db {
                 Some(name) => app.pool(name).into_iter().collect(),
-                None => app.pools().cloned().collect(),
+                None => app.pools(),
             };
             if let (Some(name), true) = (&db, pools.is_empty()) {
                 return PgError::error("3D000", format!("tenantgate: no such database: {name}"))
@@ -245,11 +266,8 @@ fn execute(app: &App, id: &AdminIdentity, sql: &str, out: &mut BytesMut) {
             backend::command_complete("SHUTDOWN", out);
             app.request_shutdown();
         }
-        Command::Reload => PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "RELOAD is not supported yet: restart tenantgate",
-        )
-        .encode(out),
+        // Handled before execute (it waits for catalog discovery).
+        Command::Reload => backend::command_complete("RELOAD", out),
     }
 }
 

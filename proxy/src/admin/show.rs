@@ -17,7 +17,7 @@ pub const HELP: &str = "tenantgate admin console commands:\n\
     \tPAUSE [<db>]\n\
     \tRESUME [<db>]\n\
     \tSHUTDOWN\n\
-    \tRELOAD (not supported yet)";
+    \tRELOAD (re-read the configuration file)";
 
 /// Keys whose values are never shown.
 const SECRET_KEYS: &[&str] = &["password", "secret"];
@@ -32,7 +32,7 @@ pub fn table(app: &App, what: Show) -> Table {
         Show::Tenants => tenants(app),
         Show::Databases => databases(app),
         Show::Lists => lists(app),
-        Show::Config => config(app.config()),
+        Show::Config => config(&app.config()),
         Show::Version => {
             let mut t = Table::new(&[("version", T)]);
             t.push(vec![
@@ -67,8 +67,8 @@ fn mode(m: PoolMode) -> &'static str {
 }
 
 /// Pools by name.
-fn sorted_pools(app: &App) -> Vec<&std::sync::Arc<crate::pool::Pool>> {
-    let mut pools: Vec<_> = app.pools().collect();
+fn sorted_pools(app: &App) -> Vec<std::sync::Arc<crate::pool::Pool>> {
+    let mut pools: Vec<_> = app.pools();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     pools
 }
@@ -287,7 +287,7 @@ fn stats(app: &App) -> Table {
         let Some(db) = app.stats.database(&pool.name) else {
             continue;
         };
-        let (s, a) = (db.totals(pool), db.averages());
+        let (s, a) = (db.totals(&pool), db.averages());
         let zero = || Cell::Int(0);
         t.push(vec![
             pool.name.clone().into(),
@@ -387,7 +387,7 @@ fn lists(app: &App) -> Table {
     let items: [(&str, usize); 7] = [
         ("databases", app.config().databases.len()),
         ("users", app.config().users.len()),
-        ("pools", app.pools().count()),
+        ("pools", app.pools().len()),
         ("used_clients", app.stats.clients().len()),
         ("login_clients", 0),
         ("used_servers", used),

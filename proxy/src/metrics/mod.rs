@@ -21,7 +21,6 @@ use crate::cancel::{CancelSlot, CancelTarget};
 use crate::pool::Pool;
 use dashmap::DashMap;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -351,7 +350,8 @@ type ClientMap = DashMap<u64, Arc<ClientInfo>>;
 
 /// Everything [`crate::app::App`] counts besides the pools' own statistics.
 pub struct Stats {
-    databases: HashMap<String, Arc<DbStats>>,
+    /// Per database; a reload may add databases.
+    databases: DashMap<String, Arc<DbStats>>,
     pub tenants: Tenants,
     clients: Arc<ClientMap>,
     pub started: SystemTime,
@@ -374,8 +374,15 @@ impl Stats {
         }
     }
 
-    pub fn database(&self, name: &str) -> Option<&Arc<DbStats>> {
-        self.databases.get(name)
+    pub fn database(&self, name: &str) -> Option<Arc<DbStats>> {
+        self.databases.get(name).map(|d| d.clone())
+    }
+
+    /// Registers a database added by a reload.
+    pub fn add_database(&self, name: &str) {
+        self.databases
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(DbStats::new(name)));
     }
 
     /// Logged-in clients, oldest first.
@@ -454,7 +461,7 @@ impl Stats {
                 counter!("tenantgate_policy_cache_misses_total", "database" => db).absolute(misses);
             }
             if let Some(stats) = self.databases.get(&pool.name) {
-                stats.roll(pool);
+                stats.roll(&pool);
             }
         }
         if let Some(audit) = app.audit() {

@@ -18,6 +18,7 @@ mod metrics;
 mod pool;
 mod pooling_semantics;
 mod protocol;
+mod reload;
 mod restart;
 mod tls;
 mod transaction_pool;
