@@ -148,29 +148,11 @@ impl ServerConn {
     /// Runs a simple query whose results nobody needs (resets, SETs) and waits for
     /// ReadyForQuery. Any ErrorResponse is returned as an error after the server is ready.
     pub async fn exec_quiet(&mut self, sql: &str) -> Result<(), ServerError> {
-        let mut out = BytesMut::new();
-        frontend::query(sql, &mut out).map_err(|e| ServerError::Auth(e.to_string()))?;
-        self.conn.write_all(&out).await?;
-        let mut failure = None;
-        loop {
-            let frame = self.conn.read_frame().await?;
-            match frame.tag {
-                b'Z' => {
-                    self.tx_status = frame.body().first().copied().unwrap_or(b'I');
-                    break;
-                }
-                b'E' => failure = Some(ServerMessage::parse(frame.body())),
-                b'S' => self.record_parameter_status(frame.body()),
-                _ => {}
-            }
-        }
-        match failure {
-            Some(m) => Err(ServerError::Rejected(m)),
-            None => Ok(()),
-        }
+        self.query_rows(sql).await.map(|_| ())
     }
 
-    /// Runs a simple query and returns its rows as text (NULL as None).
+    /// Runs a simple query and returns its rows as text (NULL as None). Any ErrorResponse is
+    /// returned as an error once the server is ready again.
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).map_err(|e| ServerError::Auth(e.to_string()))?;

@@ -53,17 +53,16 @@ pub fn rejection(decision: &Decision) -> PgError {
     e
 }
 
+/// The parse tree of the first statement of `sql` (the policy has already parsed it: these
+/// session commands are rare, so parsing again is cheaper than keeping every tree).
+fn first_statement(sql: &str) -> Option<pg_query::NodeEnum> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    parsed.protobuf.stmts.into_iter().next()?.stmt?.node
+}
+
 /// The value of `SET name = 'value'` / `SET name TO value` (one string or number argument).
 fn set_value(sql: &str) -> Option<String> {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
-    let stmt = parsed
-        .protobuf
-        .stmts
-        .first()?
-        .stmt
-        .as_ref()?
-        .node
-        .as_ref()?;
+    let stmt = first_statement(sql)?;
     let pg_query::NodeEnum::VariableSetStmt(set) = stmt else {
         return None;
     };
@@ -133,16 +132,7 @@ fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
 
 /// `DEALLOCATE [PREPARE] ALL` → Some(None); `DEALLOCATE [PREPARE] name` → Some(Some(name)).
 fn deallocate_target(sql: &str) -> Option<Option<String>> {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
-    let stmt = parsed
-        .protobuf
-        .stmts
-        .first()?
-        .stmt
-        .as_ref()?
-        .node
-        .as_ref()?;
-    let pg_query::NodeEnum::DeallocateStmt(d) = stmt else {
+    let pg_query::NodeEnum::DeallocateStmt(d) = first_statement(sql)? else {
         return None;
     };
     Some((!d.isall && !d.name.is_empty()).then(|| d.name.clone()))
