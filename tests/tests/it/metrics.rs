@@ -96,19 +96,27 @@ impl Scrape {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_counts_clients_queries_and_decisions() {
+    // The recorder is per process and other tests' proxies also serve a database "app": give
+    // this proxy's database a name of its own so the gauges read here are only its own.
+    const DB: &str = "metrics_app";
     let mut config = base_config(PgServer::shared());
     config.databases[0].pool_mode = PoolMode::Transaction;
+    config.databases[0].dbname = Some(pg::APP_DB.into());
+    config.databases[0].name = DB.into();
     let addr = with_metrics(&mut config);
     let proxy = TestProxy::start(config).await;
     within(60, "metrics scrape", async {
         let before = Scrape::take(addr).await;
-        let client = proxy.connect_acme().await;
+        let client = proxy
+            .connect(ACME_USER, ACME_PASSWORD, DB)
+            .await
+            .expect("acme logs in");
         for _ in 0..5 {
             client.simple_query("SELECT 1").await.unwrap();
         }
         let rejected = client.simple_query("SELECT * FROM pg_stat_activity").await;
         assert_eq!(sqlstate(&rejected.unwrap_err()), Some("42501"));
-        let app = [("database", pg::APP_DB)];
+        let app = [("database", DB)];
         // Server gauges are sampled every second.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let after = Scrape::take(addr).await;
