@@ -5,7 +5,7 @@
 #   docker run --rm -v "$PWD/examples/docker/tenantgate.toml:/etc/tenantgate/tenantgate.toml:ro" \
 #       -p 6432:6432 tenantgate
 #
-# Checked without a Docker engine by tests/tests/it/compose.rs: keep the two in step.
+# Checked without a Docker engine by tests/tests/it/compose/: keep the two in step.
 
 # ---- builder: Debian 12 + Rust; pg_query needs libclang (bindgen) and a C compiler ----
 FROM rust:1-bookworm AS builder
