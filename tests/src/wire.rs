@@ -164,6 +164,13 @@ impl RawConn {
             .map_err(|_| anyhow!("connection still open after {secs}s"))
     }
 
+    /// Sends an SSLRequest or GSSENCRequest (`code`) and returns the one-byte answer
+    /// (`Some(b'N')` when the proxy declines and the connection continues in plaintext).
+    pub async fn encryption_request(&mut self, code: i32) -> Result<Option<u8>> {
+        self.send(&startup_packet(code, &[])).await?;
+        self.read_byte().await
+    }
+
     /// Sends a v3.0 StartupMessage and authenticates (trust, cleartext, md5 or SCRAM-SHA-256)
     /// up to ReadyForQuery. An ErrorResponse becomes an error with its SQLSTATE and message.
     pub async fn startup(

@@ -28,6 +28,27 @@ async fn try_login(
     }
 }
 
+/// The first message the proxy answers a StartupMessage for `user` with (its auth request).
+async fn first_auth_request(
+    proxy: &TestProxy,
+    user: &str,
+) -> tenantgate_tests::wire::BackendMessage {
+    let mut raw = tenantgate_tests::wire::RawConn::connect(proxy.addr)
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", user), ("database", pg::APP_DB)],
+        &mut buf,
+    )
+    .unwrap();
+    raw.send(&buf).await.unwrap();
+    raw.read_message()
+        .await
+        .unwrap()
+        .expect("an authentication request")
+}
+
 fn assert_fatal_auth_failure(result: Result<(), (String, String)>, what: &str) -> (String, String) {
     let (code, message) = match result {
         Ok(()) => panic!("{what}: login succeeded but must fail"),
@@ -69,21 +90,7 @@ async fn plaintext_user_logs_in_with_scram_and_wrong_password_fails() {
         );
         assert_eq!(code, "28P01");
         // The proxy asks for SCRAM (the default auth_type), not cleartext or md5.
-        let mut raw = tenantgate_tests::wire::RawConn::connect(proxy.addr)
-            .await
-            .unwrap();
-        let mut buf = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::startup_message(
-            [("user", ACME_USER), ("database", pg::APP_DB)],
-            &mut buf,
-        )
-        .unwrap();
-        raw.send(&buf).await.unwrap();
-        let msg = raw
-            .read_message()
-            .await
-            .unwrap()
-            .expect("an authentication request");
+        let msg = first_auth_request(&proxy, ACME_USER).await;
         assert_eq!(msg.tag, b'R');
         assert_eq!(
             &msg.body[..4],
@@ -108,21 +115,7 @@ async fn md5_user_logs_in_and_wrong_password_fails() {
         );
         assert_eq!(code, "28P01");
         // Also with a byte-level client that insists on md5 being what it was asked for.
-        let mut raw = tenantgate_tests::wire::RawConn::connect(proxy.addr)
-            .await
-            .unwrap();
-        let mut buf = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::startup_message(
-            [("user", MD5_CLIENT), ("database", pg::APP_DB)],
-            &mut buf,
-        )
-        .unwrap();
-        raw.send(&buf).await.unwrap();
-        let msg = raw
-            .read_message()
-            .await
-            .unwrap()
-            .expect("an authentication request");
+        let msg = first_auth_request(&proxy, MD5_CLIENT).await;
         assert_eq!(msg.tag, b'R');
         assert_eq!(
             &msg.body[..4],

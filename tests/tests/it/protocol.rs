@@ -376,10 +376,12 @@ async fn gssenc_request_gets_n_then_startup_works() {
     let proxy = TestProxy::start(base_config(PgServer::shared())).await;
     within(30, "GSSENCRequest", async {
         let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-        raw.send(&wire::startup_packet(wire::GSSENC_REQUEST_CODE, &[]))
-            .await
-            .unwrap();
-        assert_eq!(raw.read_byte().await.unwrap(), Some(b'N'));
+        assert_eq!(
+            raw.encryption_request(wire::GSSENC_REQUEST_CODE)
+                .await
+                .unwrap(),
+            Some(b'N')
+        );
         raw.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
             .await
             .unwrap();

@@ -140,10 +140,12 @@ async fn tls_disabled_answers_ssl_request_with_n() {
     let proxy = TestProxy::start(base_config(PgServer::shared())).await;
     within(30, "SSLRequest on a plaintext proxy", async {
         let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-        raw.send(&wire::startup_packet(wire::SSL_REQUEST_CODE, &[]))
-            .await
-            .unwrap();
-        assert_eq!(raw.read_byte().await.unwrap(), Some(b'N'));
+        assert_eq!(
+            raw.encryption_request(wire::SSL_REQUEST_CODE)
+                .await
+                .unwrap(),
+            Some(b'N')
+        );
         raw.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
             .await
             .unwrap();
