@@ -51,7 +51,10 @@ fn uncached() -> Policy {
 }
 
 fn benches(c: &mut Criterion) {
-    let ctx = SessionCtx { tenant: Some("t1") };
+    let ctx = SessionCtx {
+        tenant: Some("t1"),
+        schema: None,
+    };
     let cached = Policy::new(PolicyConfig::default(), common::catalog());
     assert!(cached.check(ORM_SELECT, &ctx).is_allowed());
     c.bench_function("hit/orm_select", |b| {

@@ -33,6 +33,9 @@ pub struct Catalog {
     unique_keys: HashMap<RelKey, Vec<Vec<String>>>,
     foreign_keys: HashMap<RelKey, Vec<ForeignKey>>,
     functions: HashSet<RelKey>,
+    /// Schema isolation: names of the relations every tenant schema has (from the template
+    /// schema or the tenant schemas found on the server).
+    isolated: HashSet<String>,
     assume_tenant: bool,
     /// Columns known to exist per relation (tenant column, key columns); used to resolve
     /// unqualified column references soundly.
@@ -99,6 +102,17 @@ impl Catalog {
                 ref_table: key(ref_schema, ref_table),
                 ref_columns,
             });
+    }
+
+    /// Schema isolation: a relation (table, view, sequence) of the tenant schemas. Unqualified
+    /// references to it resolve to the session tenant's own schema.
+    pub fn add_isolated_relation(&mut self, name: &str) {
+        self.isolated.insert(name.to_owned());
+    }
+
+    #[allow(dead_code)] // used by the schema-isolation analysis
+    pub(crate) fn is_isolated_relation(&self, name: &str) -> bool {
+        self.isolated.contains(name)
     }
 
     /// A user function known to be safe (no dynamic SQL, no cross-tenant reads).

@@ -10,6 +10,20 @@ pub enum UnknownRelations {
     Allow,
 }
 
+/// How tenants are separated, which decides what a statement must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Shared tables with a tenant column: every tenant table needs a tenant filter.
+    #[default]
+    Row,
+    /// One schema per tenant: unqualified names resolve to the tenant's schema (the proxy sets
+    /// `search_path`); other tenants' schemas are out of reach.
+    Schema,
+    /// One database per tenant: every relation of the database is the tenant's.
+    Database,
+}
+
 /// Tunables of the policy engine. `Default` gives the strict settings.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -31,6 +45,10 @@ pub struct PolicyConfig {
     pub allowed_procedures: Vec<String>,
     /// Allow LISTEN / NOTIFY / pg_notify.
     pub allow_listen: bool,
+    /// The isolation strategy this policy checks statements for.
+    pub isolation: Isolation,
+    /// Schema isolation: schemas searched after the tenant's own (read-only shared tables).
+    pub shared_schemas: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -45,6 +63,8 @@ impl Default for PolicyConfig {
             allowed_functions: Vec::new(),
             allowed_procedures: Vec::new(),
             allow_listen: false,
+            isolation: Isolation::Row,
+            shared_schemas: vec!["public".to_owned()],
         }
     }
 }

@@ -33,11 +33,12 @@ pub enum Rule {
     TenantColumnWrite,
     ForbiddenStatement,
     CatalogView,
+    CrossTenantSchema,
 }
 
 impl Rule {
     /// Every rule, for documentation and exhaustive tests.
-    pub const ALL: [Rule; 18] = [
+    pub const ALL: [Rule; 19] = [
         Rule::Allowed,
         Rule::TenantFilterMissing,
         Rule::TenantValueMismatch,
@@ -56,6 +57,7 @@ impl Rule {
         Rule::TenantColumnWrite,
         Rule::ForbiddenStatement,
         Rule::CatalogView,
+        Rule::CrossTenantSchema,
     ];
 
     /// Stable kebab-case id used in audit records, metrics labels and the corpus.
@@ -79,6 +81,7 @@ impl Rule {
             Rule::TenantColumnWrite => "tenant-column-write",
             Rule::ForbiddenStatement => "forbidden-statement",
             Rule::CatalogView => "catalog-view",
+            Rule::CrossTenantSchema => "cross-tenant-schema",
         }
     }
 

@@ -12,7 +12,7 @@ mod decision;
 mod functions;
 
 pub use catalog::Catalog;
-pub use config::{PolicyConfig, UnknownRelations};
+pub use config::{Isolation, PolicyConfig, UnknownRelations};
 pub use decision::{Decision, Rejection, Rule, StatementKind, Verdict};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,8 @@ static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 pub struct SessionCtx<'a> {
     /// `None` = tenant not yet known: statements touching tenant tables are rejected.
     pub tenant: Option<&'a str>,
+    /// Schema isolation: the tenant's schema (the first entry of its `search_path`).
+    pub schema: Option<&'a str>,
 }
 
 /// The policy engine. `Send + Sync`; share it via `Arc`. A config reload builds a new `Policy`

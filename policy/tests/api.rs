@@ -10,7 +10,10 @@ fn policy() -> Policy {
     Policy::new(PolicyConfig::default(), common::catalog())
 }
 
-const T: SessionCtx = SessionCtx { tenant: Some("t1") };
+const T: SessionCtx = SessionCtx {
+    tenant: Some("t1"),
+    schema: None,
+};
 const UUID: &str = "6f1c2a8e-1234-4abc-8def-0123456789ab";
 const UUID_BYTES: [u8; 16] = [
     0x6f, 0x1c, 0x2a, 0x8e, 0x12, 0x34, 0x4a, 0xbc, 0x8d, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
@@ -167,11 +170,25 @@ fn cache_hits_and_tenant_dependence() {
     let sql = "SELECT id FROM orders WHERE tenant_id = 't1'";
     assert!(p.check(sql, &T).is_allowed());
     assert_eq!(
-        p.check(sql, &SessionCtx { tenant: Some("t2") }).rule,
+        p.check(
+            sql,
+            &SessionCtx {
+                tenant: Some("t2"),
+                schema: None
+            }
+        )
+        .rule,
         Rule::TenantValueMismatch
     );
     assert_eq!(
-        p.check(sql, &SessionCtx { tenant: None }).rule,
+        p.check(
+            sql,
+            &SessionCtx {
+                tenant: None,
+                schema: None
+            }
+        )
+        .rule,
         Rule::TenantNotSet
     );
     assert!(p.check(sql, &T).is_allowed());

@@ -86,7 +86,13 @@ fn corpus() {
             Some(t) => Some(t),
             None => Some("t1"),
         };
-        let d = policy.check(&c.sql, &SessionCtx { tenant });
+        let d = policy.check(
+            &c.sql,
+            &SessionCtx {
+                tenant,
+                schema: None,
+            },
+        );
         let got = match d.verdict {
             Verdict::Allow => "allow".to_owned(),
             Verdict::Reject => format!("reject {}", d.rule),
@@ -101,7 +107,13 @@ fn corpus() {
             ok &= d.tenant_params == want;
         }
         // A cached second lookup must give the same answer.
-        let again = policy.check(&c.sql, &SessionCtx { tenant });
+        let again = policy.check(
+            &c.sql,
+            &SessionCtx {
+                tenant,
+                schema: None,
+            },
+        );
         ok &= again.verdict == d.verdict && again.rule == d.rule;
         if d.verdict == Verdict::Reject {
             ok &= !d.reason.is_empty() && d.sqlstate != "00000";

@@ -9,7 +9,10 @@ fn policy() -> Policy {
     Policy::new(PolicyConfig::default(), common::catalog())
 }
 
-const T: SessionCtx = SessionCtx { tenant: Some("t1") };
+const T: SessionCtx = SessionCtx {
+    tenant: Some("t1"),
+    schema: None,
+};
 
 fn expect(sql: &str, rule: Rule) {
     let d = policy().check(sql, &T);

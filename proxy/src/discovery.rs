@@ -194,6 +194,7 @@ pub fn policy_config(config: &Config) -> PolicyConfig {
         allowed_functions: p.allowed_functions.clone(),
         allowed_procedures: p.allowed_procedures.clone(),
         allow_listen: p.allow_listen,
+        ..PolicyConfig::default()
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn run(args: Args) -> ExitCode {
         &sql,
         &SessionCtx {
             tenant: args.tenant.as_deref(),
+            schema: None,
         },
     );
     if args.json {

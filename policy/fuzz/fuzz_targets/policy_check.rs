@@ -30,7 +30,7 @@ fn uncached() -> &'static Policy {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let ctx = SessionCtx { tenant: Some("t1") };
+    let ctx = SessionCtx { tenant: Some("t1"), schema: None };
     let a = cached().check_bytes(data, &ctx);
     let b = cached().check_bytes(data, &ctx);
     let c = uncached().check_bytes(data, &ctx);

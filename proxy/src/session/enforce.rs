@@ -177,6 +177,7 @@ impl Session {
             sql,
             &SessionCtx {
                 tenant: self.current_tenant(),
+                schema: None,
             },
         );
         if let [single] = decision.statements.as_slice() {
