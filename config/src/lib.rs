@@ -6,9 +6,11 @@
 //! `password_env` indirections.
 
 mod model;
+mod tenants;
 mod validate;
 
 pub use model::*;
+pub use tenants::{database_name_ok, expand, schema_name_ok, Isolation, Placement, TenantConfig};
 
 use std::fmt;
 use std::path::Path;

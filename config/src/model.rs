@@ -15,6 +15,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub tenancy: TenancyConfig,
+    /// Tenants placed differently from `[tenancy] isolation`.
+    #[serde(default)]
+    pub tenants: Vec<crate::TenantConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -330,6 +333,22 @@ pub struct TenancyConfig {
     pub shared_tables: Vec<String>,
     #[serde(rename = "table")]
     pub table_overrides: Vec<TableOverride>,
+    /// Isolation of tenants without a `[[tenants]]` entry: row, schema or database.
+    pub isolation: crate::Isolation,
+    /// Schema isolation: the tenant's schema; `{tenant}` is replaced by the tenant id.
+    pub schema: String,
+    /// Schema isolation: schemas in `search_path` after the tenant's (shared, read-only).
+    pub shared_schemas: Vec<String>,
+    /// Schema isolation: the schema whose relations every tenant schema has; unset = the
+    /// union of the tenant schemas found on the server.
+    pub template_schema: Option<String>,
+    /// Database isolation: the tenant's database on the server; `{tenant}` is replaced.
+    pub database: String,
+    /// Database isolation: servers per tenant database.
+    pub database_pool_size: usize,
+    /// Database isolation: server connections across all tenant databases of the proxy;
+    /// idle ones of the least recently used databases are closed to make room.
+    pub max_database_connections: usize,
 }
 
 impl Default for TenancyConfig {
@@ -340,6 +359,13 @@ impl Default for TenancyConfig {
             tables: TablesSpec::Auto("auto".into()),
             shared_tables: Vec::new(),
             table_overrides: Vec::new(),
+            isolation: crate::Isolation::Row,
+            schema: "tenant_{tenant}".into(),
+            shared_schemas: vec!["public".into()],
+            template_schema: None,
+            database: "{tenant}_db".into(),
+            database_pool_size: 5,
+            max_database_connections: 100,
         }
     }
 }

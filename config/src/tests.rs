@@ -139,3 +139,75 @@ fn example_config_is_valid() {
     let c = Config::from_toml(&text).unwrap();
     c.validate().unwrap();
 }
+
+#[test]
+fn tenants_are_placed_by_default_and_by_override() {
+    let text = format!(
+        "{GOOD}\n[tenancy]\nisolation = \"row\"\n\n\
+         [[tenants]]\nid = \"bigco\"\ndatabase = \"bigco_db\"\n\n\
+         [[tenants]]\nid = \"midco\"\nisolation = \"schema\"\n\n\
+         [[tenants]]\nid = \"oddco\"\nschema = \"tenant_odd\"\n"
+    );
+    let c = Config::from_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.placement("acme").unwrap(), Placement::Row);
+    assert_eq!(
+        c.placement("bigco").unwrap(),
+        Placement::Database("bigco_db".into())
+    );
+    assert_eq!(
+        c.placement("midco").unwrap(),
+        Placement::Schema("tenant_midco".into())
+    );
+    assert_eq!(
+        c.placement("oddco").unwrap(),
+        Placement::Schema("tenant_odd".into())
+    );
+    assert!(c.uses_isolation(Isolation::Schema) && c.uses_isolation(Isolation::Database));
+}
+
+#[test]
+fn templates_apply_to_unlisted_tenants_and_bad_names_are_refused() {
+    let text = format!("{GOOD}\n[tenancy]\nisolation = \"schema\"\n");
+    let c = Config::from_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.placement("acme").unwrap(),
+        Placement::Schema("tenant_acme".into())
+    );
+    // A tenant id that does not make a plain identifier has no schema (never quoted into one).
+    for bad in ["Acme", "a-b", "x\"; DROP", &"x".repeat(60)] {
+        let e = c.placement(bad).unwrap_err();
+        assert!(e.contains("no valid schema name"), "{bad}: {e}");
+    }
+    let text = format!("{GOOD}\n[tenancy]\nisolation = \"database\"\n");
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(
+        c.placement("acme").unwrap(),
+        Placement::Database("acme_db".into())
+    );
+    assert!(c.placement(&"x".repeat(70)).is_err());
+}
+
+#[test]
+fn isolation_settings_are_validated_with_paths() {
+    let text = format!(
+        "{GOOD}\n[tenancy]\nisolation = \"schema\"\nschema = \"Tenants\"\n\
+         max_database_connections = 0\n\n\
+         [[tenants]]\nid = \"bigco\"\nisolation = \"row\"\nschema = \"tenant_big\"\n\n\
+         [[tenants]]\nid = \"bigco\"\n\n\
+         [[tenants]]\nid = \"x\"\nschema = \"pg_catalog\"\n"
+    );
+    let errors = Config::from_toml(&text).unwrap().validate().unwrap_err();
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "tenancy.schema",
+        "tenancy.max_database_connections",
+        "tenancy.database_pool_size",
+        "tenants[0].schema",
+        "tenants[1].id",
+        "tenants[2]",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+}

@@ -50,6 +50,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     tenancy(config, &mut e);
+    isolation(config, &mut e);
     jwt(config, &mut e);
     policy(config, &mut e);
     audit(config, &mut e);
@@ -321,6 +322,88 @@ fn tenancy(config: &Config, e: &mut Errors) {
             format!("tenancy.table[{i}].column"),
             "must be 1-63 characters",
         );
+    }
+}
+
+fn isolation(config: &Config, e: &mut Errors) {
+    use crate::{database_name_ok, schema_name_ok, Isolation};
+    let t = &config.tenancy;
+    let template_ok =
+        |tpl: &str, ok: fn(&str) -> bool| tpl.contains("{tenant}") && ok(&crate::expand(tpl, "x"));
+    if config.uses_isolation(Isolation::Schema) {
+        e.check(
+            template_ok(&t.schema, schema_name_ok),
+            "tenancy.schema",
+            "must contain {tenant} and make a schema name of lower-case letters, digits and _ (at most 63 bytes)",
+        );
+        for (i, s) in t.shared_schemas.iter().enumerate() {
+            e.check(
+                schema_name_ok(s) || s == "public",
+                format!("tenancy.shared_schemas[{i}]"),
+                "must be a schema name of lower-case letters, digits and _",
+            );
+        }
+        if let Some(s) = &t.template_schema {
+            e.check(
+                schema_name_ok(s),
+                "tenancy.template_schema",
+                "must be a schema name of lower-case letters, digits and _",
+            );
+        }
+    }
+    if config.uses_isolation(Isolation::Database) {
+        e.check(
+            template_ok(&t.database, database_name_ok),
+            "tenancy.database",
+            "must contain {tenant} and make a database name of at most 63 bytes",
+        );
+    }
+    e.check(
+        (1..=10_000).contains(&t.max_database_connections),
+        "tenancy.max_database_connections",
+        "must be between 1 and 10000",
+    );
+    e.check(
+        t.database_pool_size >= 1 && t.database_pool_size <= t.max_database_connections,
+        "tenancy.database_pool_size",
+        "must be between 1 and max_database_connections",
+    );
+    let mut ids = HashSet::new();
+    for (i, tenant) in config.tenants.iter().enumerate() {
+        let path = format!("tenants[{i}]");
+        e.check(
+            !tenant.id.is_empty() && !tenant.id.chars().any(char::is_control),
+            format!("{path}.id"),
+            "must be a non-empty tenant id without control characters",
+        );
+        if !ids.insert(tenant.id.as_str()) {
+            e.push(
+                format!("{path}.id"),
+                format!("duplicate tenant {:?}", tenant.id),
+            );
+        }
+        let iso = tenant.isolation(t.isolation);
+        if tenant.schema.is_some() && iso != Isolation::Schema {
+            e.push(
+                format!("{path}.schema"),
+                format!(
+                    "is only used with isolation = \"schema\" (this tenant is {:?})",
+                    iso.as_str()
+                ),
+            );
+        }
+        if tenant.database.is_some() && iso != Isolation::Database {
+            e.push(
+                format!("{path}.database"),
+                format!(
+                    "is only used with isolation = \"database\" (this tenant is {:?})",
+                    iso.as_str()
+                ),
+            );
+        }
+        if let Err(message) = config.placement(&tenant.id) {
+            e.push(path, message);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tenantgate_config::{Config, PolicyMode, TlsMode, UserConfig};
+use tenantgate_config::{Config, Isolation, Placement, PolicyMode, TlsMode, UserConfig};
 use tenantgate_policy::Policy;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +22,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     users: HashMap<String, Arc<UserEntry>>,
     pools: HashMap<String, Arc<Pool>>,
-    /// Per database; replaced when the catalog is (re)discovered.
-    policies: HashMap<String, Arc<ArcSwap<Policy>>>,
+    /// Per database and isolation strategy; replaced when the catalog is (re)discovered.
+    policies: HashMap<(String, Isolation), Arc<ArcSwap<Policy>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -72,8 +72,13 @@ impl Runtime {
                 None => Pool::new(&db.name, settings),
             };
             pools.insert(db.name.clone(), pool);
-            let policy = crate::discovery::build_policy(&config, None);
-            policies.insert(db.name.clone(), Arc::new(ArcSwap::from_pointee(policy)));
+            for isolation in Isolation::ALL {
+                let policy = crate::discovery::build_policy(&config, isolation, None);
+                policies.insert(
+                    (db.name.clone(), isolation),
+                    Arc::new(ArcSwap::from_pointee(policy)),
+                );
+            }
         }
         Ok(Runtime {
             config,
@@ -97,8 +102,20 @@ pub struct App {
     shutdown: Shutdown,
     /// Statistics for metrics and the admin console.
     pub stats: crate::metrics::Stats,
+    /// Database isolation: the pools of tenant databases and their server budget.
+    tenant_pools: Arc<crate::tenant_pools::TenantPools>,
     /// Cancelled by the admin console's SHUTDOWN; `run` then shuts down as on SIGTERM.
     stop: CancellationToken,
+}
+
+/// A tenant database's pool: the database entry's server, role and timeouts, with the tenant's
+/// database name and `[tenancy] database_pool_size`.
+fn tenant_pool_settings(base: &PoolSettings, tenant_db: &str, config: &Config) -> PoolSettings {
+    let mut s = base.clone();
+    s.target.dbname = tenant_db.to_string();
+    s.pool_size = config.tenancy.database_pool_size;
+    s.min_pool_size = 0;
+    s
 }
 
 /// Settings a running proxy cannot change; a reload keeps the old value and says so.
@@ -150,7 +167,10 @@ impl App {
         let runtime = Runtime::build(config.clone(), None)?;
         let audit = crate::audit::AuditLog::start(&config.audit)?;
         let stats = crate::metrics::Stats::new(&config);
+        let tenant_pools =
+            crate::tenant_pools::TenantPools::new(config.tenancy.max_database_connections);
         Ok(App {
+            tenant_pools,
             runtime: ArcSwap::from_pointee(runtime),
             config_path: std::sync::Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -188,19 +208,44 @@ impl App {
         self.runtime.load().pools.get(database).cloned()
     }
 
-    /// The policy for a database (None only for a database that is not configured).
-    pub fn policy(&self, database: &str) -> Option<Arc<Policy>> {
+    /// The policy for tenants placed with `isolation` on a database (None only for a database
+    /// that is not configured).
+    pub fn policy(&self, database: &str, isolation: Isolation) -> Option<Arc<Policy>> {
         self.runtime
             .load()
             .policies
-            .get(database)
+            .get(&(database.to_string(), isolation))
             .map(|p| p.load_full())
     }
 
-    pub fn set_policy(&self, database: &str, policy: Policy) {
-        if let Some(slot) = self.runtime.load().policies.get(database) {
-            slot.store(Arc::new(policy));
+    /// Installs the policies of a database built from a catalog discovery (None: from the
+    /// configuration only).
+    pub fn apply_discovery(&self, database: &str, found: Option<&crate::discovery::Discovered>) {
+        let rt = self.runtime.load();
+        for isolation in Isolation::ALL {
+            if let Some(slot) = rt.policies.get(&(database.to_string(), isolation)) {
+                let policy = crate::discovery::build_policy(&rt.config, isolation, found);
+                slot.store(Arc::new(policy));
+            }
         }
+    }
+
+    /// The pool a placement's transactions run on: the database's own pool for row and
+    /// schema isolation, the tenant database's pool (created on first use) for database
+    /// isolation.
+    pub fn placement_pool(&self, database: &str, placement: &Placement) -> Option<Arc<Pool>> {
+        let rt = self.runtime.load();
+        let base = rt.pools.get(database)?;
+        let Placement::Database(tenant_db) = placement else {
+            return Some(base.clone());
+        };
+        Some(self.tenant_pools.get_or_create(database, tenant_db, || {
+            tenant_pool_settings(&base.settings(), tenant_db, &rt.config)
+        }))
+    }
+
+    pub fn tenant_pools(&self) -> &Arc<crate::tenant_pools::TenantPools> {
+        &self.tenant_pools
     }
 
     /// `[policy] mode`, or the database's `policy_mode` override.
@@ -252,12 +297,17 @@ impl App {
             }
         }
         self.runtime.store(Arc::new(new));
+        self.tenant_pools
+            .set_cap(config.tenancy.max_database_connections);
+        let rt = self.runtime.load_full();
+        self.tenant_pools.reconfigure(|database, tenant_db| {
+            let base = rt.pools.get(database)?;
+            Some(tenant_pool_settings(&base.settings(), tenant_db, &config))
+        });
         for pool in self.pools() {
             let target = pool.settings().target.clone();
             match crate::discovery::discover_target(&target, &config.tenancy.column).await {
-                Ok(found) => {
-                    self.set_policy(&pool.name, crate::discovery::build_policy(&config, Some(&found)))
-                }
+                Ok(found) => self.apply_discovery(&pool.name, Some(&found)),
                 Err(e) => notes.push(format!(
                     "database {:?}: catalog discovery failed ({e}); undeclared relations are rejected",
                     pool.name

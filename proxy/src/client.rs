@@ -225,6 +225,7 @@ async fn login(app: &Arc<App>, startup: Startup, peer: SocketAddr) -> Option<Log
                         user: user.clone(),
                         database: database.clone(),
                         tenant: None,
+                        isolation: None,
                     })
                     .await;
             }

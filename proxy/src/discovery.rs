@@ -8,7 +8,7 @@
 
 use crate::server::{self, ServerConn, ServerError, ServerTarget};
 use crate::session::quote_literal;
-use tenantgate_config::{Config, TablesSpec};
+use tenantgate_config::{Config, Isolation, TablesSpec};
 use tenantgate_policy::{Catalog, Policy, PolicyConfig, UnknownRelations};
 
 /// One relation found on the server.
@@ -178,6 +178,45 @@ pub fn build_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
     catalog
 }
 
+/// Is `schema` a tenant schema: the template schema, a `[[tenants]]` schema, or (without a
+/// template schema) a name the `[tenancy] schema` pattern makes?
+fn is_tenant_schema(config: &Config, schema: &str) -> bool {
+    let t = &config.tenancy;
+    if let Some(template) = &t.template_schema {
+        return schema == template;
+    }
+    if config
+        .tenants
+        .iter()
+        .any(|e| e.schema.as_deref() == Some(schema))
+    {
+        return true;
+    }
+    let (prefix, suffix) = t.schema.split_once("{tenant}").unwrap_or((&t.schema, ""));
+    schema.len() > prefix.len() + suffix.len()
+        && schema.starts_with(prefix)
+        && schema.ends_with(suffix)
+        && !t.shared_schemas.iter().any(|s| s == schema)
+}
+
+/// Schema isolation: the catalog of the shared schemas, plus the relation names every tenant
+/// schema has (from the template schema or the tenant schemas found, and unqualified names
+/// in `[tenancy] tables`).
+pub fn build_schema_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
+    let mut catalog = build_catalog(config, found);
+    if let TablesSpec::List(list) = &config.tenancy.tables {
+        for name in list.iter().filter(|n| !n.contains('.')) {
+            catalog.add_isolated_relation(name);
+        }
+    }
+    for r in found.map_or(&[][..], |f| &f.relations) {
+        if is_tenant_schema(config, &r.schema) {
+            catalog.add_isolated_relation(&r.name);
+        }
+    }
+    catalog
+}
+
 /// The policy configuration from `[policy]` and `[tenancy]`.
 pub fn policy_config(config: &Config) -> PolicyConfig {
     let p = &config.policy;
@@ -198,6 +237,20 @@ pub fn policy_config(config: &Config) -> PolicyConfig {
     }
 }
 
-pub fn build_policy(config: &Config, found: Option<&Discovered>) -> Policy {
-    Policy::new(policy_config(config), build_catalog(config, found))
+/// The policy for tenants placed with `isolation`.
+pub fn build_policy(config: &Config, isolation: Isolation, found: Option<&Discovered>) -> Policy {
+    let mut pc = policy_config(config);
+    pc.shared_schemas = config.tenancy.shared_schemas.clone();
+    pc.isolation = match isolation {
+        Isolation::Row => tenantgate_policy::Isolation::Row,
+        Isolation::Schema => tenantgate_policy::Isolation::Schema,
+        Isolation::Database => tenantgate_policy::Isolation::Database,
+    };
+    let catalog = match isolation {
+        Isolation::Row => build_catalog(config, found),
+        Isolation::Schema => build_schema_catalog(config, found),
+        // Every relation of a tenant's own database is the tenant's.
+        Isolation::Database => Catalog::new(&config.tenancy.column),
+    };
+    Policy::new(pc, catalog)
 }

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 use tenantgate::discovery;
-use tenantgate_config::{Config, TablesSpec};
+use tenantgate_config::{Config, Isolation, Placement, TablesSpec};
 use tenantgate_policy::{Decision, Policy, SessionCtx};
 
 pub struct Args {
@@ -32,7 +32,13 @@ pub async fn run(args: Args) -> ExitCode {
         Some(s) => s.to_string(),
     };
     let config = &args.config;
-    let catalog = if args.connect {
+    let placement = match args.tenant.as_deref().map(|t| config.placement(t)) {
+        None => Placement::Row,
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return error(e),
+    };
+    let isolation = placement.isolation();
+    let found = if args.connect {
         let db = match &args.database {
             Some(name) => config.database(name),
             None => config.databases.first(),
@@ -49,32 +55,56 @@ pub async fn run(args: Args) -> ExitCode {
             Err(e) => return error(e),
         };
         match discovery::discover_target(&target, &config.tenancy.column).await {
-            Ok(found) => discovery::build_catalog(config, Some(&found)),
+            Ok(found) => Some(found),
             Err(e) => return error(format!("catalog discovery failed: {e}")),
         }
     } else {
-        let mut c = discovery::build_catalog(config, None);
+        None
+    };
+    let mut policy = discovery::build_policy(config, isolation, found.as_ref());
+    if found.is_none()
+        && isolation == Isolation::Row
+        && matches!(config.tenancy.tables, TablesSpec::Auto(_))
+    {
         // Without a server, assume the strictest reading of "auto": every relation that is
         // not declared shared is a tenant table with the default column.
-        if matches!(config.tenancy.tables, TablesSpec::Auto(_)) {
-            c.assume_unknown_are_tenant_tables(true);
-        }
-        c
-    };
-    let policy = Policy::new(discovery::policy_config(config), catalog);
+        let mut c = discovery::build_catalog(config, None);
+        c.assume_unknown_are_tenant_tables(true);
+        let mut pc = discovery::policy_config(config);
+        pc.shared_schemas = config.tenancy.shared_schemas.clone();
+        policy = Policy::new(pc, c);
+    }
     let decision = policy.check(
         &sql,
         &SessionCtx {
             tenant: args.tenant.as_deref(),
-            schema: None,
+            schema: placement.schema(),
         },
     );
+    let placed_in = match &placement {
+        Placement::Row => None,
+        Placement::Schema(s) => Some(format!("schema {s}")),
+        Placement::Database(d) => Some(format!("database {d}")),
+    };
     if args.json {
-        match serde_json::to_string_pretty(&*decision) {
+        let mut value = match serde_json::to_value(&*decision) {
+            Ok(v) => v,
+            Err(e) => return error(e),
+        };
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("isolation".into(), isolation.as_str().into());
+            obj.insert("placement".into(), placed_in.clone().into());
+        }
+        match serde_json::to_string_pretty(&value) {
             Ok(s) => println!("{s}"),
             Err(e) => return error(e),
         }
     } else {
+        let strategy = match &placed_in {
+            Some(p) => format!("{} ({p})", isolation.as_str()),
+            None => isolation.as_str().to_string(),
+        };
+        println!("isolation:   {strategy}");
         print_text(&decision);
     }
     if decision.is_allowed() {

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 mod session;
+pub mod tenant_pools;
 pub mod tls;
 
 use app::App;
@@ -121,6 +122,7 @@ pub async fn serve(
     for pool in app.pools() {
         pool.close();
     }
+    app.tenant_pools().close_all();
     if let Some(audit) = app.audit() {
         audit.shutdown().await;
     }
@@ -163,10 +165,7 @@ async fn discover_one(app: &App, database: &str, target: &server::ServerTarget) 
                 .filter(|r| r.has_tenant_column)
                 .count();
             tracing::info!(%database, relations = found.relations.len(), tenant_tables, "catalog discovered");
-            app.set_policy(
-                database,
-                discovery::build_policy(&app.config(), Some(&found)),
-            );
+            app.apply_discovery(database, Some(&found));
             true
         }
         Err(e) => {
@@ -214,6 +213,7 @@ async fn maintain_pools(app: Arc<App>, shutdown: CancellationToken) {
         for pool in app.pools() {
             pool.maintain().await;
         }
+        app.tenant_pools().maintain().await;
         app.stats.sample(&app);
     }
 }

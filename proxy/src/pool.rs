@@ -91,6 +91,10 @@ pub struct IdleServer {
 
 pub struct Pool {
     pub name: String,
+    /// The client-facing database (`[[databases]] name`) this pool serves.
+    pub database: String,
+    /// Database isolation: the budget this tenant pool's servers count against.
+    budget: Option<crate::tenant_pools::BudgetRef>,
     settings: arc_swap::ArcSwap<PoolSettings>,
     state: Mutex<PoolState>,
     /// Per-tenant server quotas (`max_tenant_connections`): FIFO semaphores.
@@ -123,8 +127,29 @@ pub struct PoolCounts {
 
 impl Pool {
     pub fn new(name: &str, settings: PoolSettings) -> Arc<Pool> {
+        Self::build(name, name, settings, None)
+    }
+
+    /// A tenant database's pool, drawing servers from `budget`.
+    pub(crate) fn new_tenant(
+        name: &str,
+        database: &str,
+        settings: PoolSettings,
+        budget: crate::tenant_pools::BudgetRef,
+    ) -> Arc<Pool> {
+        Self::build(name, database, settings, Some(budget))
+    }
+
+    fn build(
+        name: &str,
+        database: &str,
+        settings: PoolSettings,
+        budget: Option<crate::tenant_pools::BudgetRef>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             name: name.to_string(),
+            database: database.to_string(),
+            budget,
             settings: arc_swap::ArcSwap::from_pointee(settings),
             state: Mutex::new(PoolState::default()),
             tenant_quotas: Mutex::new(std::collections::HashMap::new()),
@@ -133,7 +158,7 @@ impl Pool {
             paused: Default::default(),
             resumed: tokio::sync::Notify::new(),
             paused_waiters: Default::default(),
-            metrics: crate::metrics::PoolMetrics::new(name),
+            metrics: crate::metrics::PoolMetrics::new(database),
         })
     }
 
@@ -319,8 +344,19 @@ impl Pool {
     }
 
     async fn open(&self, settings: &PoolSettings) -> Result<ServerConn, PoolError> {
+        let slot = match self.budget.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(budget) => match budget.slot(settings.query_wait_timeout).await {
+                Ok(slot) => Some(slot),
+                Err(e) => {
+                    self.forget_one();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         match server::connect(&settings.target, &[]).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                conn.slot = slot;
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Arc::new(conn.params.clone()));
@@ -388,7 +424,19 @@ impl Pool {
             return;
         }
         conn.last_used = Instant::now();
+        let budget_wanted = self
+            .budget
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .is_some_and(|b| b.has_waiters());
         let mut s = self.lock();
+        if budget_wanted && s.waiters.is_empty() {
+            // Another tenant database waits for a server: give it this one's budget.
+            s.total -= 1;
+            drop(s);
+            drop(conn);
+            return;
+        }
         if s.closed || s.total > settings.pool_size {
             // Closed, or shrunk by a reload: this server goes away.
             s.total -= 1;
@@ -462,6 +510,30 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// When the least recently used idle server was last used.
+    pub(crate) fn oldest_idle(&self) -> Option<Instant> {
+        self.lock().idle.iter().map(|c| c.last_used).min()
+    }
+
+    /// Closes the least recently used idle server; false when none is idle.
+    pub(crate) fn close_oldest_idle(&self) -> bool {
+        let mut s = self.lock();
+        let Some(i) = s
+            .idle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.last_used)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let conn = s.idle.remove(i);
+        s.total -= 1;
+        drop(s);
+        drop(conn);
+        true
     }
 
     /// Stops handing out servers: closes idle ones and fails waiters.

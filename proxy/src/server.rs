@@ -128,6 +128,8 @@ pub struct ServerConn {
     pub session_settings: Vec<(String, String)>,
     /// Proxy-global prepared statements the server has (transaction mode).
     pub(crate) statements: ServerStatements,
+    /// Database isolation: this server's share of `max_database_connections`.
+    pub(crate) slot: Option<crate::tenant_pools::ServerSlot>,
 }
 
 impl ServerConn {
@@ -301,6 +303,7 @@ async fn login(
         tx_status: b'I',
         session_settings: Vec::new(),
         statements: ServerStatements::new(target.max_prepared),
+        slot: None,
     };
     loop {
         let frame = server.conn.read_frame().await?;

@@ -242,10 +242,19 @@ fn execute(app: &App, id: &AdminIdentity, sql: &str, out: &mut BytesMut) {
         }
         Command::Show(what) => show::table(app, what).encode("SHOW", out),
         Command::Pause(db) | Command::Resume(db) => {
-            let pools: Vec<_> = match &db {
+            let mut pools: Vec<_> = match &db {
                 Some(name) => app.pool(name).into_iter().collect(),
                 None => app.pools(),
             };
+            if !pools.is_empty() {
+                // A database's tenant databases (database isolation) pause with it.
+                pools.extend(
+                    app.tenant_pools()
+                        .pools()
+                        .into_iter()
+                        .filter(|p| db.as_ref().is_none_or(|name| &p.database == name)),
+                );
+            }
             if let (Some(name), true) = (&db, pools.is_empty()) {
                 return PgError::error("3D000", format!("tenantgate: no such database: {name}"))
                     .encode(out);

@@ -67,8 +67,10 @@ fn mode(m: PoolMode) -> &'static str {
 }
 
 /// Pools by name.
+/// Every pool: the databases' own, then the tenant databases' (`database/tenant_db`).
 fn sorted_pools(app: &App) -> Vec<std::sync::Arc<crate::pool::Pool>> {
     let mut pools: Vec<_> = app.pools();
+    pools.extend(app.tenant_pools().pools());
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     pools
 }
@@ -321,15 +323,28 @@ fn stats(app: &App) -> Table {
 fn tenants(app: &App) -> Table {
     let mut t = Table::new(&[
         ("tenant", T),
+        ("isolation", T),
+        ("placement", T),
         ("cl_active", I),
+        ("sv_active", I),
         ("total_query_count", I),
         ("total_rejection_count", I),
     ]);
+    let config = app.config();
     for tenant in app.stats.tenants.all() {
         let (clients, queries, rejections) = tenant.counts();
+        let (isolation, placement) = match config.placement(&tenant.name) {
+            Ok(tenantgate_config::Placement::Row) => ("row", String::new()),
+            Ok(tenantgate_config::Placement::Schema(s)) => ("schema", s),
+            Ok(tenantgate_config::Placement::Database(d)) => ("database", d),
+            Err(_) => ("invalid", String::new()),
+        };
         t.push(vec![
             tenant.name.clone().into(),
+            isolation.into(),
+            placement.into(),
             clients.max(0).into(),
+            tenant.servers().max(0).into(),
             queries.into(),
             rejections.into(),
         ]);
@@ -354,7 +369,9 @@ fn databases(app: &App) -> Table {
         ("paused", I),
         ("disabled", I),
     ]);
-    for pool in sorted_pools(app) {
+    let mut pools = app.pools();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    for pool in pools {
         let s = pool.settings();
         t.push(vec![
             pool.name.clone().into(),
@@ -379,12 +396,13 @@ fn databases(app: &App) -> Table {
 fn lists(app: &App) -> Table {
     let mut t = Table::new(&[("list", T), ("items", I)]);
     let (mut used, mut free) = (0, 0);
-    for pool in app.pools() {
+    for pool in sorted_pools(app) {
         let c = pool.counts();
         used += c.total.saturating_sub(c.idle);
         free += c.idle;
     }
-    let items: [(&str, usize); 7] = [
+    let budget = app.tenant_pools().counts();
+    let items: [(&str, usize); 10] = [
         ("databases", app.config().databases.len()),
         ("users", app.config().users.len()),
         ("pools", app.pools().len()),
@@ -392,6 +410,9 @@ fn lists(app: &App) -> Table {
         ("login_clients", 0),
         ("used_servers", used),
         ("free_servers", free),
+        ("tenant_database_pools", budget.pools),
+        ("tenant_database_servers", budget.servers),
+        ("max_database_connections", budget.cap),
     ];
     for (name, n) in items {
         t.push(vec![name.into(), n.into()]);

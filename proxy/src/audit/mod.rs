@@ -135,6 +135,8 @@ pub struct AuditEvent {
     pub user: String,
     pub database: String,
     pub tenant: Option<String>,
+    /// The isolation strategy of the tenant's placement (None before login).
+    pub isolation: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]

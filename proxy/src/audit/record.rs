@@ -49,6 +49,9 @@ pub(super) struct Record<'a> {
     pub count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prev_file: Option<&'a str>,
+    /// The tenant's isolation strategy (row, schema, database), on session events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<&'a str>,
     pub prev_hash: String,
 }
 
@@ -62,6 +65,7 @@ impl<'a> Record<'a> {
             user: Some(&e.user),
             database: Some(&e.database),
             tenant: Some(e.tenant.as_deref()),
+            isolation: e.isolation,
             ..Record::default()
         };
         match &e.kind {

@@ -43,6 +43,7 @@ fn event(kind: AuditKind) -> AuditEvent {
         user: "acme_app".into(),
         database: "app".into(),
         tenant: Some("acme".into()),
+        isolation: Some("row"),
     }
 }
 

@@ -213,11 +213,14 @@ pub struct TenantStats {
     clients: AtomicI64,
     queries: AtomicU64,
     rejections: AtomicU64,
+    /// Server connections held by the tenant's clients right now.
+    servers: AtomicI64,
     labelled: Option<TenantHandles>,
 }
 
 struct TenantHandles {
     clients: Gauge,
+    servers: Gauge,
     queries: Counter,
     rejections: Counter,
 }
@@ -226,6 +229,7 @@ impl TenantStats {
     fn new(name: &str, labelled: bool) -> TenantStats {
         let labelled = labelled.then(|| TenantHandles {
             clients: gauge!("tenantgate_tenant_client_connections", "tenant" => name.to_string()),
+            servers: gauge!("tenantgate_tenant_server_connections", "tenant" => name.to_string()),
             queries: counter!("tenantgate_tenant_queries_total", "tenant" => name.to_string()),
             rejections: counter!("tenantgate_tenant_rejections_total", "tenant" => name.to_string()),
         });
@@ -234,7 +238,20 @@ impl TenantStats {
             clients: AtomicI64::new(0),
             queries: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            servers: AtomicI64::new(0),
             labelled,
+        }
+    }
+
+    /// Server connections the tenant's clients hold now.
+    pub fn servers(&self) -> i64 {
+        self.servers.load(Ordering::Relaxed)
+    }
+
+    fn holding(&self, delta: i64) {
+        self.servers.fetch_add(delta, Ordering::Relaxed);
+        if let Some(h) = &self.labelled {
+            h.servers.increment(delta as f64);
         }
     }
 
@@ -454,21 +471,39 @@ impl Stats {
             } else {
                 0.0
             });
-            if let Some(policy) = app.policy(&pool.name) {
-                let (hits, misses) = policy.cache_stats();
-                counter!("tenantgate_policy_cache_hits_total", "database" => db.clone())
-                    .absolute(hits);
-                counter!("tenantgate_policy_cache_misses_total", "database" => db).absolute(misses);
+            let (mut hits, mut misses) = (0, 0);
+            for isolation in tenantgate_config::Isolation::ALL {
+                if let Some(policy) = app.policy(&pool.name, isolation) {
+                    let (h, m) = policy.cache_stats();
+                    hits += h;
+                    misses += m;
+                }
             }
+            counter!("tenantgate_policy_cache_hits_total", "database" => db.clone()).absolute(hits);
+            counter!("tenantgate_policy_cache_misses_total", "database" => db).absolute(misses);
             if let Some(stats) = self.databases.get(&pool.name) {
                 stats.roll(&pool);
             }
         }
+        let tenant_dbs = app.tenant_pools().counts();
+        gauge!("tenantgate_tenant_database_pools").set(tenant_dbs.pools as f64);
+        gauge!("tenantgate_tenant_database_servers").set(tenant_dbs.servers as f64);
+        gauge!("tenantgate_tenant_database_servers_max").set(tenant_dbs.cap as f64);
+        gauge!("tenantgate_tenant_database_waiting").set(tenant_dbs.waiting as f64);
         if let Some(audit) = app.audit() {
             gauge!("tenantgate_audit_queue_depth").set(audit.queue_depth() as f64);
             counter!("tenantgate_audit_dropped_records_total").absolute(audit.dropped_total());
         }
         upkeep();
+    }
+}
+
+/// A server held by one tenant's client (SHOW TENANTS sv_active).
+pub struct ServerHeld(Arc<TenantStats>);
+
+impl Drop for ServerHeld {
+    fn drop(&mut self) {
+        self.0.holding(-1);
     }
 }
 
@@ -550,6 +585,13 @@ impl SessionMetrics {
     /// A checkout changed the server's tenant setting.
     pub fn injection(&self) {
         self.db.injections.increment(1);
+    }
+
+    /// Counts a server held for the session's tenant until the guard is dropped.
+    pub fn server_held(&self) -> Option<ServerHeld> {
+        let t = self.tenant.clone()?;
+        t.holding(1);
+        Some(ServerHeld(t))
     }
 
     /// The session's tenant changed (tenant switch).

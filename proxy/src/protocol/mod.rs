@@ -22,4 +22,5 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }

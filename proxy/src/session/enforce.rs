@@ -9,7 +9,7 @@ use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use std::sync::Arc;
 use tenantgate_config::{PolicyMode, TenantSource};
-use tenantgate_policy::{Decision, SessionCtx, StatementKind};
+use tenantgate_policy::{Decision, StatementKind};
 
 /// What to do with a Query or Parse after screening.
 pub enum Screen {
@@ -152,7 +152,7 @@ impl Session {
         self.local_tenant.as_deref().or(self.tenant.as_deref())
     }
 
-    fn policy_applies(&self) -> bool {
+    pub(super) fn policy_applies(&self) -> bool {
         !self.bypass_policy && self.app.policy_mode(&self.id.database) != PolicyMode::Off
     }
 
@@ -170,16 +170,11 @@ impl Session {
                 return Screen::Forward(None);
             }
         }
-        let Some(policy) = self.app.policy(&self.id.database) else {
+        let isolation = self.current_placement().isolation();
+        let Some(policy) = self.app.policy(&self.id.database, isolation) else {
             return Screen::Forward(None);
         };
-        let decision = policy.check(
-            sql,
-            &SessionCtx {
-                tenant: self.current_tenant(),
-                schema: None,
-            },
-        );
+        let decision = policy.check(sql, &self.policy_ctx());
         if let [single] = decision.statements.as_slice() {
             if let Some(screen) = self.intercept(single, sql, simple) {
                 return screen;
@@ -325,30 +320,13 @@ impl Session {
         }
         let setting = self.app.config().tenancy.setting.clone();
         let in_tx = self.tx_status() != b'I';
+        let resolved =
+            match super::placement::resolve(&self.app, &self.id.database, value.as_deref()) {
+                Ok(r) => r,
+                Err(e) => return Screen::Reject(e),
+            };
         if local {
-            if !in_tx {
-                return Screen::Reject(PgError::error(
-                    "25P01",
-                    "SET LOCAL tenantgate.tenant can only be used in transaction blocks",
-                ));
-            }
-            let Some(t) = value else {
-                return Screen::Reject(PgError::error(
-                    "22023",
-                    "SET LOCAL tenantgate.tenant needs a value",
-                ));
-            };
-            let sql = format!(
-                "SELECT set_config({}, {}, true)",
-                quote_literal(&setting),
-                quote_literal(&t)
-            );
-            self.local_tenant = Some(t);
-            return Screen::Answer {
-                tag: "SET",
-                sql: Some(sql),
-                hidden: None,
-            };
+            return self.switch_local_tenant(value, resolved, in_tx, &setting);
         }
         if in_tx {
             return Screen::Reject(PgError::error(
@@ -356,17 +334,27 @@ impl Session {
                 "tenantgate: switch the tenant outside a transaction block (or use SET LOCAL)",
             ));
         }
-        tracing::debug!(user = %user.name, tenant = ?value, "tenant switched");
+        let (placement, pool) = resolved;
+        if !self.tx_mode && !Arc::ptr_eq(&pool, &self.id.pool) {
+            return Screen::Reject(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "tenantgate: this tenant is in another database; a session-mode connection cannot move there",
+                )
+                .with_hint("use pool_mode = \"transaction\" for switching between tenant databases, or reconnect"),
+            );
+        }
+        tracing::debug!(user = %user.name, tenant = ?value, ?placement, "tenant switched");
         self.audit_pending.push(AuditKind::TenantSwitch {
             from: self.tenant.clone(),
             to: value.clone(),
         });
+        let was_schema = self.placement.schema().is_some();
         self.tenant = value;
         self.metrics
             .set_tenant(&self.app.stats, self.tenant.as_deref());
-        let current = std::mem::take(&mut self.desired);
-        self.desired = self.with_tenant(current);
-        let sql = match &self.tenant {
+        self.set_placement(placement, pool);
+        let mut sql = match &self.tenant {
             Some(t) => format!(
                 "SELECT set_config({}, {}, false)",
                 quote_literal(&setting),
@@ -374,6 +362,15 @@ impl Session {
             ),
             None => format!("RESET {}", super::settings::quote_ident(&setting)),
         };
+        if let Some(schema) = self.placement.schema() {
+            let path = super::placement::search_path(&self.app.config(), schema);
+            sql.push_str(&format!(
+                "; SELECT set_config('search_path', {}, false)",
+                quote_literal(&path)
+            ));
+        } else if was_schema {
+            sql.push_str("; RESET search_path");
+        }
         Screen::Answer {
             tag: if self.tenant.is_some() {
                 "SET"
@@ -385,20 +382,60 @@ impl Session {
         }
     }
 
-    fn without_tenant(&self, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
-        let setting = &self.app.config().tenancy.setting;
-        settings.retain(|(k, _)| !k.eq_ignore_ascii_case(setting));
-        settings
-    }
-
-    /// `settings` plus the tenant setting for the session's tenant (if any).
-    pub(super) fn with_tenant(&self, settings: Vec<(String, String)>) -> Vec<(String, String)> {
-        let mut settings = self.without_tenant(settings);
-        if let Some(t) = &self.tenant {
-            settings.push((self.app.config().tenancy.setting.clone(), t.clone()));
-            settings.sort();
+    /// `SET LOCAL tenantgate.tenant`: for the rest of the transaction, on the same server and
+    /// with the same isolation strategy.
+    fn switch_local_tenant(
+        &mut self,
+        value: Option<String>,
+        (placement, pool): (tenantgate_config::Placement, Arc<crate::pool::Pool>),
+        in_tx: bool,
+        setting: &str,
+    ) -> Screen {
+        if !in_tx {
+            return Screen::Reject(PgError::error(
+                "25P01",
+                "SET LOCAL tenantgate.tenant can only be used in transaction blocks",
+            ));
         }
-        settings
+        let Some(t) = value else {
+            return Screen::Reject(PgError::error(
+                "22023",
+                "SET LOCAL tenantgate.tenant needs a value",
+            ));
+        };
+        let same_server = self
+            .server
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(&a.pool, &pool));
+        if !same_server || placement.isolation() != self.placement.isolation() {
+            return Screen::Reject(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "tenantgate: SET LOCAL cannot move a transaction to a tenant with another isolation strategy or database",
+                )
+                .with_hint("switch with SET tenantgate.tenant outside the transaction"),
+            );
+        }
+        let mut sql = format!(
+            "SELECT set_config({}, {}, true)",
+            quote_literal(setting),
+            quote_literal(&t)
+        );
+        if let Some(schema) = placement.schema() {
+            let path = super::placement::search_path(&self.app.config(), schema);
+            sql.push_str(&format!(
+                ", set_config('search_path', {}, true)",
+                quote_literal(&path)
+            ));
+        }
+        self.local_tenant = Some(t);
+        self.local_placement = Some(placement);
+        self.recheck_statements();
+        Screen::Answer {
+            tag: "SET",
+            sql: Some(sql),
+            hidden: None,
+        }
     }
 
     /// Checks a Bind's tenant parameters against the session tenant.
@@ -446,6 +483,14 @@ impl Session {
         };
         let stmt = self.statements.get(name)?;
         let decision = stmt.decision.as_ref()?;
+        if !decision.is_allowed() {
+            // Prepared for another tenant or placement and re-checked since (a statement
+            // rejected at Parse is never stored).
+            if self.app.policy_mode(&self.id.database) == PolicyMode::Audit {
+                return None;
+            }
+            return Some(rejection(decision));
+        }
         if decision.tenant_params.is_empty() {
             return None;
         }
@@ -510,6 +555,7 @@ impl Session {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tenantgate_policy::SessionCtx;
 
     #[test]
     fn set_values_are_read() {

@@ -305,6 +305,9 @@ pub struct ClientStatement {
     pub decision: Option<Arc<tenantgate_policy::Decision>>,
     /// Parameter type OIDs: from the Parse, completed by the server's ParameterDescription.
     pub param_types: Vec<u32>,
+    /// The statement text, kept while the policy applies so the decision can be re-made
+    /// when the tenant or its placement changes.
+    pub sql: Option<Arc<str>>,
 }
 
 /// A client's named statements, and its last unnamed Parse.
@@ -339,6 +342,13 @@ impl ClientStatements {
 
     pub fn remove(&mut self, name: &str) -> Option<ClientStatement> {
         self.named.remove(name)
+    }
+
+    /// Every statement, the unnamed one included.
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut ClientStatement> {
+        self.named
+            .values_mut()
+            .chain(std::iter::once(&mut self.unnamed))
     }
 
     pub fn clear(&mut self) {

@@ -101,6 +101,17 @@ impl Session {
 
     /// Applies the policy and the proxy's own session commands to one client message.
     fn screen(&mut self, frame: &Frame) -> Screened {
+        if self.tx_mode && self.server.is_none() {
+            // Between transactions: follow a reload that moved the tenant.
+            if let Err(e) = self.refresh_placement() {
+                return Screened::Reject(e);
+            }
+        }
+        if self.statements_stale {
+            // A SET LOCAL tenant ended with its transaction.
+            self.statements_stale = false;
+            self.recheck_statements();
+        }
         match frame.tag {
             b'Q' => match self.screen_sql(query_text(frame), true) {
                 Screen::Forward(d) => Screened::Relay(d),
@@ -218,6 +229,7 @@ impl Session {
                 if let Some(msg) = parse_parse(frame) {
                     let stmt = ClientStatement {
                         global: None,
+                        sql: decision.as_ref().map(|_| Arc::from(msg.query)),
                         decision,
                         param_types: msg.type_oids(),
                     };
@@ -341,6 +353,7 @@ impl Session {
                 "",
                 ClientStatement {
                     global: None,
+                    sql: decision.as_ref().map(|_| Arc::from(query.as_str())),
                     decision,
                     param_types,
                 },
@@ -368,6 +381,7 @@ impl Session {
             &name,
             ClientStatement {
                 global: Some(stmt.clone()),
+                sql: decision.as_ref().map(|_| Arc::from(query.as_str())),
                 decision,
                 param_types,
             },
@@ -503,8 +517,9 @@ impl Session {
                     self.metrics
                         .ready_for_query(conn.tx_status, self.progress.pending);
                     self.progress.copy_in = false;
-                    if conn.tx_status == b'I' {
-                        self.local_tenant = None;
+                    if conn.tx_status == b'I' && self.local_tenant.take().is_some() {
+                        self.local_placement = None;
+                        self.statements_stale = true;
                     }
                 }
                 b'G' | b'W' => {

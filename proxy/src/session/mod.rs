@@ -8,6 +8,7 @@
 mod enforce;
 mod extended;
 mod frames;
+mod placement;
 mod relay;
 pub mod settings;
 
@@ -45,10 +46,13 @@ pub struct ClientIdentity {
     pub token_tenant: Option<String>,
 }
 
-/// A server while a client holds it, with the tenant quota permit that goes with it.
+/// A server while a client holds it, with its pool and the tenant quota permit that goes
+/// with it.
 struct Attached {
     conn: ServerConn,
+    pool: Arc<Pool>,
     _quota: Option<TenantPermit>,
+    _held: Option<crate::metrics::ServerHeld>,
 }
 
 /// Protocol progress on the attached server, used to decide when it can be released.
@@ -87,6 +91,14 @@ pub struct Session {
     tenant: Option<String>,
     /// A `SET LOCAL tenantgate.tenant` for the current transaction.
     local_tenant: Option<String>,
+    /// Where the session tenant lives; `id.pool` is this placement's pool.
+    placement: tenantgate_config::Placement,
+    /// The placement of `local_tenant`.
+    local_placement: Option<tenantgate_config::Placement>,
+    /// The configuration `placement` was resolved with (a reload may move the tenant).
+    placed_with: Arc<tenantgate_config::Config>,
+    /// The prepared statements' decisions were made for a `SET LOCAL` tenant that is gone.
+    statements_stale: bool,
     bypass_policy: bool,
     /// Custom (dotted) settings this client has named, read back with the others.
     custom_settings: Vec<String>,
@@ -143,9 +155,10 @@ async fn send_fatal(client: &mut Framed, err: PgError) {
 }
 
 /// Runs a logged-in session until the client leaves or the proxy shuts down.
-pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
+pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
     let pool_settings = id.pool.settings();
     let tx_mode = pool_settings.mode == PoolMode::Transaction;
+    let placed_with = app.config();
     let forward_options = app
         .config()
         .database(&id.database)
@@ -160,8 +173,26 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         Some(TenantSource::Jwt) => id.token_tenant.clone(),
         Some(TenantSource::Switch) => None,
     };
+    let placement = match placement::resolve(&app, &id.database, tenant.as_deref()) {
+        Ok((placement, pool)) => {
+            id.pool = pool;
+            placement
+        }
+        Err(e) => {
+            let e = PgError::fatal(e.code, e.message);
+            return send_fatal(&mut client, e).await;
+        }
+    };
     if let Some(t) = &tenant {
-        startup.push((app.config().tenancy.setting.clone(), t.clone()));
+        startup.push((placed_with.tenancy.setting.clone(), t.clone()));
+    }
+    if let Some(schema) = placement.schema() {
+        // The proxy owns search_path under schema isolation.
+        startup.retain(|(k, _)| !k.eq_ignore_ascii_case(placement::SEARCH_PATH));
+        startup.push((
+            placement::SEARCH_PATH.to_string(),
+            placement::search_path(&placed_with, schema),
+        ));
     }
     let quota = id.user_config.config.max_tenant_connections;
     let permit = match (&tenant, quota, tx_mode) {
@@ -205,9 +236,14 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         tenant = ?id.user_config.config.tenant, tx_mode, "session started");
     let waits = Waits::new(app.shutdown_token(), &app, &id.database);
     let setting = app.config().tenancy.setting.clone();
+    let owns_search_path = placement.schema().is_some();
     let startup_normalized = desired
         .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case(&setting))
+        .filter(|(k, _)| {
+            let proxy_owned = k.eq_ignore_ascii_case(&setting)
+                || owns_search_path && k.eq_ignore_ascii_case(placement::SEARCH_PATH);
+            !proxy_owned
+        })
         .cloned()
         .collect();
     let bypass_policy = id.user_config.config.bypass_policy;
@@ -231,6 +267,10 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
         startup: startup_normalized,
         tenant,
         local_tenant: None,
+        placement,
+        local_placement: None,
+        placed_with,
+        statements_stale: false,
         bypass_policy,
         // Custom startup settings are placeholders pg_settings hides: track them by name.
         custom_settings: startup_custom,
@@ -247,7 +287,10 @@ pub async fn run(app: Arc<App>, mut client: Framed, id: ClientIdentity) {
             server.session_settings = session.desired.clone();
             session.id.pool.release(server);
         }
-        Some(server) => session.attach_conn(server, permit),
+        Some(server) => {
+            let pool = session.id.pool.clone();
+            session.attach_conn(server, pool, permit)
+        }
         None => {}
     }
     session.serve().await;
@@ -341,16 +384,18 @@ async fn apply_startup(
 }
 
 impl Session {
-    fn attach_conn(&mut self, conn: ServerConn, quota: Option<TenantPermit>) {
+    fn attach_conn(&mut self, conn: ServerConn, pool: Arc<Pool>, quota: Option<TenantPermit>) {
         self.cancel.slot.set(Some(CancelTarget {
-            target: self.id.pool.settings().target.clone(),
+            target: pool.settings().target.clone(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         }));
         self.progress = Progress::default();
         self.server = Some(Attached {
             conn,
+            pool,
             _quota: quota,
+            _held: self.metrics.server_held(),
         });
     }
 
@@ -369,11 +414,12 @@ impl Session {
             ),
             _ => None,
         };
-        let mut conn = self.id.pool.acquire().await.map_err(|e| pool_error(&e))?;
+        let pool = self.id.pool.clone();
+        let mut conn = pool.acquire().await.map_err(|e| pool_error(&e))?;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
             if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
                 tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
-                finish(&self.id.pool, conn, false, false).await;
+                finish(&pool, conn, false, false).await;
                 return Err(server_error(&e));
             }
             let setting = &self.app.config().tenancy.setting;
@@ -382,7 +428,7 @@ impl Session {
             }
             conn.session_settings = self.desired.clone();
         }
-        self.attach_conn(conn, quota);
+        self.attach_conn(conn, pool, quota);
         if self.settings_unnormalized {
             // Learn the server's spelling of the client's settings at the first release.
             self.settings_unnormalized = false;
@@ -408,7 +454,7 @@ impl Session {
 
     /// Returns the server to the pool, first learning its settings if they may have changed.
     async fn release(&mut self) {
-        let Some(Attached { mut conn, .. }) = self.server.take() else {
+        let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
             return;
         };
         self.cancel.slot.set(None);
@@ -429,12 +475,12 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");
-                    return finish(&self.id.pool, conn, false, false).await;
+                    return finish(&pool, conn, false, false).await;
                 }
             }
         }
         self.progress = Progress::default();
-        self.id.pool.release(conn);
+        pool.release(conn);
     }
 
     /// Queues the pending audit events (waiting for room if the writer is behind).
@@ -455,6 +501,7 @@ impl Session {
                     user: self.id.user.clone(),
                     database: self.id.database.clone(),
                     tenant: self.current_tenant().map(str::to_string),
+                    isolation: Some(self.current_placement().isolation().as_str()),
                 })
                 .await;
         }
@@ -467,11 +514,11 @@ impl Session {
             RelayEnd::ClientGone => {}
             RelayEnd::Fatal(e) => send_fatal(&mut self.client, e.clone()).await,
         }
-        if let Some(Attached { conn, .. }) = self.server.take() {
+        if let Some(Attached { conn, pool, .. }) = self.server.take() {
             self.cancel.slot.set(None);
             let mut conn = conn;
             let reusable = relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
-            finish(&self.id.pool, conn, reusable, !self.tx_mode).await;
+            finish(&pool, conn, reusable, !self.tx_mode).await;
         }
         self.audit_pending.push(AuditKind::Disconnect);
         self.flush_audit().await;

@@ -225,9 +225,9 @@ impl Session {
     }
 
     async fn server_lost(&mut self) -> RelayEnd {
-        if self.server.take().is_some() {
+        if let Some(attached) = self.server.take() {
             self.cancel.slot.set(None);
-            self.id.pool.forget_one();
+            attached.pool.forget_one();
         }
         self.flush_client().await;
         fatal(
