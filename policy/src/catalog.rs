@@ -13,9 +13,14 @@ fn key(schema: &str, name: &str) -> RelKey {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RelKind {
-    Tenant { column: String },
+    Tenant {
+        column: String,
+    },
     Shared,
     Known,
+    /// Schema/database isolation: a relation of the session tenant's own schema or database.
+    /// Readable and writable without a tenant filter.
+    Isolated,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +115,6 @@ impl Catalog {
         self.isolated.insert(name.to_owned());
     }
 
-    #[allow(dead_code)] // used by the schema-isolation analysis
     pub(crate) fn is_isolated_relation(&self, name: &str) -> bool {
         self.isolated.contains(name)
     }

@@ -481,3 +481,120 @@ pub(crate) fn literal_arg_allowed(func: &str, idx: usize) -> bool {
             | ("timezone", 0)
     )
 }
+
+/// Functions whose argument names a relation (as text or regclass): the index of that argument
+/// for a call with `nargs` arguments. Schema isolation requires it to be a string literal.
+pub(crate) fn relation_arg(func: &str, nargs: usize) -> Option<usize> {
+    match func {
+        "nextval"
+        | "currval"
+        | "to_regclass"
+        | "pg_get_serial_sequence"
+        | "pg_relation_size"
+        | "pg_total_relation_size"
+        | "pg_table_size"
+        | "pg_indexes_size" => Some(0),
+        // (relation, privilege) or (role, relation, privilege)
+        "has_table_privilege" | "has_any_column_privilege" => Some(usize::from(nargs >= 3)),
+        // (relation, column, privilege) or (role, relation, column, privilege)
+        "has_column_privilege" => Some(usize::from(nargs >= 4)),
+        _ => None,
+    }
+}
+
+/// Relation size functions: allowed in schema isolation (relation argument checked) and
+/// database isolation, never in row isolation (they reveal the size of other tenants' rows).
+pub(crate) fn is_relation_size_function(func: &str) -> bool {
+    matches!(
+        func,
+        "pg_relation_size" | "pg_total_relation_size" | "pg_table_size" | "pg_indexes_size"
+    )
+}
+
+/// Longest identifier Postgres keeps (NAMEDATALEN - 1 bytes).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Split a relation name given as text the way Postgres' `stringToQualifiedNameList` does
+/// (`SplitIdentifierString` with `.`): whitespace around parts is skipped, unquoted parts are
+/// folded to lower case (ASCII), `"…"` parts are taken exactly (`""` is a quote), and each part
+/// is truncated to 63 bytes. `None` for anything else, including a leading digit (the text of a
+/// numeric OID, which `regclass` input accepts) and empty parts.
+pub(crate) fn split_qualified_name(text: &str) -> Option<Vec<String>> {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b');
+    let trimmed = text.trim_start_matches(is_space);
+    if trimmed.starts_with(|c: char| c.is_ascii_digit()) || trimmed == "-" {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut chars = trimmed.chars().peekable();
+    loop {
+        while chars.next_if(|c| is_space(*c)).is_some() {}
+        let mut part = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next()? {
+                    '"' if chars.next_if_eq(&'"').is_some() => part.push('"'),
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != '.' && *c != '"' && !is_space(*c)) {
+                part.push(c.to_ascii_lowercase());
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        out.push(truncate_identifier(part));
+        while chars.next_if(|c| is_space(*c)).is_some() {}
+        match chars.next() {
+            None => return Some(out),
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+fn truncate_identifier(mut s: String) -> String {
+    if s.len() > MAX_IDENTIFIER_BYTES {
+        let mut end = MAX_IDENTIFIER_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_qualified_name as split;
+
+    fn v(parts: &[&str]) -> Option<Vec<String>> {
+        Some(parts.iter().map(|p| (*p).to_owned()).collect())
+    }
+
+    #[test]
+    fn qualified_names() {
+        assert_eq!(split("orders"), v(&["orders"]));
+        assert_eq!(
+            split(" Tenant_Globex . Orders "),
+            v(&["tenant_globex", "orders"])
+        );
+        assert_eq!(split("\"Tenant X\".\"a\"\"b\""), v(&["Tenant X", "a\"b"]));
+        assert_eq!(split("a.b.c"), v(&["a", "b", "c"]));
+        assert_eq!(split("16384"), None);
+        assert_eq!(split(" 16384"), None);
+        assert_eq!(split("-"), None);
+        assert_eq!(split(""), None);
+        assert_eq!(split("a..b"), None);
+        assert_eq!(split("a."), None);
+        assert_eq!(split("\"a"), None);
+        assert_eq!(split("\"\".a"), None);
+        assert_eq!(split("a b"), None);
+        assert_eq!(split("a\"b\""), None);
+        let long = "x".repeat(100);
+        assert_eq!(split(&long), v(&[&"x".repeat(63)]));
+    }
+}

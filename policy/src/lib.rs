@@ -107,6 +107,39 @@ fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx) -> Arc<Decision> {
             Some("authenticate with a tenant or SET tenantgate.tenant first".into()),
         ));
     };
+    if let Some(r) = a
+        .qualified_schemas
+        .iter()
+        .find(|r| ctx.schema != Some(r.schema.as_str()))
+    {
+        let what = match &r.display {
+            Some(name) => format!("relation \"{name}\""),
+            None => format!(
+                "the relation name at position {} (a regclass cast or function argument)",
+                analyze::pos(r.location)
+            ),
+        };
+        return Arc::new(d.rejected_as(
+            Rule::CrossTenantSchema,
+            match ctx.schema {
+                Some(_) => format!(
+                    "{what} is in another tenant's schema; use unqualified names (search_path is set to your schema)"
+                ),
+                None => format!(
+                    "{what} names a tenant schema but the session's schema is not known; use unqualified names (search_path is set to your schema)"
+                ),
+            },
+            Some("drop the schema qualifier: the proxy sets search_path to the tenant's schema".into()),
+        ));
+    }
+    if a.needs_schema && ctx.schema.is_none() {
+        return Arc::new(d.rejected_as(
+            Rule::TenantNotSet,
+            "the session tenant's schema is not known; statements on tenant-schema relations are rejected"
+                .into(),
+            Some("the proxy sets the tenant's schema when the tenant is known".into()),
+        ));
+    }
     if let Some(v) = a
         .tenant_literals
         .iter()

@@ -3,13 +3,19 @@
 //! Line format: `<expectation> [flags…] | <sql>` (split at the first `|`), where expectation is `allow` or
 //! `reject <rule-id>`. Flags: `tenant=none` (tenant not known), `tenant=<v>` (default
 //! `t1`), `params=off` (require_parameters = false), `multi=on`, `listen=on`,
-//! `unknown=allow`, `tp=1,2` (exact tenant_params). `#` starts a comment line.
+//! `unknown=allow`, `tp=1,2` (exact tenant_params), `schema=<s>|none` (the session's schema).
+//! `#` starts a comment line; a line `# isolation: row|schema|database` selects the isolation
+//! for the rest of the file:
+//! * row (default): `common::catalog()`, tenant `t1`;
+//! * schema: `common::schema_catalog()`, shared schemas `public, ref`, tenant `acme` with
+//!   schema `tenant_acme`;
+//! * database: `common::catalog()`, tenant `acme`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::fs;
-use tenantgate_policy::{PolicyConfig, SessionCtx, UnknownRelations, Verdict};
+use tenantgate_policy::{Isolation, PolicyConfig, SessionCtx, UnknownRelations, Verdict};
 
 struct Case {
     file: String,
@@ -17,6 +23,7 @@ struct Case {
     expect: String,
     flags: Vec<String>,
     sql: String,
+    isolation: Isolation,
 }
 
 fn load() -> Vec<Case> {
@@ -32,8 +39,18 @@ fn load() -> Vec<Case> {
         .filter(|f| f.extension().is_some_and(|e| e == "corpus"))
     {
         let text = fs::read_to_string(f).unwrap();
+        let mut isolation = Isolation::Row;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end();
+            if let Some(mode) = line.trim().strip_prefix("# isolation:") {
+                isolation = match mode.trim() {
+                    "row" => Isolation::Row,
+                    "schema" => Isolation::Schema,
+                    "database" => Isolation::Database,
+                    other => panic!("{}:{}: unknown isolation {other}", f.display(), i + 1),
+                };
+                continue;
+            }
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
             }
@@ -53,14 +70,21 @@ fn load() -> Vec<Case> {
                 expect,
                 flags: words.map(str::to_owned).collect(),
                 sql: sql.to_owned(),
+                isolation,
             });
         }
     }
     cases
 }
 
-fn config_for(flags: &[String]) -> PolicyConfig {
-    let mut cfg = PolicyConfig::default();
+fn config_for(flags: &[String], isolation: Isolation) -> PolicyConfig {
+    let mut cfg = PolicyConfig {
+        isolation,
+        ..PolicyConfig::default()
+    };
+    if isolation == Isolation::Schema {
+        cfg.shared_schemas = vec!["public".into(), "ref".into()];
+    }
     for f in flags {
         match f.as_str() {
             "params=off" => cfg.require_parameters = false,
@@ -79,20 +103,29 @@ fn corpus() {
     let cases = load();
     let mut failures = Vec::new();
     for c in &cases {
-        let policy = tenantgate_policy::Policy::new(config_for(&c.flags), common::catalog());
+        let catalog = match c.isolation {
+            Isolation::Schema => common::schema_catalog(),
+            _ => common::catalog(),
+        };
+        let policy = tenantgate_policy::Policy::new(config_for(&c.flags, c.isolation), catalog);
         let tenant_flag = c.flags.iter().find_map(|f| f.strip_prefix("tenant="));
+        let default_tenant = match c.isolation {
+            Isolation::Row => "t1",
+            _ => "acme",
+        };
         let tenant = match tenant_flag {
             Some("none") => None,
             Some(t) => Some(t),
-            None => Some("t1"),
+            None => Some(default_tenant),
         };
-        let d = policy.check(
-            &c.sql,
-            &SessionCtx {
-                tenant,
-                schema: None,
-            },
-        );
+        let schema = match c.flags.iter().find_map(|f| f.strip_prefix("schema=")) {
+            Some("none") => None,
+            Some(s) => Some(s),
+            None if c.isolation == Isolation::Schema => Some("tenant_acme"),
+            None => None,
+        };
+        let ctx = SessionCtx { tenant, schema };
+        let d = policy.check(&c.sql, &ctx);
         let got = match d.verdict {
             Verdict::Allow => "allow".to_owned(),
             Verdict::Reject => format!("reject {}", d.rule),
@@ -107,13 +140,7 @@ fn corpus() {
             ok &= d.tenant_params == want;
         }
         // A cached second lookup must give the same answer.
-        let again = policy.check(
-            &c.sql,
-            &SessionCtx {
-                tenant,
-                schema: None,
-            },
-        );
+        let again = policy.check(&c.sql, &ctx);
         ok &= again.verdict == d.verdict && again.rule == d.rule;
         if d.verdict == Verdict::Reject {
             ok &= !d.reason.is_empty() && d.sqlstate != "00000";

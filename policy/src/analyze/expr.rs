@@ -3,6 +3,7 @@
 
 use super::scope::{Deriv, Edge, Env, Term};
 use super::{pos, reject, reject_hint, select, Cx, R};
+use crate::config::Isolation;
 use crate::decision::Rule;
 use crate::functions::{self, Builtin};
 use pg_query::protobuf::node::Node as N;
@@ -82,6 +83,25 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             | N::String(_),
         ) => Ok(()),
         Some(N::AConst(c)) => literal(cx, c, ctx),
+        Some(N::TypeCast(t))
+            if cx.isolation() == Isolation::Schema && is_regclass(t.type_name.as_ref()) =>
+        {
+            let arrays = t
+                .type_name
+                .as_ref()
+                .is_some_and(|t| !t.array_bounds.is_empty());
+            match t.arg.as_deref() {
+                _ if arrays => reject(
+                    Rule::ForbiddenFunction,
+                    format!(
+                        "regclass[] cast at position {} cannot be checked in schema isolation",
+                        pos(t.location)
+                    ),
+                ),
+                Some(a) => relation_name_literal(cx, a, t.location, "the regclass cast"),
+                None => Ok(()),
+            }
+        }
         Some(N::TypeCast(t)) => walk_opt(cx, t.arg.as_deref(), ctx, env),
         Some(N::AExpr(a)) => {
             walk_opt(cx, a.lexpr.as_deref(), sub, env)?;
@@ -210,9 +230,22 @@ fn func_name(names: &[Node]) -> (String, String) {
 
 fn func_call(cx: &mut Cx, f: &FuncCall, ctx: Ctx, env: &Env) -> R<()> {
     let name = check_function(cx, &f.funcname, f.location, &f.args)?;
+    let rel_arg = if cx.isolation() == Isolation::Schema {
+        functions::relation_arg(&name, f.args.len())
+    } else {
+        None
+    };
+    if let Some(a) = rel_arg.and_then(|i| f.args.get(i)) {
+        relation_name_arg(cx, &name, a, f.location)?;
+    }
     for (i, a) in f.args.iter().enumerate() {
         let is_const = matches!(a.node.as_ref(), Some(N::AConst(_)));
         if is_const && functions::literal_arg_allowed(&name, i) {
+            continue;
+        }
+        // Schema isolation: the relation name (checked above) and the other string arguments
+        // of these functions (privilege, column, fork, role names) are syntax, not data.
+        if rel_arg.is_some() && string_const(a).is_some() {
             continue;
         }
         walk(
@@ -245,6 +278,76 @@ pub(crate) fn window(cx: &mut Cx, w: &WindowDef, env: &Env) -> R<()> {
     walk_opt(cx, w.end_offset.as_deref(), Ctx::Limit, env)
 }
 
+/// Schema isolation: the relation argument of `nextval`, `has_table_privilege`, … must be a
+/// string literal whose schema (if any) is shared, a system schema, or recorded for the
+/// post-cache check against the session's schema. `nextval`/`currval` also accept
+/// `pg_get_serial_sequence(…)` (its own relation argument is checked the same way).
+fn relation_name_arg(cx: &mut Cx, func: &str, arg: &Node, location: i32) -> R<()> {
+    if matches!(func, "nextval" | "currval") {
+        if let Some(N::FuncCall(inner)) = arg.node.as_ref() {
+            let (schema, name) = func_name(&inner.funcname);
+            if (schema.is_empty() || schema == "pg_catalog") && name == "pg_get_serial_sequence" {
+                return Ok(());
+            }
+        }
+    }
+    relation_name_literal(cx, arg, location, &format!("{func}()"))
+}
+
+/// Check a relation name given as a string literal (function argument or `regclass` cast).
+/// The literal's text never appears in a reason.
+fn relation_name_literal(cx: &mut Cx, arg: &Node, location: i32, what: &str) -> R<()> {
+    let Some(text) = string_const(arg) else {
+        return reject_hint(
+            Rule::ForbiddenFunction,
+            format!(
+                "{what} at position {} names a relation with a non-literal value; in schema isolation the relation must be a string literal",
+                pos(location)
+            ),
+            "write the relation name as a literal, e.g. nextval('orders_id_seq') or 'orders'::regclass, so tenantgate can check its schema",
+        );
+    };
+    let invalid = || {
+        reject_hint(
+            Rule::ForbiddenFunction,
+            format!(
+                "the relation name of {what} at position {} is not a plain [schema.]relation name",
+                pos(location)
+            ),
+            "use an unqualified name (search_path is set to your schema); numeric OIDs are not accepted",
+        )
+    };
+    let Some(parts) = functions::split_qualified_name(&text) else {
+        return invalid();
+    };
+    match parts.as_slice() {
+        [rel] => {
+            if cx.cat.is_isolated_relation(rel) {
+                cx.note_isolated();
+            }
+            Ok(())
+        }
+        [schema, _] => {
+            if !(schema == "pg_catalog"
+                || schema == "information_schema"
+                || cx.is_shared_schema(schema))
+            {
+                cx.note_qualified(schema, None, location);
+            }
+            Ok(())
+        }
+        _ => invalid(),
+    }
+}
+
+/// `regclass` / `pg_catalog.regclass` (not an array of it).
+fn is_regclass(t: Option<&TypeName>) -> bool {
+    t.is_some_and(|t| {
+        let parts: Vec<&str> = t.names.iter().filter_map(str_of).collect();
+        matches!(parts.as_slice(), ["regclass"] | ["pg_catalog", "regclass"])
+    })
+}
+
 /// Allowlist check; returns the bare function name.
 pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Node]) -> R<String> {
     let (schema, name) = func_name(names);
@@ -256,7 +359,9 @@ pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Nod
     let builtin_scope = schema.is_empty() || schema == "pg_catalog";
     if builtin_scope && name == "set_config" {
         let target = args.first().and_then(string_const).unwrap_or_default();
-        if cx.is_tenant_setting(&target) || is_reserved_setting(&target) {
+        let search_path =
+            cx.isolation() == Isolation::Schema && target.eq_ignore_ascii_case("search_path");
+        if cx.is_tenant_setting(&target) || is_reserved_setting(&target) || search_path {
             return reject(Rule::TenantSettingWrite, format!("set_config of \"{target}\" (at position {}) is not allowed: the proxy owns this setting", pos(location)));
         }
         return reject_hint(
@@ -284,7 +389,12 @@ pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Nod
     let in_catalog = cx
         .cat
         .has_function(if schema.is_empty() { "public" } else { &schema }, &name);
-    if builtin == Builtin::Allowed || configured || in_catalog {
+    // Relation sizes of the tenant's own schema/database; in row isolation they would reveal
+    // the size of all tenants' rows.
+    let sizes = builtin_scope
+        && cx.isolation() != Isolation::Row
+        && functions::is_relation_size_function(&name);
+    if builtin == Builtin::Allowed || configured || in_catalog || sizes {
         return Ok(name);
     }
     reject_hint(

@@ -8,7 +8,7 @@ mod stmt;
 mod write;
 
 use crate::catalog::Catalog;
-use crate::config::PolicyConfig;
+use crate::config::{Isolation, PolicyConfig};
 use crate::decision::{Decision, Rule, StatementKind, Verdict};
 use pg_query::protobuf::RawStmt;
 use std::collections::BTreeSet;
@@ -61,6 +61,23 @@ pub(crate) struct Analysis {
     /// Literals compared with a tenant column (only with `require_parameters = false`);
     /// each must equal the session tenant.
     pub tenant_literals: Vec<String>,
+    /// Schema isolation: relations referenced with an explicit non-shared schema; each schema
+    /// must be the session tenant's (checked after the cache).
+    pub qualified_schemas: Vec<SchemaRef>,
+    /// Schema isolation: the statement resolves a tenant-schema relation through `search_path`,
+    /// so the session's schema must be known.
+    pub needs_schema: bool,
+}
+
+/// A reference to a tenant-schema relation through an explicit schema name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchemaRef {
+    pub schema: String,
+    /// `schema.relation` when the name is an identifier of the statement; `None` when it comes
+    /// from a string literal (a `regclass` cast or a function argument), whose text is never
+    /// echoed.
+    pub display: Option<String>,
+    pub location: i32,
 }
 
 /// Walk state shared by all analysis functions.
@@ -70,6 +87,9 @@ pub(crate) struct Cx<'c> {
     pub tenant_params: BTreeSet<usize>,
     pub tenant_literals: Vec<String>,
     pub touches_tenant: bool,
+    pub qualified_schemas: Vec<SchemaRef>,
+    /// A relation of the tenant's schema/database was referenced (isolated kind).
+    pub touches_isolated: bool,
     depth: usize,
 }
 
@@ -81,8 +101,37 @@ impl<'c> Cx<'c> {
             tenant_params: BTreeSet::new(),
             tenant_literals: Vec::new(),
             touches_tenant: false,
+            qualified_schemas: Vec::new(),
+            touches_isolated: false,
             depth: 0,
         }
+    }
+
+    /// A relation of the tenant's own schema/database is read or written.
+    pub fn note_isolated(&mut self) {
+        self.touches_tenant = true;
+        self.touches_isolated = true;
+    }
+
+    /// A tenant-schema relation named with an explicit schema (checked after the cache).
+    pub fn note_qualified(&mut self, schema: &str, display: Option<String>, location: i32) {
+        self.note_isolated();
+        let r = SchemaRef {
+            schema: schema.to_owned(),
+            display,
+            location,
+        };
+        if !self.qualified_schemas.contains(&r) {
+            self.qualified_schemas.push(r);
+        }
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.cfg.isolation
+    }
+
+    pub fn is_shared_schema(&self, schema: &str) -> bool {
+        self.cfg.shared_schemas.iter().any(|s| s == schema)
     }
 
     /// Enter one nesting level; rejects `too-complex` past [`MAX_DEPTH`].
@@ -156,6 +205,8 @@ pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis 
         decision: std::sync::Arc::new(decision),
         touches_tenant: cx.touches_tenant,
         tenant_literals: cx.tenant_literals,
+        qualified_schemas: cx.qualified_schemas,
+        needs_schema: cfg.isolation == Isolation::Schema && cx.touches_isolated,
     }
 }
 
@@ -164,6 +215,8 @@ fn early(rule: Rule, reason: String) -> Analysis {
         decision: std::sync::Arc::new(Decision::reject(rule, reason, None)),
         touches_tenant: false,
         tenant_literals: Vec::new(),
+        qualified_schemas: Vec::new(),
+        needs_schema: false,
     }
 }
 

@@ -16,6 +16,9 @@ pub(crate) enum EntryKind {
     },
     /// Shared, known or system relation: readable, no constraint needed.
     Plain,
+    /// Schema/database isolation: the session tenant's own relation (readable and writable,
+    /// no constraint needed).
+    Isolated,
     /// Subquery, CTE reference or function: already checked on its own.
     Derived { cols: Option<Vec<OutCol>> },
 }

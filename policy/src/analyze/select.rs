@@ -4,7 +4,7 @@ use super::expr::{self, equality_edges, str_of, walk, walk_all, walk_opt, Ctx};
 use super::scope::{CteInfo, Deriv, Edge, Entry, EntryKind, Env, OutCol, Scope, TenantValue, Term};
 use super::{pos, reject, stmt, Cx, R};
 use crate::catalog::RelKind;
-use crate::config::UnknownRelations;
+use crate::config::{Isolation, UnknownRelations};
 use crate::decision::Rule;
 use crate::functions;
 use pg_query::protobuf::node::Node as N;
@@ -424,7 +424,7 @@ pub(crate) fn relation_entry(cx: &mut Cx, rv: &RangeVar, env: &Env) -> R<Entry> 
             });
         }
     }
-    let kind = relation_kind(cx, rv)?;
+    let (kind, resolved) = relation_kind(cx, rv)?;
     let renames = rv.alias.as_ref().is_some_and(|a| !a.colnames.is_empty());
     if renames && matches!(kind, RelKind::Tenant { .. }) {
         // `orders AS o(tenant_id, …)` renames columns positionally: o.tenant_id may not be the
@@ -438,27 +438,28 @@ pub(crate) fn relation_entry(cx: &mut Cx, rv: &RangeVar, env: &Env) -> R<Entry> 
             ),
         );
     }
-    let schema = alias.is_none().then(|| {
-        if rv.schemaname.is_empty() {
-            "public".to_owned()
-        } else {
-            rv.schemaname.clone()
-        }
-    });
+    // The schema by which `schema.rel.col` may name this entry: the written one, else the one
+    // the name resolved to (None for a tenant-schema relation found through search_path).
+    let schema = match alias {
+        Some(_) => None,
+        None if !rv.schemaname.is_empty() => Some(rv.schemaname.clone()),
+        None if kind == RelKind::Isolated || resolved.is_empty() => None,
+        None => Some(resolved.clone()),
+    };
     let (kind, known_cols) = match kind {
         RelKind::Tenant { column } => {
             cx.touches_tenant = true;
-            let s = schema_of(rv);
-            let known = cx.cat.known_columns(&s, &rv.relname, &column);
+            let known = cx.cat.known_columns(&resolved, &rv.relname, &column);
             (
                 EntryKind::Tenant {
-                    schema: s,
+                    schema: resolved,
                     table: rv.relname.clone(),
                     column,
                 },
                 known,
             )
         }
+        RelKind::Isolated => (EntryKind::Isolated, Vec::new()),
         RelKind::Shared | RelKind::Known => (EntryKind::Plain, Vec::new()),
     };
     Ok(Entry {
@@ -470,7 +471,8 @@ pub(crate) fn relation_entry(cx: &mut Cx, rv: &RangeVar, env: &Env) -> R<Entry> 
     })
 }
 
-pub(crate) fn schema_of(rv: &RangeVar) -> String {
+/// Row mode: unqualified names are looked up in `public`.
+fn row_schema_of(rv: &RangeVar) -> String {
     if rv.schemaname.is_empty() {
         "public".to_owned()
     } else {
@@ -478,14 +480,37 @@ pub(crate) fn schema_of(rv: &RangeVar) -> String {
     }
 }
 
-/// Catalog classification of a relation, rejecting session-exposing catalog views and
-/// unknown relations.
-pub(crate) fn relation_kind(cx: &Cx, rv: &RangeVar) -> R<RelKind> {
-    let display = if rv.schemaname.is_empty() {
+fn display_name(rv: &RangeVar) -> String {
+    if rv.schemaname.is_empty() {
         rv.relname.clone()
     } else {
         format!("{}.{}", rv.schemaname, rv.relname)
-    };
+    }
+}
+
+/// `unknown_relations = Allow` makes an unknown relation a readable one (in `schema`), unless
+/// `allow` is false.
+fn unknown_relation(cx: &Cx, rv: &RangeVar, allow: Option<String>) -> R<(RelKind, String)> {
+    if let Some(schema) = allow {
+        if cx.cfg.unknown_relations == UnknownRelations::Allow {
+            return Ok((RelKind::Known, schema));
+        }
+    }
+    reject(
+        Rule::UnknownRelation,
+        format!(
+            "relation \"{}\" (at position {}) is not in the tenantgate catalog",
+            display_name(rv),
+            pos(rv.location)
+        ),
+    )
+}
+
+/// Catalog classification of a relation and the schema it resolves to, rejecting
+/// session-exposing catalog views and unknown relations. Records tenant-schema references
+/// (schema isolation) in `cx`.
+pub(crate) fn relation_kind(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> {
+    let display = display_name(rv);
     let system = rv.schemaname == "pg_catalog"
         || (rv.schemaname.is_empty() && rv.relname.starts_with("pg_"));
     if (system || rv.schemaname.is_empty()) && functions::is_denied_view(&rv.relname) {
@@ -507,25 +532,76 @@ pub(crate) fn relation_kind(cx: &Cx, rv: &RangeVar) -> R<RelKind> {
         );
     }
     if rv.schemaname == "pg_catalog" || rv.schemaname == "information_schema" {
-        return Ok(RelKind::Known);
+        return Ok((RelKind::Known, rv.schemaname.clone()));
     }
+    match cx.isolation() {
+        Isolation::Row => row_relation(cx, rv, system),
+        Isolation::Schema => schema_relation(cx, rv, system),
+        Isolation::Database => {
+            // Unqualified pg_* names resolve to pg_catalog first (read only); everything
+            // else in the tenant's own database is the tenant's.
+            if system {
+                return Ok((RelKind::Known, "pg_catalog".to_owned()));
+            }
+            cx.note_isolated();
+            Ok((RelKind::Isolated, rv.schemaname.clone()))
+        }
+    }
+}
+
+fn row_relation(cx: &Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
+    let schema = row_schema_of(rv);
     // Unqualified pg_* names resolve to pg_catalog first (it is implicitly first in search_path).
-    if system && !cx.cat.has_relation(&schema_of(rv), &rv.relname) {
-        return Ok(RelKind::Known);
+    if system && !cx.cat.has_relation(&schema, &rv.relname) {
+        return Ok((RelKind::Known, "pg_catalog".to_owned()));
     }
-    if let Some(kind) = cx.cat.relation(&schema_of(rv), &rv.relname) {
-        return Ok(kind);
+    if let Some(kind) = cx.cat.relation(&schema, &rv.relname) {
+        return Ok((kind, schema));
     }
-    match cx.cfg.unknown_relations {
-        UnknownRelations::Allow => Ok(RelKind::Known),
-        UnknownRelations::Reject => reject(
-            Rule::UnknownRelation,
-            format!(
-                "relation \"{display}\" (at position {}) is not in the tenantgate catalog",
-                pos(rv.location)
-            ),
-        ),
+    unknown_relation(cx, rv, Some(schema))
+}
+
+/// Schema isolation: search_path is `<tenant schema>, <shared_schemas…>`.
+fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
+    if rv.schemaname.is_empty() {
+        if cx.cat.is_isolated_relation(&rv.relname) {
+            cx.note_isolated();
+            return Ok((RelKind::Isolated, String::new()));
+        }
+        let shared = cx
+            .cfg
+            .shared_schemas
+            .iter()
+            .find(|s| cx.cat.has_relation(s, &rv.relname));
+        if let Some(s) = shared {
+            if let Some(kind) = cx.cat.relation(s, &rv.relname) {
+                return Ok((kind, s.clone()));
+            }
+        }
+        if system {
+            return Ok((RelKind::Known, "pg_catalog".to_owned()));
+        }
+        if let Some(first) = cx.cfg.shared_schemas.first() {
+            // Only with assume_unknown_are_tenant_tables (explain without a database).
+            if let Some(kind) = cx.cat.relation(first, &rv.relname) {
+                return Ok((kind, first.clone()));
+            }
+        }
+        return unknown_relation(cx, rv, Some(String::new()));
     }
+    if cx.is_shared_schema(&rv.schemaname) {
+        if let Some(kind) = cx.cat.relation(&rv.schemaname, &rv.relname) {
+            return Ok((kind, rv.schemaname.clone()));
+        }
+        return unknown_relation(cx, rv, Some(rv.schemaname.clone()));
+    }
+    if cx.cat.is_isolated_relation(&rv.relname) {
+        cx.note_qualified(&rv.schemaname, Some(display_name(rv)), rv.location);
+        return Ok((RelKind::Isolated, rv.schemaname.clone()));
+    }
+    // A schema that is neither shared nor holds a tenant relation of that name may be another
+    // tenant's: never readable, whatever unknown_relations says.
+    unknown_relation(cx, rv, None)
 }
 
 /// Output columns of a target list and which of them provably carry the tenant.

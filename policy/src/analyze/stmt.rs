@@ -6,6 +6,7 @@ use super::scope::{Env, Scope};
 use super::select::{relation_kind, select};
 use super::{reject, reject_hint, write, Cx, R};
 use crate::catalog::RelKind;
+use crate::config::Isolation;
 use crate::decision::{Rule, StatementKind};
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::{
@@ -107,6 +108,13 @@ fn set(cx: &Cx, v: &VariableSetStmt) -> R<()> {
             format!("changing {name} is not allowed through tenantgate"),
         );
     }
+    if name == "search_path" && cx.isolation() == Isolation::Schema {
+        return reject_hint(
+            Rule::TenantSettingWrite,
+            "the proxy owns search_path in schema isolation (it points at your tenant's schema)",
+            "use unqualified relation names; the proxy sets search_path for each tenant",
+        );
+    }
     if cx.is_tenant_setting(&name) || is_reserved_setting(&name) {
         return reject(
             Rule::TenantSettingWrite,
@@ -135,7 +143,7 @@ fn copy(cx: &mut Cx, c: &CopyStmt) -> R<()> {
     let Some(rel) = c.relation.as_ref() else {
         return reject(Rule::TooComplex, "COPY without relation or query");
     };
-    match relation_kind(cx, rel)? {
+    match relation_kind(cx, rel)?.0 {
         RelKind::Tenant { column } => {
             cx.touches_tenant = true;
             let hint = format!(
@@ -149,6 +157,22 @@ fn copy(cx: &mut Cx, c: &CopyStmt) -> R<()> {
                     rel.relname
                 ),
                 hint,
+            )
+        }
+        RelKind::Isolated => {
+            // The tenant's own relation: COPY FROM STDIN / TO STDOUT are fine; a COPY FROM
+            // WHERE condition is checked like any predicate (functions, literals).
+            let empty = Scope::default();
+            let env = Env {
+                scope: &empty,
+                ctes: &[],
+                parent: None,
+            };
+            super::expr::walk_opt(
+                cx,
+                c.where_clause.as_deref(),
+                super::expr::Ctx::Predicate,
+                &env,
             )
         }
         _ if c.is_from => reject(

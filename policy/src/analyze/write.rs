@@ -1,6 +1,6 @@
 //! INSERT / UPDATE / DELETE / MERGE.
 
-use super::expr::{self, equality_edges, walk_all, walk_opt, Ctx};
+use super::expr::{self, equality_edges, walk, walk_all, walk_opt, Ctx};
 use super::scope::{Deriv, Edge, Entry, EntryKind, Env, Scope, TenantValue, Term};
 use super::select::{
     finish_from, from_edges, from_item, relation_entry, select, solve, with_clause, FromItems,
@@ -13,8 +13,14 @@ use pg_query::protobuf::{
     RangeVar, ReturningClause, UpdateStmt,
 };
 
-/// The written relation must be a tenant table; returns its entry and tenant column.
-fn target_entry(cx: &mut Cx, rv: Option<&RangeVar>, env: &Env, verb: &str) -> R<(Entry, String)> {
+/// The written relation must be a tenant table (returns its entry and tenant column) or, in
+/// schema/database isolation, a relation of the tenant's own schema/database (no tenant column).
+fn target_entry(
+    cx: &mut Cx,
+    rv: Option<&RangeVar>,
+    env: &Env,
+    verb: &str,
+) -> R<(Entry, Option<String>)> {
     let Some(rv) = rv else {
         return reject(Rule::TooComplex, format!("{verb} without target relation"));
     };
@@ -22,8 +28,9 @@ fn target_entry(cx: &mut Cx, rv: Option<&RangeVar>, env: &Env, verb: &str) -> R<
     match &entry.kind {
         EntryKind::Tenant { column, .. } => {
             let col = column.clone();
-            Ok((entry, col))
+            Ok((entry, Some(col)))
         }
+        EntryKind::Isolated => Ok((entry, None)),
         _ => reject(
             Rule::SharedTableWrite,
             format!(
@@ -43,12 +50,12 @@ fn returning(cx: &mut Cx, r: Option<&ReturningClause>, env: &Env) -> R<()> {
 }
 
 /// SET list of UPDATE / ON CONFLICT DO UPDATE / MERGE UPDATE: never the tenant column.
-fn assignments(cx: &mut Cx, targets: &[Node], tenant_col: &str, env: &Env) -> R<()> {
+fn assignments(cx: &mut Cx, targets: &[Node], tenant_col: Option<&str>, env: &Env) -> R<()> {
     for t in targets {
         let Some(N::ResTarget(rt)) = t.node.as_ref() else {
             continue;
         };
-        if rt.name == tenant_col {
+        if let Some(tenant_col) = tenant_col.filter(|c| rt.name == *c) {
             return reject_hint(
                 Rule::TenantColumnWrite,
                 format!(
@@ -88,6 +95,9 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
             }
         }
     }
+    let Some(col) = col else {
+        return insert_isolated(cx, i, entry, &env);
+    };
     let Some(idx) = cols.iter().position(|c| *c == col) else {
         let reason = format!(
             "INSERT into \"{}\" (at position {}) does not set tenant column \"{col}\"",
@@ -151,13 +161,53 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
     };
     scope.proven.insert((0, col.clone()));
     if let Some(oc) = i.on_conflict_clause.as_deref() {
-        on_conflict(cx, oc, scope, &col, &env)?;
-        return Ok(());
+        let env2 = Env {
+            scope: &scope,
+            ctes: &[],
+            parent: Some(&env),
+        };
+        returning(cx, i.returning_clause.as_ref(), &env2)?;
+        return on_conflict(cx, oc, scope, Some(&col), &env);
     }
     let env2 = Env {
         scope: &scope,
         ctes: &[],
         parent: Some(&env),
+    };
+    returning(cx, i.returning_clause.as_ref(), &env2)
+}
+
+/// INSERT into a relation of the tenant's own schema/database: no tenant column to set.
+fn insert_isolated(cx: &mut Cx, i: &InsertStmt, entry: Entry, env: &Env) -> R<()> {
+    match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+        Some(N::SelectStmt(s)) if !s.values_lists.is_empty() && s.from_clause.is_empty() => {
+            for row in &s.values_lists {
+                walk(cx, row, Ctx::Value, env)?;
+            }
+        }
+        Some(N::SelectStmt(s)) => {
+            select(cx, s, Some(env))?;
+        }
+        Some(_) => return reject(Rule::TooComplex, "unsupported INSERT source"),
+        None => {} // DEFAULT VALUES
+    }
+    let scope = Scope {
+        entries: vec![entry],
+        ..Scope::default()
+    };
+    if let Some(oc) = i.on_conflict_clause.as_deref() {
+        let env2 = Env {
+            scope: &scope,
+            ctes: &[],
+            parent: Some(env),
+        };
+        returning(cx, i.returning_clause.as_ref(), &env2)?;
+        return on_conflict(cx, oc, scope, None, env);
+    }
+    let env2 = Env {
+        scope: &scope,
+        ctes: &[],
+        parent: Some(env),
     };
     returning(cx, i.returning_clause.as_ref(), &env2)
 }
@@ -180,7 +230,13 @@ fn record_value(cx: &mut Cx, t: Option<Term>) -> bool {
 
 /// DO UPDATE may hit an existing row of another tenant unless the conflict target includes the
 /// tenant column or the DO UPDATE WHERE restricts the target to the tenant.
-fn on_conflict(cx: &mut Cx, oc: &OnConflictClause, scope: Scope, col: &str, env: &Env) -> R<()> {
+fn on_conflict(
+    cx: &mut Cx,
+    oc: &OnConflictClause,
+    scope: Scope,
+    col: Option<&str>,
+    env: &Env,
+) -> R<()> {
     let mut scope = scope;
     scope.entries.push(Entry {
         name: "excluded".into(),
@@ -190,36 +246,8 @@ fn on_conflict(cx: &mut Cx, oc: &OnConflictClause, scope: Scope, col: &str, env:
         known_cols: vec![],
     });
     if oc.action == OnConflictAction::OnconflictUpdate as i32 {
-        let keyed = oc.infer.as_ref().is_some_and(|inf| {
-            inf.index_elems
-                .iter()
-                .any(|e| matches!(e.node.as_ref(), Some(N::IndexElem(ie)) if ie.name == col))
-        });
-        if !keyed {
-            let mut check = Scope {
-                entries: scope.entries.clone(),
-                ..Scope::default()
-            };
-            let mut edges = Vec::new();
-            if let Some(w) = oc.where_clause.as_deref() {
-                let e = Env {
-                    scope: &check,
-                    ctes: &[],
-                    parent: Some(env),
-                };
-                equality_edges(cx, w, &e, None, &Deriv::Any, &mut edges);
-            }
-            check.solve(cx, &edges);
-            if !check.entry_constrained(0) {
-                return reject_hint(
-                    Rule::TenantFilterMissing,
-                    format!(
-                        "ON CONFLICT DO UPDATE (at position {}) could update another tenant's row",
-                        pos(oc.location)
-                    ),
-                    format!("include {col} in the conflict target, e.g. ON CONFLICT ({col}, id)"),
-                );
-            }
+        if let Some(col) = col {
+            on_conflict_keyed(cx, oc, &scope, col, env)?;
         }
         let env2 = Env {
             scope: &scope,
@@ -228,6 +256,48 @@ fn on_conflict(cx: &mut Cx, oc: &OnConflictClause, scope: Scope, col: &str, env:
         };
         assignments(cx, &oc.target_list, col, &env2)?;
         walk_opt(cx, oc.where_clause.as_deref(), Ctx::Predicate, &env2)?;
+    }
+    Ok(())
+}
+
+/// Row isolation: DO UPDATE must be restricted to the tenant's rows.
+fn on_conflict_keyed(
+    cx: &mut Cx,
+    oc: &OnConflictClause,
+    scope: &Scope,
+    col: &str,
+    env: &Env,
+) -> R<()> {
+    let keyed = oc.infer.as_ref().is_some_and(|inf| {
+        inf.index_elems
+            .iter()
+            .any(|e| matches!(e.node.as_ref(), Some(N::IndexElem(ie)) if ie.name == col))
+    });
+    if !keyed {
+        let mut check = Scope {
+            entries: scope.entries.clone(),
+            ..Scope::default()
+        };
+        let mut edges = Vec::new();
+        if let Some(w) = oc.where_clause.as_deref() {
+            let e = Env {
+                scope: &check,
+                ctes: &[],
+                parent: Some(env),
+            };
+            equality_edges(cx, w, &e, None, &Deriv::Any, &mut edges);
+        }
+        check.solve(cx, &edges);
+        if !check.entry_constrained(0) {
+            return reject_hint(
+                Rule::TenantFilterMissing,
+                format!(
+                    "ON CONFLICT DO UPDATE (at position {}) could update another tenant's row",
+                    pos(oc.location)
+                ),
+                format!("include {col} in the conflict target, e.g. ON CONFLICT ({col}, id)"),
+            );
+        }
     }
     Ok(())
 }
@@ -249,7 +319,7 @@ pub(crate) fn update(cx: &mut Cx, u: &UpdateStmt, env: &Env) -> R<()> {
         parent: Some(&env),
     };
     finish_from(cx, &items.quals, &items.deferred, &env2)?;
-    assignments(cx, &u.target_list, &col, &env2)?;
+    assignments(cx, &u.target_list, col.as_deref(), &env2)?;
     walk_opt(cx, u.where_clause.as_deref(), Ctx::Predicate, &env2)?;
     returning(cx, u.returning_clause.as_ref(), &env2)
 }
@@ -354,9 +424,9 @@ pub(crate) fn merge(cx: &mut Cx, m: &MergeStmt, env: &Env) -> R<()> {
     for c in clauses {
         walk_opt(cx, c.condition.as_deref(), Ctx::Predicate, &env2)?;
         if c.match_kind == MergeMatchKind::MergeWhenNotMatchedByTarget as i32 {
-            merge_insert(cx, c, &col, &env2, &source_ids)?;
+            merge_insert(cx, c, col.as_deref(), &env2, &source_ids)?;
         } else {
-            assignments(cx, &c.target_list, &col, &env2)?;
+            assignments(cx, &c.target_list, col.as_deref(), &env2)?;
         }
     }
     returning(cx, m.returning_clause.as_ref(), &env2)
@@ -365,10 +435,14 @@ pub(crate) fn merge(cx: &mut Cx, m: &MergeStmt, env: &Env) -> R<()> {
 fn merge_insert(
     cx: &mut Cx,
     c: &pg_query::protobuf::MergeWhenClause,
-    col: &str,
+    col: Option<&str>,
     env: &Env,
     source_ids: &[usize],
 ) -> R<()> {
+    let Some(col) = col else {
+        // The tenant's own relation: nothing to prove about the inserted row.
+        return walk_all(cx, &c.values, Ctx::Value, env);
+    };
     let names: Vec<&str> = c
         .target_list
         .iter()

@@ -45,3 +45,35 @@ pub fn catalog() -> Catalog {
     c.add_function("public", "order_total");
     c
 }
+
+/// Schema isolation: every tenant schema (`tenant_acme`, `tenant_globex`, …) has the isolated
+/// relations; `public` and `ref` are the shared schemas (search_path =
+/// `<tenant schema>, public, ref`).
+pub fn schema_catalog() -> Catalog {
+    let mut c = Catalog::new("tenant_id");
+    for r in [
+        "orders",
+        "customers",
+        "order_items",
+        "invoices",
+        "Projects",
+        "orders_id_seq",
+        "customers_id_seq",
+        "schema_migrations",
+        "ar_internal_metadata",
+        "_prisma_migrations",
+        "plans_overrides",
+    ] {
+        c.add_isolated_relation(r);
+    }
+    // A row-isolated table in the shared schema (e.g. global users with an org column).
+    c.add_tenant_table("public", "users", "org_id");
+    c.add_unique_key("public", "users", &["id"]);
+    c.add_shared_table("public", "plans");
+    c.add_relation("public", "countries");
+    // `ref.users` is shadowed by `public.users` (public comes first in shared_schemas).
+    c.add_shared_table("ref", "users");
+    c.add_shared_table("ref", "currencies");
+    c.add_function("public", "order_total");
+    c
+}

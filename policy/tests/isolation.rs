@@ -1,0 +1,270 @@
+//! Schema and database isolation: post-cache checks, session schema, reasons, API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use tenantgate_policy::{Catalog, Isolation, Policy, PolicyConfig, Rule, SessionCtx, Verdict};
+
+fn schema_policy(cache_entries: usize) -> Policy {
+    Policy::new(
+        PolicyConfig {
+            isolation: Isolation::Schema,
+            cache_entries,
+            ..PolicyConfig::default()
+        },
+        common::schema_catalog(),
+    )
+}
+
+const ACME: SessionCtx = SessionCtx {
+    tenant: Some("acme"),
+    schema: Some("tenant_acme"),
+};
+const GLOBEX: SessionCtx = SessionCtx {
+    tenant: Some("globex"),
+    schema: Some("tenant_globex"),
+};
+
+const PRISMA: &str = r#"SELECT "tenant_acme"."orders"."id" FROM "tenant_acme"."orders" WHERE "tenant_acme"."orders"."id" = $1"#;
+
+#[test]
+fn cache_is_sound_across_schemas() {
+    // acme first, then globex: allow then reject (the second is a cache hit).
+    let p = schema_policy(100);
+    assert!(p.check(PRISMA, &ACME).is_allowed());
+    let d = p.check(PRISMA, &GLOBEX);
+    assert_eq!(d.rule, Rule::CrossTenantSchema, "{}", d.reason);
+    assert!(d.reason.contains("tenant_acme.orders"), "{}", d.reason);
+    assert!(d.reason.contains("use unqualified names"), "{}", d.reason);
+    assert_eq!(d.sqlstate, "42501");
+    assert!(!d.normalized.is_empty() && !d.fingerprint.is_empty());
+    // The cached decision itself was not changed by the rejection.
+    assert!(p.check(PRISMA, &ACME).is_allowed());
+    let (hits, misses) = p.cache_stats();
+    assert_eq!((hits, misses), (2, 1));
+
+    // globex first, then acme.
+    let p = schema_policy(100);
+    assert_eq!(p.check(PRISMA, &GLOBEX).rule, Rule::CrossTenantSchema);
+    assert!(p.check(PRISMA, &ACME).is_allowed());
+    assert_eq!(p.check(PRISMA, &GLOBEX).rule, Rule::CrossTenantSchema);
+    assert_eq!(p.cache_stats(), (2, 1));
+
+    // Same answers without a cache.
+    let p = schema_policy(0);
+    assert!(p.check(PRISMA, &ACME).is_allowed());
+    assert_eq!(p.check(PRISMA, &GLOBEX).rule, Rule::CrossTenantSchema);
+}
+
+#[test]
+fn literal_relation_names_are_checked_after_the_cache_and_never_echoed() {
+    let p = schema_policy(100);
+    let sql = "SELECT nextval('tenant_acme.orders_id_seq')";
+    assert!(p.check(sql, &ACME).is_allowed());
+    let d = p.check(sql, &GLOBEX);
+    assert_eq!(d.rule, Rule::CrossTenantSchema);
+    assert!(!d.reason.contains("tenant_acme"), "{}", d.reason);
+    assert!(d.reason.contains("position 8"), "{}", d.reason);
+
+    for sql in [
+        "SELECT 'tenant_topsecret.orders'::regclass",
+        "SELECT has_table_privilege('tenant_topsecret.orders', 'SELECT')",
+        "SELECT nextval('topsecret.a.b')",
+        "SELECT nextval('12345topsecret')",
+        "SELECT set_config('search_path', 'topsecret', false)",
+        "SET search_path TO topsecret",
+        "SELECT * FROM orders WHERE status = 'topsecret'",
+    ] {
+        let d = p.check(sql, &ACME);
+        assert_eq!(d.verdict, Verdict::Reject, "{sql}");
+        assert!(!d.reason.contains("topsecret"), "{sql}: {}", d.reason);
+        assert!(
+            !d.hint.as_deref().unwrap_or("").contains("topsecret"),
+            "{sql}: {:?}",
+            d.hint
+        );
+    }
+}
+
+#[test]
+fn session_schema_is_required() {
+    let p = schema_policy(100);
+    let no_schema = SessionCtx {
+        tenant: Some("acme"),
+        schema: None,
+    };
+    let d = p.check("SELECT id FROM orders", &no_schema);
+    assert_eq!(d.rule, Rule::TenantNotSet, "{}", d.reason);
+    let d = p.check("SELECT id FROM tenant_acme.orders", &no_schema);
+    assert_eq!(d.rule, Rule::CrossTenantSchema, "{}", d.reason);
+    assert!(p.check("SELECT id FROM plans", &no_schema).is_allowed());
+    let none = SessionCtx::default();
+    assert_eq!(
+        p.check("SELECT id FROM orders", &none).rule,
+        Rule::TenantNotSet
+    );
+    assert!(p.check("SELECT id FROM orders", &ACME).is_allowed());
+}
+
+#[test]
+fn shared_schemas_resolve_in_order() {
+    let mut cat = Catalog::new("tenant_id");
+    cat.add_isolated_relation("orders");
+    cat.add_shared_table("ref", "plans");
+    cat.add_tenant_table("public", "plans", "tenant_id");
+    let policy = |shared: &[&str], cat: &Catalog| {
+        Policy::new(
+            PolicyConfig {
+                isolation: Isolation::Schema,
+                shared_schemas: shared.iter().map(|s| (*s).to_owned()).collect(),
+                ..PolicyConfig::default()
+            },
+            cat.clone(),
+        )
+    };
+    // public first: plans is the row-isolated public.plans.
+    let p = policy(&["public", "ref"], &cat);
+    assert_eq!(
+        p.check("SELECT id FROM plans", &ACME).rule,
+        Rule::TenantFilterMissing
+    );
+    assert!(p
+        .check("SELECT id FROM plans WHERE tenant_id = $1", &ACME)
+        .is_allowed());
+    // ref first: plans is the shared ref.plans.
+    let p = policy(&["ref", "public"], &cat);
+    assert!(p.check("SELECT id FROM plans", &ACME).is_allowed());
+    // A schema that is not shared is not readable, even when the catalog knows it.
+    let p = policy(&["ref"], &cat);
+    assert_eq!(
+        p.check("SELECT id FROM public.plans WHERE tenant_id = $1", &ACME)
+            .rule,
+        Rule::UnknownRelation
+    );
+    // Isolated relations win over shared ones (the tenant schema is first in search_path).
+    cat.add_shared_table("public", "orders");
+    let p = policy(&["public"], &cat);
+    assert!(p.check("UPDATE orders SET total = $1", &ACME).is_allowed());
+    assert_eq!(
+        p.check("UPDATE public.orders SET total = $1", &ACME).rule,
+        Rule::SharedTableWrite
+    );
+}
+
+#[test]
+fn database_isolation() {
+    let p = Policy::new(
+        PolicyConfig {
+            isolation: Isolation::Database,
+            ..PolicyConfig::default()
+        },
+        common::catalog(),
+    );
+    let t = SessionCtx {
+        tenant: Some("acme"),
+        schema: None,
+    };
+    let d = p.check("UPDATE orders SET total = $1 WHERE id = $2", &t);
+    assert!(d.is_allowed(), "{}", d.reason);
+    assert!(d.tenant_params.is_empty());
+    assert!(p.check("SET search_path TO billing", &t).is_allowed());
+    assert_eq!(
+        p.check("SELECT * FROM orders", &SessionCtx::default()).rule,
+        Rule::TenantNotSet
+    );
+    // The schema of the session plays no role in database isolation.
+    assert!(p.check("SELECT * FROM billing.payments", &t).is_allowed());
+}
+
+#[test]
+fn row_isolation_ignores_the_schema_context() {
+    let p = Policy::new(PolicyConfig::default(), common::catalog());
+    let t = SessionCtx {
+        tenant: Some("t1"),
+        schema: Some("tenant_acme"),
+    };
+    assert_eq!(
+        p.check("SELECT * FROM orders", &t).rule,
+        Rule::TenantFilterMissing
+    );
+    assert!(p.check("SET search_path TO tenant_x", &t).is_allowed());
+    assert!(p
+        .check("SELECT relname FROM pg_class WHERE oid = $1::regclass", &t)
+        .is_allowed());
+    assert_eq!(
+        p.check("SELECT pg_total_relation_size('orders')", &t).rule,
+        Rule::ForbiddenFunction
+    );
+}
+
+#[test]
+fn isolation_serializes_lowercase() {
+    assert_eq!(
+        serde_json::to_string(&Isolation::Schema).unwrap(),
+        "\"schema\""
+    );
+    assert_eq!(
+        Rule::from_id("cross-tenant-schema"),
+        Some(Rule::CrossTenantSchema)
+    );
+}
+
+/// Mutated corpus statements under schema and database isolation: no panic, and cached and
+/// uncached decisions agree for two different sessions.
+#[test]
+fn mutated_statements_agree_with_and_without_cache() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
+    let mut seeds: Vec<String> = Vec::new();
+    for f in ["60_schema.corpus", "70_database.corpus"] {
+        let text = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+        seeds.extend(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once('|'))
+                .map(|(_, s)| s.trim().to_owned()),
+        );
+    }
+    for isolation in [Isolation::Schema, Isolation::Database] {
+        let cfg = |cache_entries| PolicyConfig {
+            isolation,
+            cache_entries,
+            ..PolicyConfig::default()
+        };
+        let cached = Policy::new(cfg(64), common::schema_catalog());
+        let fresh = Policy::new(cfg(0), common::schema_catalog());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..1500 {
+            let mut input = seeds[(next() % seeds.len() as u64) as usize]
+                .as_bytes()
+                .to_vec();
+            for _ in 0..(next() % 3) {
+                let at = (next() % (input.len() as u64 + 1)) as usize;
+                match next() % 3 {
+                    0 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    1 => input.insert(at, b"'.\"$;(x"[(next() % 7) as usize]),
+                    _ => input
+                        .splice(at..at, b" tenant_globex.".iter().copied())
+                        .for_each(drop),
+                }
+            }
+            for ctx in [ACME, GLOBEX, SessionCtx::default()] {
+                let a = cached.check_bytes(&input, &ctx);
+                let b = fresh.check_bytes(&input, &ctx);
+                assert_eq!(
+                    (a.verdict, a.rule),
+                    (b.verdict, b.rule),
+                    "{}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
+}
