@@ -90,6 +90,17 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    fn apply_discovery(&self, database: &str, found: Option<&crate::discovery::Discovered>) {
+        for isolation in Isolation::ALL {
+            if let Some(slot) = self.policies.get(&(database.to_string(), isolation)) {
+                let policy = crate::discovery::build_policy(&self.config, isolation, found);
+                slot.store(Arc::new(policy));
+            }
+        }
+    }
+}
+
 pub struct App {
     runtime: ArcSwap<Runtime>,
     /// The file the configuration came from, for reloads.
@@ -221,13 +232,7 @@ impl App {
     /// Installs the policies of a database built from a catalog discovery (None: from the
     /// configuration only).
     pub fn apply_discovery(&self, database: &str, found: Option<&crate::discovery::Discovered>) {
-        let rt = self.runtime.load();
-        for isolation in Isolation::ALL {
-            if let Some(slot) = rt.policies.get(&(database.to_string(), isolation)) {
-                let policy = crate::discovery::build_policy(&rt.config, isolation, found);
-                slot.store(Arc::new(policy));
-            }
-        }
+        self.runtime.load().apply_discovery(database, found);
     }
 
     /// The pool a placement's transactions run on: the database's own pool for row and
@@ -287,6 +292,17 @@ impl App {
         let mut notes = restart_only_changes(&old.config, &config);
         let config = Arc::new(config);
         let new = Runtime::build(config.clone(), Some(&old)).map_err(|e| vec![e.to_string()])?;
+        // Read every catalog before the swap, so no statement is ever screened with a
+        // policy that has not seen the server (it would reject undeclared relations).
+        for (name, pool) in &new.pools {
+            let target = pool.settings().target.clone();
+            match crate::discovery::discover_target(&target, &config.tenancy.column).await {
+                Ok(found) => new.apply_discovery(name, Some(&found)),
+                Err(e) => notes.push(format!(
+                    "database {name:?}: catalog discovery failed ({e}); undeclared relations are rejected"
+                )),
+            }
+        }
         for name in new.pools.keys() {
             self.stats.add_database(name);
         }
@@ -304,16 +320,6 @@ impl App {
             let base = rt.pools.get(database)?;
             Some(tenant_pool_settings(&base.settings(), tenant_db, &config))
         });
-        for pool in self.pools() {
-            let target = pool.settings().target.clone();
-            match crate::discovery::discover_target(&target, &config.tenancy.column).await {
-                Ok(found) => self.apply_discovery(&pool.name, Some(&found)),
-                Err(e) => notes.push(format!(
-                    "database {:?}: catalog discovery failed ({e}); undeclared relations are rejected",
-                    pool.name
-                )),
-            }
-        }
         let summary = if notes.is_empty() {
             "configuration reloaded".to_string()
         } else {

@@ -392,9 +392,11 @@ async fn session_events_carry_their_own_fields() {
     });
     let mut failure = event(AuditKind::AuthFailure);
     failure.tenant = None;
+    failure.isolation = None;
     write(&config(&path), [failure, switch]).await;
     let l = lines(&path);
     assert!(l[0].contains("\"tenant\":null,\"event\":\"auth_failure\",\"prev_hash\""));
     assert!(l[1].contains("\"event\":\"tenant_switch\",\"from\":\"acme\",\"to\":null,"));
+    assert!(l[1].contains(",\"isolation\":\"row\",\"prev_hash\""));
     assert_eq!(verify(&[path]).unwrap().records, 2);
 }

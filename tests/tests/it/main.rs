@@ -20,5 +20,6 @@ mod pooling_semantics;
 mod protocol;
 mod reload;
 mod restart;
+mod strategies;
 mod tls;
 mod transaction_pool;
