@@ -83,8 +83,8 @@ pub async fn run(args: Args) -> ExitCode {
     );
     let placed_in = match &placement {
         Placement::Row => None,
-        Placement::Schema(s) => Some(format!("schema {s}")),
-        Placement::Database(d) => Some(format!("database {d}")),
+        Placement::Schema(s) => Some(s.clone()),
+        Placement::Database(d) => Some(d.clone()),
     };
     if args.json {
         let mut value = match serde_json::to_value(&*decision) {
