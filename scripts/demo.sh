@@ -189,6 +189,8 @@ show_demo() {
     as_tenant acme_app acme_pw "$allowed" || die "the allowed query failed (see .demo/tenantgate.log)"
     echo "--- the same query as globex_app (tenant globex) sees only globex's orders"
     as_tenant globex_app globex_pw "$allowed" || die "the allowed query failed (see .demo/tenantgate.log)"
+    echo "--- the same query as initech_app: tenant initech has a schema of its own (schema isolation)"
+    as_tenant initech_app initech_pw "$allowed" || die "the allowed query failed (see .demo/tenantgate.log)"
     echo "--- rejected: a query that is not constrained to the tenant"
     echo "\$ SELECT * FROM orders"
     if as_tenant acme_app acme_pw "SELECT * FROM orders" 2>&1; then
@@ -198,6 +200,7 @@ show_demo() {
     echo "tenantgate is running (pid $(cat "$PID_FILE")). Connect with:"
     echo "  psql \"host=127.0.0.1 port=$PROXY_PORT dbname=app user=acme_app password=acme_pw\""
     echo "  psql \"host=127.0.0.1 port=$PROXY_PORT dbname=app user=globex_app password=globex_pw\""
+    echo "  psql \"host=127.0.0.1 port=$PROXY_PORT dbname=app user=initech_app password=initech_pw\"   (schema isolation)"
     if [ "$TLS" -eq 1 ]; then
         echo "  psql \"host=127.0.0.1 port=$PROXY_PORT dbname=app user=acme_app password=acme_pw sslmode=require\""
         echo "      (TLS with a self-signed certificate: .demo/server.crt)"

@@ -1,5 +1,6 @@
 -- tenantgate demo schema: two tenants (acme, globex) in shared tables, isolated twice over:
--- tenantgate checks every statement, and Row-Level Security in Postgres backs it up.
+-- tenantgate checks every statement, and Row-Level Security in Postgres backs it up. A third
+-- tenant (initech) has a schema of its own (schema isolation): tenantgate sets search_path.
 --
 -- Load as a superuser into database "app":   psql -d app -f examples/demo/schema.sql
 -- Safe to re-run: it drops and recreates the demo tables and keeps the role.
@@ -18,6 +19,7 @@ $$;
 ALTER ROLE app_rw LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD 'app_rw_pw';
 
 DROP TABLE IF EXISTS orders, customers, plans CASCADE;
+DROP SCHEMA IF EXISTS tenant_initech CASCADE;
 
 -- Shared by all tenants: readable, not writable through tenantgate.
 CREATE TABLE plans (
@@ -84,5 +86,18 @@ CREATE POLICY tenant_isolation ON orders
 GRANT USAGE ON SCHEMA public TO app_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_rw;
 GRANT SELECT ON plans TO app_rw;
+
+-- Schema isolation: initech's tables in its own schema (same columns, so the app's queries do
+-- not change when a tenant moves between strategies).
+CREATE SCHEMA tenant_initech;
+CREATE TABLE tenant_initech.customers (LIKE public.customers INCLUDING ALL);
+CREATE TABLE tenant_initech.orders (LIKE public.orders INCLUDING ALL);
+INSERT INTO tenant_initech.customers (tenant_id, id, name, email) VALUES
+    ('initech', 1, 'Peter Gibbons', 'peter@initech.example');
+INSERT INTO tenant_initech.orders (tenant_id, id, customer_id, total, status) VALUES
+    ('initech', 1, 1, 42.00, 'paid'),
+    ('initech', 2, 1, 7.00, 'new');
+GRANT USAGE ON SCHEMA tenant_initech TO app_rw;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA tenant_initech TO app_rw;
 
 COMMIT;

@@ -140,6 +140,29 @@ async fn demo_queries_through_the_proxy() {
         let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         ids.sort();
         assert_eq!(ids, vec![4, 5, 6]);
+
+        // initech lives in its own schema: the same query, its own rows, no filter needed.
+        let initech = proxy.connect("initech_app", "initech_pw", "app").await.unwrap();
+        let rows = initech
+            .query(
+                "SELECT total::text FROM orders WHERE tenant_id = current_setting('app.current_tenant') ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let totals: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(totals, ["42.00", "7.00"]);
+        let n: i64 = initech
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+        let err = initech
+            .simple_query("SELECT * FROM public.orders")
+            .await
+            .expect_err("the shared orders table still needs the tenant filter");
+        assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42501"));
     })
     .await;
 }

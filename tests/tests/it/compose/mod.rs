@@ -242,6 +242,11 @@ fn container_config_is_the_demo() {
         json!(demo.tenancy),
         "[tenancy] differs"
     );
+    assert_eq!(
+        json!(config.tenants),
+        json!(demo.tenants),
+        "[[tenants]] differ"
+    );
     assert_eq!(json!(config.policy), json!(demo.policy), "[policy] differs");
     assert_eq!(json!(config.auth), json!(demo.auth), "[auth] differs");
     assert_eq!(config.databases.len(), demo.databases.len());

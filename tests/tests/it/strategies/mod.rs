@@ -94,6 +94,26 @@ async fn fixture() -> String {
     main
 }
 
+fn user(
+    name: &str,
+    tenant: Option<&str>,
+    tenant_from: Option<tenantgate_config::TenantSource>,
+    allowed_tenants: Vec<String>,
+) -> tenantgate_config::UserConfig {
+    tenantgate_config::UserConfig {
+        name: name.into(),
+        password: Some(PASSWORD.into()),
+        password_env: None,
+        auth_type: None,
+        tenant: tenant.map(str::to_string),
+        tenant_from,
+        allowed_tenants,
+        max_tenant_connections: None,
+        databases: vec![],
+        bypass_policy: false,
+    }
+}
+
 fn user_toml(name: &str, tenant: &str) -> String {
     format!("[[users]]\nname = \"{name}\"\npassword = \"{PASSWORD}\"\ntenant = \"{tenant}\"\n\n")
 }
@@ -377,18 +397,9 @@ async fn a_switch_user_moves_between_strategies_per_transaction() {
     let main = fixture().await;
     let extra = "";
     let mut cfg = config(&main, PoolMode::Transaction, extra);
-    cfg.users.push(tenantgate_config::UserConfig {
-        name: "switcher".into(),
-        password: Some(PASSWORD.into()),
-        password_env: None,
-        auth_type: None,
-        tenant: None,
-        tenant_from: Some(tenantgate_config::TenantSource::Switch),
-        allowed_tenants: vec!["rowco".into(), "schemaco".into(), "dbco".into()],
-        max_tenant_connections: None,
-        databases: vec![],
-        bypass_policy: false,
-    });
+    let allowed = vec!["rowco".into(), "schemaco".into(), "dbco".into()];
+    let switch = Some(tenantgate_config::TenantSource::Switch);
+    cfg.users.push(user("switcher", None, switch, allowed));
     let proxy = TestProxy::start(cfg).await;
     within(60, "switching strategies", async {
         let c = proxy.connect("switcher", PASSWORD, "app").await.unwrap();
@@ -438,6 +449,51 @@ async fn a_switch_user_moves_between_strategies_per_transaction() {
         assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
         c.simple_query("ROLLBACK").await.unwrap();
         assert_eq!(items(&c, APP_QUERY).await, ["row-1", "row-2"]);
+    })
+    .await;
+    proxy.shutdown().await.unwrap();
+    for db in ["dbco", "dbvictim"] {
+        drop_database(&format!("{main}_{db}")).await;
+    }
+}
+
+/// Two schema tenants on one server connection, running the same prepared statements in turn:
+/// the server-side statement is shared (same text), its plan follows `search_path`, and each
+/// tenant only ever sees its own schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_tenants_sharing_one_server_and_its_prepared_statements_stay_apart() {
+    let main = fixture().await;
+    let mut cfg = config(&main, PoolMode::Transaction, "");
+    cfg.databases[0].pool_size = 1;
+    cfg.users
+        .push(user("victim_app", Some("victim"), None, vec![]));
+    let proxy = TestProxy::start(cfg).await;
+    within(60, "shared server, two schemas", async {
+        let a = proxy.connect(SCHEMA_USER, PASSWORD, "app").await.unwrap();
+        let b = proxy.connect("victim_app", PASSWORD, "app").await.unwrap();
+        let unfiltered = "SELECT item FROM orders ORDER BY id";
+        let (a1, a2) = (
+            a.prepare(APP_QUERY).await.unwrap(),
+            a.prepare(unfiltered).await.unwrap(),
+        );
+        let (b1, b2) = (
+            b.prepare(APP_QUERY).await.unwrap(),
+            b.prepare(unfiltered).await.unwrap(),
+        );
+        for round in 0..20 {
+            for (client, stmts, want) in [
+                (&a, [&a1, &a2], "schema-1"),
+                (&b, [&b1, &b2], "victim-secret"),
+            ] {
+                for stmt in stmts {
+                    let rows = client.query(stmt, &[]).await.unwrap();
+                    let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    assert_eq!(got, [want], "round {round}");
+                }
+                let got = items(client, unfiltered).await;
+                assert_eq!(got, [want], "round {round}, unnamed");
+            }
+        }
     })
     .await;
     proxy.shutdown().await.unwrap();
