@@ -11,6 +11,7 @@
 
 use crate::pool::{Pool, PoolError, PoolSettings};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -28,6 +29,10 @@ struct Budget {
 pub struct TenantPools {
     pools: Mutex<HashMap<Key, Arc<Pool>>>,
     budget: Mutex<Budget>,
+    /// Pools created since start (a pool dropped when unused and needed again counts twice).
+    created: AtomicU64,
+    /// Idle servers closed to make room for another tenant database.
+    evictions: AtomicU64,
 }
 
 /// The right to hold one server connection of a tenant pool; returned when dropped (the
@@ -55,6 +60,8 @@ pub struct BudgetCounts {
     pub servers: usize,
     pub cap: usize,
     pub waiting: usize,
+    pub created: u64,
+    pub evictions: u64,
 }
 
 impl TenantPools {
@@ -65,6 +72,8 @@ impl TenantPools {
                 cap: cap.max(1),
                 ..Budget::default()
             }),
+            created: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -95,6 +104,7 @@ impl TenantPools {
             Arc::downgrade(self),
         );
         pools.insert(key, pool.clone());
+        self.created.fetch_add(1, Ordering::Relaxed);
         pool
     }
 
@@ -111,6 +121,8 @@ impl TenantPools {
             servers: b.used,
             cap: b.cap,
             waiting: b.waiters.len(),
+            created: self.created.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -167,10 +179,11 @@ impl TenantPools {
             .into_iter()
             .filter_map(|p| p.oldest_idle().map(|at| (at, p)))
             .min_by_key(|(at, _)| *at);
-        match victim {
-            Some((_, pool)) => pool.close_oldest_idle(),
-            None => false,
+        let evicted = victim.is_some_and(|(_, pool)| pool.close_oldest_idle());
+        if evicted {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
         }
+        evicted
     }
 
     /// A slot for one new server connection: free budget, an evicted idle server's, or the

@@ -402,7 +402,7 @@ fn lists(app: &App) -> Table {
         free += c.idle;
     }
     let budget = app.tenant_pools().counts();
-    let items: [(&str, usize); 10] = [
+    let items: [(&str, usize); 12] = [
         ("databases", app.config().databases.len()),
         ("users", app.config().users.len()),
         ("pools", app.pools().len()),
@@ -413,6 +413,8 @@ fn lists(app: &App) -> Table {
         ("tenant_database_pools", budget.pools),
         ("tenant_database_servers", budget.servers),
         ("max_database_connections", budget.cap),
+        ("tenant_database_pools_created", budget.created as usize),
+        ("tenant_database_evictions", budget.evictions as usize),
     ];
     for (name, n) in items {
         t.push(vec![name.into(), n.into()]);

@@ -490,6 +490,8 @@ impl Stats {
         gauge!("tenantgate_tenant_database_servers").set(tenant_dbs.servers as f64);
         gauge!("tenantgate_tenant_database_servers_max").set(tenant_dbs.cap as f64);
         gauge!("tenantgate_tenant_database_waiting").set(tenant_dbs.waiting as f64);
+        counter!("tenantgate_tenant_database_pools_created_total").absolute(tenant_dbs.created);
+        counter!("tenantgate_tenant_database_evictions_total").absolute(tenant_dbs.evictions);
         if let Some(audit) = app.audit() {
             gauge!("tenantgate_audit_queue_depth").set(audit.queue_depth() as f64);
             counter!("tenantgate_audit_dropped_records_total").absolute(audit.dropped_total());

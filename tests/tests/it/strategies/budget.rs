@@ -137,6 +137,9 @@ async fn two_thousand_tenants_share_a_fifty_connection_budget() {
         assert!(get("tenant_database_servers") <= CAP as i64);
         assert_eq!(get("max_database_connections"), CAP as i64);
         assert!(get("tenant_database_pools") >= 1);
+        // Every database got a pool, and the budget moved between them.
+        assert!(get("tenant_database_pools_created") >= DATABASES as i64);
+        assert!(get("tenant_database_evictions") > 0);
         assert!(server_backends(&su, &prefix).await <= CAP as i64);
     })
     .await;
