@@ -23,7 +23,7 @@ pub struct Runtime {
     users: HashMap<String, Arc<UserEntry>>,
     pools: HashMap<String, Arc<Pool>>,
     /// Per database and isolation strategy; replaced when the catalog is (re)discovered.
-    policies: HashMap<(String, Isolation), Arc<ArcSwap<Policy>>>,
+    policies: HashMap<String, PolicySet>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -72,13 +72,10 @@ impl Runtime {
                 None => Pool::new(&db.name, settings),
             };
             pools.insert(db.name.clone(), pool);
-            for isolation in Isolation::ALL {
-                let policy = crate::discovery::build_policy(&config, isolation, None);
-                policies.insert(
-                    (db.name.clone(), isolation),
-                    Arc::new(ArcSwap::from_pointee(policy)),
-                );
-            }
+            let set = Isolation::ALL.map(|isolation| {
+                ArcSwap::from_pointee(crate::discovery::build_policy(&config, isolation, None))
+            });
+            policies.insert(db.name.clone(), PolicySet(set));
         }
         Ok(Runtime {
             config,
@@ -90,13 +87,28 @@ impl Runtime {
     }
 }
 
+/// A database's policies, one per isolation strategy (indexed as [`Isolation::ALL`]).
+struct PolicySet([ArcSwap<Policy>; 3]);
+
+impl PolicySet {
+    fn slot(&self, isolation: Isolation) -> &ArcSwap<Policy> {
+        let i = match isolation {
+            Isolation::Row => 0,
+            Isolation::Schema => 1,
+            Isolation::Database => 2,
+        };
+        &self.0[i]
+    }
+}
+
 impl Runtime {
     fn apply_discovery(&self, database: &str, found: Option<&crate::discovery::Discovered>) {
+        let Some(set) = self.policies.get(database) else {
+            return;
+        };
         for isolation in Isolation::ALL {
-            if let Some(slot) = self.policies.get(&(database.to_string(), isolation)) {
-                let policy = crate::discovery::build_policy(&self.config, isolation, found);
-                slot.store(Arc::new(policy));
-            }
+            let policy = crate::discovery::build_policy(&self.config, isolation, found);
+            set.slot(isolation).store(Arc::new(policy));
         }
     }
 }
@@ -203,6 +215,11 @@ impl App {
         self.runtime.load().config.clone()
     }
 
+    /// Is `config` still the configuration in force (no reload since it was read)?
+    pub fn config_is(&self, config: &Arc<Config>) -> bool {
+        Arc::ptr_eq(&self.runtime.load().config, config)
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
@@ -225,8 +242,8 @@ impl App {
         self.runtime
             .load()
             .policies
-            .get(&(database.to_string(), isolation))
-            .map(|p| p.load_full())
+            .get(database)
+            .map(|set| set.slot(isolation).load_full())
     }
 
     /// Installs the policies of a database built from a catalog discovery (None: from the

@@ -64,11 +64,10 @@ impl Session {
 
     /// Transaction mode, between transactions: follow a reload that moved the tenant.
     pub(super) fn refresh_placement(&mut self) -> Result<(), PgError> {
-        let config = self.app.config();
-        if Arc::ptr_eq(&config, &self.placed_with) {
+        if self.app.config_is(&self.placed_with) {
             return Ok(());
         }
-        self.placed_with = config;
+        self.placed_with = self.app.config();
         let (placement, pool) = resolve(&self.app, &self.id.database, self.tenant.as_deref())?;
         if placement != self.placement {
             tracing::info!(conn = self.id.conn_id, tenant = ?self.tenant, from = ?self.placement,
