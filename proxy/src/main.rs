@@ -92,10 +92,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `workers = 1`: one thread runs everything (no cross-thread wakeups, as in PgBouncer);
+    // otherwise a work-stealing pool of `workers` threads (0 = one per CPU core).
+    let workers = config.proxy.workers;
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tenantgate: cannot start the runtime: {e}");

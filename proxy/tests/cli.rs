@@ -83,3 +83,55 @@ fn explain_refuses_a_tenant_that_cannot_be_placed() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("rule:        tenant-setting-write"), "{out}");
 }
+
+/// `tenantgate serve` runs on the configured runtime (`workers = 1`: one thread; `2`: a pool)
+/// and answers on its admin console, which needs no database server.
+#[test]
+fn serve_runs_with_one_or_several_workers() {
+    for workers in [1, 2] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tg-serve-{}-{workers}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tenantgate.toml");
+        let config = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nadmin_users = [\"admin\"]\n\n\
+             [[databases]]\nname = \"app\"\nport = 1\nuser = \"nobody\"\n\n\
+             [[users]]\nname = \"admin\"\nauth_type = \"trust\"\nbypass_policy = true\n"
+        );
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let version = rt.block_on(async {
+            let conninfo = format!("host=127.0.0.1 port={port} user=admin dbname=tenantgate");
+            for _ in 0..100 {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let rows = client.simple_query("SHOW VERSION").await.unwrap();
+                    return rows.len();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            0
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            version > 0,
+            "workers = {workers}: no answer from the admin console"
+        );
+    }
+}
