@@ -25,6 +25,7 @@
 #   WARMUP [3]     seconds of direct pgbench before the cells (fills the caches)
 #   IDLE_CLIENTS [10000]  idle connections for the RSS measurement (0 = skip)
 #   SKIP_BUILD [0] use the existing target/release/tenantgate
+#   TG_WORKERS [0] tenantgate's [proxy] workers (0 = one thread per core, 1 = single thread)
 #   KEEP_TMP [0]   keep the temporary directory (data directory, configs, logs)
 #   POLICY [1]             tenant isolation cost cells (direct vs policy off/enforce/enforce+audit)
 #   POLICY_CLIENTS [1 32]  client counts for those cells
@@ -46,6 +47,7 @@ CELL_TIMEOUT="${CELL_TIMEOUT:-}"
 WARMUP="${WARMUP:-3}"
 IDLE_CLIENTS="${IDLE_CLIENTS:-10000}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+TG_WORKERS="${TG_WORKERS:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
 POLICY="${POLICY:-1}"
 POLICY_CLIENTS="${POLICY_CLIENTS:-1 32}"
@@ -301,6 +303,7 @@ auth_type = "scram-sha-256"
 max_client_connections = 20000
 max_prepared_statements = 200
 log_level = "warn"
+workers = $TG_WORKERS
 
 [[databases]]
 name = "bench"

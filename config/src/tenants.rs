@@ -115,8 +115,10 @@ impl Config {
         self.tenants.iter().find(|t| t.id == tenant)
     }
 
-    /// Where `tenant`'s statements run, or why it cannot be placed (a tenant id that makes an
-    /// invalid schema or database name from the templates).
+    /// Where `tenant`'s statements run, or why it cannot be placed: a tenant id that makes an
+    /// invalid schema or database name from the templates, or a name that belongs to someone
+    /// else (a shared schema, the template schema, a configured database, a system database,
+    /// another tenant's explicit schema or database).
     pub fn placement(&self, tenant: &str) -> Result<Placement, String> {
         let t = &self.tenancy;
         let entry = self.tenant(tenant);
@@ -127,27 +129,77 @@ impl Config {
                 let schema = entry
                     .and_then(|e| e.schema.clone())
                     .unwrap_or_else(|| expand(&t.schema, tenant));
-                if schema_name_ok(&schema) {
-                    Ok(Placement::Schema(schema))
-                } else {
-                    Err(format!(
+                if !schema_name_ok(&schema) {
+                    return Err(format!(
                         "tenant {tenant:?} has no valid schema name ({schema:?}): schema names are lower-case letters, digits and _ (set [[tenants]] schema for this tenant)"
-                    ))
+                    ));
                 }
+                if let Some(owner) = self.schema_owner(&schema, tenant) {
+                    return Err(format!(
+                        "tenant {tenant:?} would use schema {schema:?}, which is {owner}"
+                    ));
+                }
+                Ok(Placement::Schema(schema))
             }
             Isolation::Database => {
                 let db = entry
                     .and_then(|e| e.database.clone())
                     .unwrap_or_else(|| expand(&t.database, tenant));
-                if database_name_ok(&db) {
-                    Ok(Placement::Database(db))
-                } else {
-                    Err(format!(
+                if !database_name_ok(&db) {
+                    return Err(format!(
                         "tenant {tenant:?} has no valid database name ({db:?}) (set [[tenants]] database for this tenant)"
-                    ))
+                    ));
                 }
+                if let Some(owner) = self.database_owner(&db, tenant) {
+                    return Err(format!(
+                        "tenant {tenant:?} would use database {db:?}, which is {owner}"
+                    ));
+                }
+                Ok(Placement::Database(db))
             }
         }
+    }
+
+    /// Who else a schema belongs to, if anyone but `tenant`.
+    fn schema_owner(&self, schema: &str, tenant: &str) -> Option<String> {
+        let t = &self.tenancy;
+        if schema == "public" || t.shared_schemas.iter().any(|s| s == schema) {
+            return Some("a shared schema".into());
+        }
+        if t.template_schema.as_deref() == Some(schema) {
+            return Some("the template schema".into());
+        }
+        self.tenants
+            .iter()
+            .filter(|e| e.id != tenant)
+            .find(|e| {
+                e.schema.as_deref() == Some(schema)
+                    || (e.schema.is_none()
+                        && e.isolation(t.isolation) == Isolation::Schema
+                        && expand(&t.schema, &e.id) == schema)
+            })
+            .map(|e| format!("tenant {:?}'s schema", e.id))
+    }
+
+    /// Who else a database belongs to, if anyone but `tenant`.
+    fn database_owner(&self, db: &str, tenant: &str) -> Option<String> {
+        let t = &self.tenancy;
+        if matches!(db, "postgres" | "template0" | "template1") {
+            return Some("a system database".into());
+        }
+        if let Some(d) = self.databases.iter().find(|d| d.server_dbname() == db) {
+            return Some(format!("the database of [[databases]] {:?}", d.name));
+        }
+        self.tenants
+            .iter()
+            .filter(|e| e.id != tenant)
+            .find(|e| {
+                e.database.as_deref() == Some(db)
+                    || (e.database.is_none()
+                        && e.isolation(t.isolation) == Isolation::Database
+                        && expand(&t.database, &e.id) == db)
+            })
+            .map(|e| format!("tenant {:?}'s database", e.id))
     }
 
     /// Is any tenant (by default or by a `[[tenants]]` entry) placed with `isolation`?

@@ -211,3 +211,38 @@ fn isolation_settings_are_validated_with_paths() {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
 }
+
+#[test]
+fn placements_never_share_a_schema_or_database_with_someone_else() {
+    let text = format!(
+        "{GOOD}\n[tenancy]\nisolation = \"schema\"\nschema = \"{{tenant}}\"\n\
+         database = \"{{tenant}}\"\ntemplate_schema = \"template\"\n\n\
+         [[tenants]]\nid = \"bigco\"\nschema = \"midco\"\n\n\
+         [[tenants]]\nid = \"dbco\"\ndatabase = \"app\"\n"
+    );
+    let c = Config::from_toml(&text).unwrap();
+    for (tenant, owner) in [
+        ("public", "a shared schema"),
+        ("template", "the template schema"),
+        ("midco", "tenant \"bigco\"'s schema"),
+    ] {
+        let e = c.placement(tenant).unwrap_err();
+        assert!(e.contains(owner), "{tenant}: {e}");
+    }
+    assert!(c.placement("acme").is_ok());
+    let e = c.placement("dbco").unwrap_err();
+    assert!(e.contains("[[databases]] \"app\""), "{e}");
+    let errors = c.validate().unwrap_err();
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"tenants[1]"), "{paths:?}");
+    // Database isolation by template: system databases are never a tenant's.
+    let text = format!("{GOOD}\n[tenancy]\nisolation = \"database\"\ndatabase = \"{{tenant}}\"\n");
+    let c = Config::from_toml(&text).unwrap();
+    assert!(c.placement("postgres").is_err());
+    assert!(c.placement("template1").is_err());
+    assert!(c.placement("app").is_err());
+    assert_eq!(
+        c.placement("acme").unwrap(),
+        Placement::Database("acme".into())
+    );
+}

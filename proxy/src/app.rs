@@ -261,9 +261,14 @@ impl App {
         let Placement::Database(tenant_db) = placement else {
             return Some(base.clone());
         };
-        Some(self.tenant_pools.get_or_create(database, tenant_db, || {
+        let pool = self.tenant_pools.get_or_create(database, tenant_db, || {
             tenant_pool_settings(&base.settings(), tenant_db, &rt.config)
-        }))
+        });
+        if base.is_paused() && !pool.is_paused() {
+            // Created (again) while its database is paused on the console.
+            pool.pause();
+        }
+        Some(pool)
     }
 
     pub fn tenant_pools(&self) -> &Arc<crate::tenant_pools::TenantPools> {

@@ -109,7 +109,7 @@ pub async fn serve(
     let stop = app.shutdown_token();
     stop.drain.cancel();
     // Checkouts held back by an admin PAUSE would otherwise outlast the drain.
-    for pool in app.pools() {
+    for pool in app.pools().into_iter().chain(app.tenant_pools().pools()) {
         pool.resume();
     }
     tracker.close();

@@ -144,7 +144,10 @@ impl TenantPools {
 
     /// Someone is waiting for the budget: a released server should be closed, not kept idle.
     pub fn has_waiters(&self) -> bool {
-        !self.budget_lock().waiters.is_empty()
+        let mut b = self.budget_lock();
+        // Waiters that timed out leave closed senders behind.
+        b.waiters.retain(|tx| !tx.is_closed());
+        !b.waiters.is_empty()
     }
 
     fn give_back(&self) {
@@ -211,6 +214,9 @@ impl TenantPools {
             b.waiters.push_back(tx);
             rx
         };
+        // A server may have gone idle between the eviction attempt and the registration
+        // (its release did not see a waiter yet): evict now that we are registered.
+        self.evict_lru();
         let granted = if wait.is_zero() {
             (&mut rx).await.is_ok()
         } else {
@@ -238,6 +244,8 @@ impl TenantPools {
     /// Drops pools that have no server, no waiter and no client holding them, and applies
     /// the per-pool maintenance (idle timeouts) to the others.
     pub async fn maintain(&self) {
+        // Requests waiting for the budget while servers sit idle: make room.
+        while self.has_waiters() && self.evict_lru() {}
         let pools = self.pools();
         for pool in &pools {
             pool.maintain().await;

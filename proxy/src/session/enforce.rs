@@ -79,6 +79,25 @@ fn set_value(sql: &str) -> Option<String> {
     }
 }
 
+/// The values of `SET name = a, "b", 'c'` as Postgres reads them (None for DEFAULT or
+/// anything but plain strings and identifiers).
+fn set_values(sql: &str) -> Option<Vec<String>> {
+    let stmt = first_statement(sql)?;
+    let pg_query::NodeEnum::VariableSetStmt(set) = stmt else {
+        return None;
+    };
+    set.args
+        .iter()
+        .map(|arg| match arg.node.as_ref()? {
+            pg_query::NodeEnum::AConst(c) => match c.val.as_ref()? {
+                pg_query::protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// Cheap test for words that may start a session-only feature (transaction mode).
 fn mentions_session_only_feature(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
@@ -89,6 +108,7 @@ fn mentions_session_only_feature(sql: &str) -> bool {
         "declare",
         "advisory_lock",
         "advisory_unlock",
+        "lastval",
     ]
     .iter()
     .any(|w| lower.contains(w))
@@ -118,6 +138,12 @@ fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
         .iter()
         .any(|f| lower.contains(f))
         .then_some("session-level advisory locks (use pg_advisory_xact_lock)")
+    });
+    // lastval() answers for the server session: another client's (tenant's) last nextval.
+    let feature = feature.or_else(|| {
+        lower.contains("lastval").then_some(
+            "lastval() (use INSERT … RETURNING, or currval('seq') in the same transaction)",
+        )
     })?;
     Some(
         PgError::error(
@@ -225,6 +251,20 @@ impl Session {
             StatementKind::Set { name, local } if name.eq_ignore_ascii_case(SWITCH_SETTING) => {
                 Some(self.switch_tenant(set_value(sql), *local, simple))
             }
+            // Schema isolation: the proxy owns search_path. Setting it to exactly what it is
+            // (ORMs and tenant libraries do at connect) is answered as a no-op; anything else
+            // is left to the policy, which rejects it.
+            StatementKind::Set { name, .. }
+                if name == super::placement::SEARCH_PATH
+                    && simple
+                    && self.sets_own_search_path(sql) =>
+            {
+                Some(Screen::Answer {
+                    tag: "SET",
+                    sql: None,
+                    hidden: None,
+                })
+            }
             StatementKind::Reset { name: Some(name) }
                 if name.eq_ignore_ascii_case(SWITCH_SETTING) =>
             {
@@ -286,6 +326,16 @@ impl Session {
             }
             _ => None,
         }
+    }
+
+    /// Is `sql` a `SET search_path` to exactly the path the proxy gave this schema tenant?
+    fn sets_own_search_path(&self, sql: &str) -> bool {
+        let Some(schema) = self.current_placement().schema() else {
+            return false;
+        };
+        let want = super::placement::search_path(&self.app.config(), schema);
+        let want: Vec<&str> = want.split(", ").collect();
+        set_values(sql).is_some_and(|got| got == want)
     }
 
     /// `SET [LOCAL] tenantgate.tenant = 'x'` / `RESET tenantgate.tenant` from a switch user.
@@ -591,9 +641,23 @@ mod tests {
         assert!(refused("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
         assert!(refused("SELECT pg_advisory_lock(1)"));
         assert!(refused("SELECT pg_try_advisory_lock(1)"));
+        assert!(refused("SELECT lastval()"));
         assert!(!refused("SELECT pg_advisory_xact_lock(1)"));
         assert!(!refused("DECLARE c CURSOR FOR SELECT 1"));
         assert!(!refused("SELECT executed_at FROM jobs"));
+    }
+
+    #[test]
+    fn set_value_lists_are_read() {
+        assert_eq!(
+            set_values("SET search_path = tenant_a, \"public\"").unwrap(),
+            ["tenant_a", "public"]
+        );
+        assert_eq!(
+            set_values("SET search_path TO 'tenant_a', public").unwrap(),
+            ["tenant_a", "public"]
+        );
+        assert_eq!(set_values("SET search_path TO DEFAULT"), Some(vec![]));
     }
 
     #[test]

@@ -64,6 +64,16 @@ impl Session {
                     continue;
                 }
             }
+            let between_transactions = self.server.as_ref().is_some_and(|s| {
+                let p = &self.progress;
+                s.conn.tx_status == b'I' && p.pending == 0 && !p.unsynced && !p.copy_in
+            }) && self.to_server.is_empty();
+            if !self.tx_mode && between_transactions {
+                // Session mode, between transactions: a reload may have moved the tenant.
+                if let Err(e) = self.refresh_placement() {
+                    return Some(RelayEnd::Fatal(e));
+                }
+            }
             let screened = self.screen(&frame);
             let tag = frame.tag;
             // Rejections and session commands need no server: in transaction mode they are

@@ -95,6 +95,8 @@ pub struct Session {
     placement: tenantgate_config::Placement,
     /// The placement of `local_tenant`.
     local_placement: Option<tenantgate_config::Placement>,
+    /// The `search_path` the proxy gives the session under schema isolation.
+    search_path: Option<String>,
     /// The configuration `placement` was resolved with (a reload may move the tenant).
     placed_with: Arc<tenantgate_config::Config>,
     /// The prepared statements' decisions were made for a `SET LOCAL` tenant that is gone.
@@ -186,6 +188,18 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
     if let Some(t) = &tenant {
         startup.push((placed_with.tenancy.setting.clone(), t.clone()));
     }
+    let own_path = startup
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(placement::SEARCH_PATH));
+    if let (tenantgate_config::Placement::Row, Some((_, path))) = (&placement, own_path) {
+        if !placement::row_search_path_ok(&placed_with, path) {
+            let e = PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "tenantgate: under row isolation search_path may only name the shared schemas",
+            );
+            return send_fatal(&mut client, e).await;
+        }
+    }
     if let Some(schema) = placement.schema() {
         // The proxy owns search_path under schema isolation.
         startup.retain(|(k, _)| !k.eq_ignore_ascii_case(placement::SEARCH_PATH));
@@ -267,6 +281,9 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         startup: startup_normalized,
         tenant,
         local_tenant: None,
+        search_path: placement
+            .schema()
+            .map(|s| placement::search_path(&placed_with, s)),
         placement,
         local_placement: None,
         placed_with,

@@ -26,6 +26,17 @@ pub(super) fn search_path(config: &Config, schema: &str) -> String {
         .join(", ")
 }
 
+/// Row isolation: may a client's own `search_path` (a startup parameter) stand? The policy reads
+/// unqualified names as the shared schemas', so only those (and pg_catalog) may be named —
+/// never a tenant's schema.
+pub(super) fn row_search_path_ok(config: &Config, value: &str) -> bool {
+    value
+        .split(',')
+        .map(|s| s.trim().trim_matches('"'))
+        .filter(|s| !s.is_empty())
+        .all(|s| s == "pg_catalog" || config.tenancy.shared_schemas.iter().any(|x| x == s))
+}
+
 /// The placement of `tenant` (row isolation while no tenant is known) and its pool.
 pub(super) fn resolve(
     app: &App,
@@ -62,25 +73,41 @@ impl Session {
         }
     }
 
-    /// Transaction mode, between transactions: follow a reload that moved the tenant.
+    /// Between transactions: follow a reload that moved the tenant (or changed its
+    /// `search_path`). Transaction mode moves the session; a session-mode session, which
+    /// holds its server, is ended (57P01) so the client reconnects into the new placement —
+    /// never screened by a policy for a place its server is not in.
     pub(super) fn refresh_placement(&mut self) -> Result<(), PgError> {
         if self.app.config_is(&self.placed_with) {
             return Ok(());
         }
         self.placed_with = self.app.config();
         let (placement, pool) = resolve(&self.app, &self.id.database, self.tenant.as_deref())?;
-        if placement != self.placement {
-            tracing::info!(conn = self.id.conn_id, tenant = ?self.tenant, from = ?self.placement,
-                to = ?placement, "tenant placement changed by reload");
-            self.set_placement(placement, pool);
+        let path = placement
+            .schema()
+            .map(|s| search_path(&self.placed_with, s));
+        if placement == self.placement && path == self.search_path {
+            return Ok(());
         }
+        tracing::info!(conn = self.id.conn_id, tenant = ?self.tenant, from = ?self.placement,
+            to = ?placement, "tenant placement changed by reload");
+        if !self.tx_mode {
+            return Err(PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "tenantgate: a configuration reload moved this tenant; reconnect",
+            ));
+        }
+        self.set_placement(placement, pool);
         Ok(())
     }
 
     /// Moves the session to `placement`: its pool, its `search_path`, and its prepared
     /// statements re-checked against the placement's policy.
     pub(super) fn set_placement(&mut self, placement: Placement, pool: Arc<Pool>) {
-        let was_schema = self.placement.schema().is_some();
+        let was_schema = self.search_path.is_some();
+        self.search_path = placement
+            .schema()
+            .map(|s| search_path(&self.app.config(), s));
         self.placement = placement;
         self.id.pool = pool;
         let mut desired = std::mem::take(&mut self.desired);
@@ -101,9 +128,9 @@ impl Session {
         if let Some(t) = &self.tenant {
             settings.push((setting.clone(), t.clone()));
         }
-        if let Some(schema) = self.placement.schema() {
+        if let Some(path) = &self.search_path {
             settings.retain(|(k, _)| k != SEARCH_PATH);
-            settings.push((SEARCH_PATH.to_string(), search_path(&config, schema)));
+            settings.push((SEARCH_PATH.to_string(), path.clone()));
         }
         settings.sort();
         settings

@@ -362,7 +362,7 @@ async fn session_settings_do_not_leak_between_clients() {
         assert_eq!(backend_pid(&a).await, backend_pid(&b).await, "not one server");
         for sql in [
             "SET statement_timeout = 1234",
-            "SET search_path = x",
+            "SET search_path = public",
             "SET application_name = 'a'",
             "SET app.user_id = '7'",
         ] {
@@ -395,7 +395,7 @@ async fn session_settings_do_not_leak_between_clients() {
                 got,
                 vec![vec![
                     Some("1234ms".to_string()),
-                    Some("x".to_string()),
+                    Some("public".to_string()),
                     Some("a".to_string()),
                     Some("7".to_string()),
                     Some(ACME_TENANT.to_string())

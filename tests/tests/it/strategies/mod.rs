@@ -128,12 +128,17 @@ fn config(main: &str, mode: PoolMode, extra: &str) -> Config {
          [tenancy]\nshared_tables = [\"plans\"]\n{extra}\n\
          [[tenants]]\nid = \"schemaco\"\nisolation = \"schema\"\n\n\
          [[tenants]]\nid = \"victim\"\nisolation = \"schema\"\n\n\
+         [[tenants]]\nid = \"lostco\"\nisolation = \"schema\"\n\n\
          [[tenants]]\nid = \"dbco\"\ndatabase = \"{main}_dbco\"\n\n\
          [[tenants]]\nid = \"dbvictim\"\ndatabase = \"{main}_dbvictim\"\n",
         base = base_config_toml(pg),
         row = user_toml(ROW_USER, "rowco"),
         schema = user_toml(SCHEMA_USER, "schemaco"),
-        db = user_toml(DB_USER, "dbco"),
+        db = format!(
+            "{}{}",
+            user_toml(DB_USER, "dbco"),
+            user_toml("lostco_app", "lostco")
+        ),
     );
     let mut config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     config.proxy.admin_users = vec![ADMIN.into()];
@@ -142,6 +147,8 @@ fn config(main: &str, mode: PoolMode, extra: &str) -> Config {
     d.pool_mode = mode;
     d.pool_size = 4;
     d.query_wait_timeout = 20.0;
+    // Clients may pass settings in `options` (checked: see the cross-tenant test).
+    d.forward_options = true;
     config
 }
 
@@ -336,6 +343,15 @@ async fn cross_schema_and_cross_database_attempts_are_rejected() {
             }
             assert_rule(schema.query(*sql, &params).await, rule, sql);
         }
+        // lastval() would answer with whatever the pooled server last generated, possibly for
+        // another tenant: refused in transaction mode.
+        let err = schema.simple_query("SELECT lastval()").await.unwrap_err();
+        assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+        // Setting search_path to exactly the proxy's value (as tenant libraries do) is a no-op.
+        schema
+            .simple_query("SET search_path = tenant_schemaco, public")
+            .await
+            .unwrap();
         // Prisma qualifies names with the tenant's own schema: allowed.
         let own = items(
             &schema,
@@ -367,12 +383,40 @@ async fn cross_schema_and_cross_database_attempts_are_rejected() {
             assert_rule(db.simple_query(sql).await, rule, sql);
         }
         assert_eq!(items(&db, APP_QUERY).await, ["db-1"]);
-        // The row tenant cannot name a schema tenant's table without a filter either.
+        // A row tenant cannot reach a tenant schema: not by name (even with a filter and a
+        // tenant column), not through search_path.
         let row = proxy.connect(ROW_USER, PASSWORD, "app").await.unwrap();
+        for sql in [
+            "SELECT item FROM tenant_victim.orders WHERE tenant_id = current_setting('app.current_tenant')",
+            "INSERT INTO tenant_victim.orders (tenant_id, item) VALUES (current_setting('app.current_tenant'), $1)",
+        ] {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                if sql.contains("$1") { vec![&"planted"] } else { vec![] };
+            assert_rule(row.query(sql, &params).await, "cross-tenant-schema", sql);
+        }
         assert_rule(
-            row.simple_query("SELECT item FROM tenant_victim.orders").await,
-            "tenant-filter-missing",
-            "row tenant reading a tenant schema",
+            row.simple_query("SET search_path = tenant_victim").await,
+            "tenant-setting-write",
+            "row tenant setting search_path to a tenant schema",
+        );
+        row.simple_query("SET search_path = public").await.unwrap();
+        assert_eq!(items(&row, APP_QUERY).await, ["row-1", "row-2"]);
+        // Nor through a startup parameter.
+        let mut c = proxy.client_config(ROW_USER, PASSWORD, "app");
+        c.options("-c search_path=tenant_victim");
+        let err = connect(&c).await.err().expect("startup search_path refused");
+        assert_eq!(err.as_db_error().unwrap().code().code(), "42501", "{err:?}");
+        // A schema tenant whose schema lacks a table (or has no schema yet) does not fall
+        // through to the shared table of the same name.
+        let lost = proxy.connect("lostco_app", PASSWORD, "app").await.unwrap();
+        assert_rule(
+            lost.simple_query("SELECT item FROM orders").await,
+            "unknown-relation",
+            "schema tenant without the table",
+        );
+        assert_eq!(
+            items(&lost, "SELECT name FROM plans ORDER BY id").await,
+            ["free", "pro"]
         );
     })
     .await;

@@ -133,3 +133,54 @@ async fn reload_moves_a_tenant_from_row_to_schema_under_load() {
         Err(_) => panic!("proxy still shared"),
     }
 }
+
+/// Session mode holds a server for the whole session: a reload that moves the tenant ends the
+/// session at its next transaction boundary (57P01), and the reconnect lands in the new place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_clients_are_sent_to_reconnect_when_their_tenant_moves() {
+    let db = unique_name("mover_s");
+    create_database(&db, SQL.to_string()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenantgate.toml");
+    let session = |moved| {
+        let mut c = mover_config(&db, moved);
+        c.databases[0].pool_mode = PoolMode::Session;
+        c
+    };
+    write(&path, &session(false));
+    let proxy = TestProxy::start_with_path(session(false), Some(path.clone())).await;
+    within(60, "session-mode move", async {
+        let client = proxy.connect(MOVER, PASSWORD, "app").await.unwrap();
+        client.simple_query("BEGIN").await.unwrap();
+        assert_eq!(
+            simple_one(&client, "SELECT current_schema()")
+                .await
+                .as_deref(),
+            Some("public")
+        );
+        write(&path, &session(true));
+        let admin = proxy
+            .connect(ADMIN, ADMIN_PASSWORD, "tenantgate")
+            .await
+            .unwrap();
+        admin.simple_query("RELOAD").await.unwrap();
+        // The open transaction finishes where it started.
+        assert_eq!(items(&client, APP_QUERY).await, ["seed-1", "seed-2"]);
+        client.simple_query("COMMIT").await.unwrap();
+        let err = client.simple_query("SELECT 1").await.unwrap_err();
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("57P01"),
+            "{err:?}"
+        );
+        let again = proxy.connect(MOVER, PASSWORD, "app").await.unwrap();
+        assert_eq!(
+            simple_one(&again, "SELECT current_schema()")
+                .await
+                .as_deref(),
+            Some("tenant_moverco")
+        );
+    })
+    .await;
+    proxy.shutdown().await.unwrap();
+}
