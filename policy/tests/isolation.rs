@@ -187,13 +187,55 @@ fn row_isolation_ignores_the_schema_context() {
         p.check("SELECT * FROM orders", &t).rule,
         Rule::TenantFilterMissing
     );
-    assert!(p.check("SET search_path TO tenant_x", &t).is_allowed());
+    let d = p.check("SET search_path TO tenant_x", &t);
+    assert_eq!(d.rule, Rule::TenantSettingWrite, "{}", d.reason);
     assert!(p
         .check("SELECT relname FROM pg_class WHERE oid = $1::regclass", &t)
         .is_allowed());
     assert_eq!(
         p.check("SELECT pg_total_relation_size('orders')", &t).rule,
         Rule::ForbiddenFunction
+    );
+}
+
+/// Row isolation resolves unqualified names in `public`: `SET search_path` may only name the
+/// shared schemas (and `pg_catalog`); the reason names the rule.
+#[test]
+fn row_isolation_search_path_names_only_shared_schemas() {
+    let t = SessionCtx {
+        tenant: Some("t1"),
+        schema: None,
+    };
+    let p = Policy::new(PolicyConfig::default(), common::catalog());
+    let d = p.check("SET search_path = tenant_initech", &t);
+    assert_eq!(d.rule, Rule::TenantSettingWrite, "{}", d.reason);
+    assert!(
+        d.reason
+            .contains("in row isolation search_path may only name the shared schemas: public"),
+        "{}",
+        d.reason
+    );
+    assert!(!d.reason.contains("tenant_initech"), "{}", d.reason);
+    assert!(p.check("SET search_path = public", &t).is_allowed());
+    assert!(p.check("RESET search_path", &t).is_allowed());
+
+    let p = Policy::new(
+        PolicyConfig {
+            shared_schemas: vec!["public".into(), "ref".into()],
+            ..PolicyConfig::default()
+        },
+        common::catalog(),
+    );
+    assert!(p.check("SET search_path = ref, public", &t).is_allowed());
+    assert!(p
+        .check("SET LOCAL search_path = pg_catalog, ref", &t)
+        .is_allowed());
+    let d = p.check("SET search_path = ref, billing", &t);
+    assert_eq!(d.rule, Rule::TenantSettingWrite, "{}", d.reason);
+    assert!(
+        d.reason.contains("shared schemas: public, ref"),
+        "{}",
+        d.reason
     );
 }
 

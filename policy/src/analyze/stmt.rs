@@ -1,7 +1,7 @@
 //! Top-level statement dispatch: DML goes to the query analysis, utility statements are
 //! classified and allowed or rejected here.
 
-use super::expr::{is_reserved_setting, str_of};
+use super::expr::{is_reserved_setting, str_of, string_const};
 use super::scope::{Env, Scope};
 use super::select::{relation_kind, select};
 use super::{reject, reject_hint, write, Cx, R};
@@ -115,6 +115,9 @@ fn set(cx: &Cx, v: &VariableSetStmt) -> R<()> {
             "use unqualified relation names; the proxy sets search_path for each tenant",
         );
     }
+    if name == "search_path" && cx.isolation() == Isolation::Row {
+        row_search_path(cx, v)?;
+    }
     if cx.is_tenant_setting(&name) || is_reserved_setting(&name) {
         return reject(
             Rule::TenantSettingWrite,
@@ -122,6 +125,30 @@ fn set(cx: &Cx, v: &VariableSetStmt) -> R<()> {
         );
     }
     Ok(())
+}
+
+/// Row isolation resolves unqualified names in `public` (the shared schemas): `SET search_path`
+/// / `SET SCHEMA` may only name the shared schemas and `pg_catalog`. Elements are compared
+/// exactly as the parser leaves them (unquoted identifiers folded, quoted identifiers and string
+/// constants as written; Postgres quotes a string element as one identifier). `SET … TO
+/// DEFAULT`, `FROM CURRENT` and `RESET` restore the server default and are fine.
+fn row_search_path(cx: &Cx, v: &VariableSetStmt) -> R<()> {
+    if v.kind != VariableSetKind::VarSetValue as i32 {
+        return Ok(());
+    }
+    let allowed =
+        |n: &Node| string_const(n).is_some_and(|s| s == "pg_catalog" || cx.is_shared_schema(&s));
+    if !v.args.is_empty() && v.args.iter().all(allowed) {
+        return Ok(());
+    }
+    let shared = cx.cfg.shared_schemas.join(", ");
+    reject_hint(
+        Rule::TenantSettingWrite,
+        format!(
+            "in row isolation search_path may only name the shared schemas: {shared} (and pg_catalog); unqualified names must resolve there"
+        ),
+        "use schema-qualified names for other shared schemas instead of changing search_path",
+    )
 }
 
 fn copy(cx: &mut Cx, c: &CopyStmt) -> R<()> {
