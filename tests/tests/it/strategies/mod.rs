@@ -123,7 +123,7 @@ fn user_toml(name: &str, tenant: &str) -> String {
 fn config(main: &str, mode: PoolMode, extra: &str) -> Config {
     let pg = PgServer::shared();
     let text = format!(
-        "{base}\n{row}{schema}{db}\
+        "{base}\n{row}{schema}{db}{lost}\
          [[users]]\nname = \"{ADMIN}\"\npassword = \"{ADMIN_PASSWORD}\"\nbypass_policy = true\n\n\
          [tenancy]\nshared_tables = [\"plans\"]\n{extra}\n\
          [[tenants]]\nid = \"schemaco\"\nisolation = \"schema\"\n\n\
@@ -404,7 +404,9 @@ async fn cross_schema_and_cross_database_attempts_are_rejected() {
         // Nor through a startup parameter.
         let mut c = proxy.client_config(ROW_USER, PASSWORD, "app");
         c.options("-c search_path=tenant_victim");
-        let err = connect(&c).await.err().expect("startup search_path refused");
+        let Err(err) = connect(&c).await else {
+            panic!("a startup search_path naming a tenant schema must be refused");
+        };
         assert_eq!(err.as_db_error().unwrap().code().code(), "42501", "{err:?}");
         // A schema tenant whose schema lacks a table (or has no schema yet) does not fall
         // through to the shared table of the same name.
