@@ -134,11 +134,8 @@ fn config(main: &str, mode: PoolMode, extra: &str) -> Config {
         base = base_config_toml(pg),
         row = user_toml(ROW_USER, "rowco"),
         schema = user_toml(SCHEMA_USER, "schemaco"),
-        db = format!(
-            "{}{}",
-            user_toml(DB_USER, "dbco"),
-            user_toml("lostco_app", "lostco")
-        ),
+        db = user_toml(DB_USER, "dbco"),
+        lost = user_toml("lostco_app", "lostco"),
     );
     let mut config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     config.proxy.admin_users = vec![ADMIN.into()];
