@@ -42,6 +42,10 @@ pub struct Catalog {
     /// schema or the tenant schemas found on the server).
     isolated: HashSet<String>,
     assume_tenant: bool,
+    /// Schemas of schema-isolated tenants (exact names and `(prefix, suffix)` patterns):
+    /// never reachable from row isolation, another tenant's in schema isolation.
+    private_schemas: HashSet<String>,
+    private_patterns: Vec<(String, String)>,
     /// Columns known to exist per relation (tenant column, key columns); used to resolve
     /// unqualified column references soundly.
     known_columns: HashMap<RelKey, HashSet<String>>,
@@ -117,6 +121,33 @@ impl Catalog {
 
     pub(crate) fn is_isolated_relation(&self, name: &str) -> bool {
         self.isolated.contains(name)
+    }
+
+    /// A schema that belongs to one schema-isolated tenant (e.g. `tenant_initech`). Row
+    /// isolation rejects every reference qualified with it (`cross-tenant-schema`), whatever
+    /// else the catalog says about the relation; schema isolation accepts it only as the
+    /// session's own schema. Database isolation ignores private schemas.
+    pub fn add_private_schema(&mut self, schema: &str) {
+        self.private_schemas.insert(schema.to_owned());
+    }
+
+    /// Every schema whose name starts with `prefix`, ends with `suffix` and is longer than both
+    /// together is private (see [`Catalog::add_private_schema`]); e.g. `("tenant_", "")` for the
+    /// schema template `tenant_{tenant}`. Names are compared exactly (case-sensitive).
+    pub fn add_private_schema_pattern(&mut self, prefix: &str, suffix: &str) {
+        let p = (prefix.to_owned(), suffix.to_owned());
+        if !self.private_patterns.contains(&p) {
+            self.private_patterns.push(p);
+        }
+    }
+
+    pub(crate) fn is_private_schema(&self, schema: &str) -> bool {
+        self.private_schemas.contains(schema)
+            || self.private_patterns.iter().any(|(prefix, suffix)| {
+                schema.len() > prefix.len() + suffix.len()
+                    && schema.starts_with(prefix.as_str())
+                    && schema.ends_with(suffix.as_str())
+            })
     }
 
     /// A user function known to be safe (no dynamic SQL, no cross-tenant reads).

@@ -239,6 +239,73 @@ fn row_isolation_search_path_names_only_shared_schemas() {
     );
 }
 
+/// Private schemas: exact names and `(prefix, suffix)` patterns; a schema matches a pattern only
+/// when it is longer than prefix and suffix together. Shared and system schemas never are.
+#[test]
+fn private_schemas_are_out_of_reach_in_row_isolation() {
+    let mut cat = Catalog::new("tenant_id");
+    cat.add_tenant_table("public", "orders", "tenant_id");
+    cat.add_tenant_table("initech", "orders", "tenant_id");
+    cat.add_tenant_table("t_x_data", "orders", "tenant_id");
+    cat.add_tenant_table("t__data", "orders", "tenant_id");
+    cat.add_tenant_table("t_shared_data", "orders", "tenant_id");
+    cat.add_private_schema("initech");
+    cat.add_private_schema_pattern("t_", "_data");
+    let t = SessionCtx {
+        tenant: Some("t1"),
+        schema: Some("initech"),
+    };
+    let row = Policy::new(
+        PolicyConfig {
+            shared_schemas: vec!["public".into(), "t_shared_data".into()],
+            ..PolicyConfig::default()
+        },
+        cat.clone(),
+    );
+    let q = |schema: &str| format!("SELECT id FROM {schema}.orders WHERE tenant_id = $1");
+    // Rejected even when the session's schema is that schema: row tenants own no schema.
+    for schema in ["initech", "t_x_data", "t_tenant_data"] {
+        let d = row.check(&q(schema), &t);
+        assert_eq!(d.rule, Rule::CrossTenantSchema, "{schema}: {}", d.reason);
+        assert!(
+            d.reason.contains(&format!("{schema}.orders")),
+            "{}",
+            d.reason
+        );
+    }
+    for schema in ["public", "t__data", "t_shared_data"] {
+        assert!(row.check(&q(schema), &t).is_allowed(), "{schema}");
+    }
+    // Unknown relations in a private schema are rejected the same way, whatever
+    // unknown_relations says.
+    let lax = Policy::new(
+        PolicyConfig {
+            unknown_relations: tenantgate_policy::UnknownRelations::Allow,
+            ..PolicyConfig::default()
+        },
+        cat.clone(),
+    );
+    assert_eq!(
+        lax.check("SELECT * FROM t_y_data.notes", &t).rule,
+        Rule::CrossTenantSchema
+    );
+    assert!(lax.check("SELECT * FROM t__data.notes", &t).is_allowed());
+    // Literal relation names never echo the literal.
+    let d = row.check("SELECT nextval('initech.orders_id_seq')", &t);
+    assert_eq!(d.rule, Rule::CrossTenantSchema);
+    assert!(!d.reason.contains("initech"), "{}", d.reason);
+    // Database isolation ignores private schemas.
+    let db = Policy::new(
+        PolicyConfig {
+            isolation: Isolation::Database,
+            ..PolicyConfig::default()
+        },
+        cat,
+    );
+    assert!(db.check("SELECT * FROM initech.orders", &t).is_allowed());
+    assert!(db.check("SELECT * FROM t_x_data.orders", &t).is_allowed());
+}
+
 #[test]
 fn isolation_serializes_lowercase() {
     assert_eq!(

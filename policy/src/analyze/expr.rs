@@ -102,7 +102,14 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
                 None => Ok(()),
             }
         }
-        Some(N::TypeCast(t)) => walk_opt(cx, t.arg.as_deref(), ctx, env),
+        Some(N::TypeCast(t)) => {
+            if cx.isolation() == Isolation::Row && is_regclass(t.type_name.as_ref()) {
+                if let Some(a) = t.arg.as_deref() {
+                    row_relation_literal(cx, a, t.location, "the regclass cast")?;
+                }
+            }
+            walk_opt(cx, t.arg.as_deref(), ctx, env)
+        }
         Some(N::AExpr(a)) => {
             walk_opt(cx, a.lexpr.as_deref(), sub, env)?;
             walk_opt(cx, a.rexpr.as_deref(), sub, env)
@@ -238,6 +245,12 @@ fn func_call(cx: &mut Cx, f: &FuncCall, ctx: Ctx, env: &Env) -> R<()> {
     if let Some(a) = rel_arg.and_then(|i| f.args.get(i)) {
         relation_name_arg(cx, &name, a, f.location)?;
     }
+    if cx.isolation() == Isolation::Row {
+        let arg = functions::relation_arg(&name, f.args.len()).and_then(|i| f.args.get(i));
+        if let Some(a) = arg {
+            row_relation_literal(cx, a, f.location, &format!("{name}()"))?;
+        }
+    }
     for (i, a) in f.args.iter().enumerate() {
         let is_const = matches!(a.node.as_ref(), Some(N::AConst(_)));
         if is_const && functions::literal_arg_allowed(&name, i) {
@@ -337,6 +350,18 @@ fn relation_name_literal(cx: &mut Cx, arg: &Node, location: i32, what: &str) -> 
             Ok(())
         }
         _ => invalid(),
+    }
+}
+
+/// Row isolation: a relation name given as a string literal must not name a private (tenant)
+/// schema. Other values are not restricted in row isolation. The literal is never echoed.
+fn row_relation_literal(cx: &Cx, arg: &Node, location: i32, what: &str) -> R<()> {
+    let parts = string_const(arg).and_then(|t| functions::split_qualified_name(&t));
+    match parts.as_deref() {
+        Some([.., schema, _]) if cx.is_private_schema(schema) => select::reject_private_schema(
+            &format!("the relation name of {what} at position {}", pos(location)),
+        ),
+        _ => Ok(()),
     }
 }
 

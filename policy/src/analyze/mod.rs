@@ -134,6 +134,14 @@ impl<'c> Cx<'c> {
         self.cfg.shared_schemas.iter().any(|s| s == schema)
     }
 
+    /// A schema of a schema-isolated tenant (from the catalog). The shared schemas and the
+    /// system schemas never are, whatever the configured patterns say.
+    pub fn is_private_schema(&self, schema: &str) -> bool {
+        !matches!(schema, "pg_catalog" | "information_schema")
+            && !self.is_shared_schema(schema)
+            && self.cat.is_private_schema(schema)
+    }
+
     /// Enter one nesting level; rejects `too-complex` past [`MAX_DEPTH`].
     pub fn enter(&mut self) -> R<()> {
         self.depth += 1;

@@ -549,7 +549,24 @@ pub(crate) fn relation_kind(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> 
     }
 }
 
+/// Row isolation: a name qualified with a tenant's private schema is never reachable, whatever
+/// the catalog says about it (a tenant-schema table may well have a tenant column).
+pub(crate) fn reject_private_schema<T>(what: &str) -> R<T> {
+    super::reject_hint(
+        Rule::CrossTenantSchema,
+        format!("{what} is in a schema-isolated tenant's schema, which row-isolated tenants cannot reach"),
+        "use the shared tables (unqualified names resolve to the shared schemas)",
+    )
+}
+
 fn row_relation(cx: &Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
+    if cx.is_private_schema(&rv.schemaname) {
+        return reject_private_schema(&format!(
+            "relation \"{}\" (at position {})",
+            display_name(rv),
+            pos(rv.location)
+        ));
+    }
     let schema = row_schema_of(rv);
     // Unqualified pg_* names resolve to pg_catalog first (it is implicitly first in search_path).
     if system && !cx.cat.has_relation(&schema, &rv.relname) {

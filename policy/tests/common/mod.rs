@@ -43,6 +43,11 @@ pub fn catalog() -> Catalog {
         &["id"],
     );
     c.add_function("public", "order_total");
+    // Mixed fleet: schema tenants live in `tenant_<id>` schemas on the same server. A row
+    // catalog read from the server lists their tables too (this one has a tenant_id column).
+    c.add_private_schema_pattern("tenant_", "");
+    c.add_tenant_table("tenant_initech", "orders", "tenant_id");
+    c.add_relation("tenant_hooli", "notes");
     c
 }
 
@@ -75,5 +80,6 @@ pub fn schema_catalog() -> Catalog {
     c.add_shared_table("ref", "users");
     c.add_shared_table("ref", "currencies");
     c.add_function("public", "order_total");
+    c.add_private_schema_pattern("tenant_", "");
     c
 }
