@@ -38,9 +38,13 @@ pub struct Catalog {
     unique_keys: HashMap<RelKey, Vec<Vec<String>>>,
     foreign_keys: HashMap<RelKey, Vec<ForeignKey>>,
     functions: HashSet<RelKey>,
-    /// Schema isolation: names of the relations every tenant schema has (from the template
-    /// schema or the tenant schemas found on the server).
+    /// Schema isolation: names of the relations of any tenant schema (the union used while
+    /// analysing: an unqualified name in it resolves to the session's own schema).
     isolated: HashSet<String>,
+    /// Schema isolation: names every tenant schema is assumed to have (`add_isolated_relation`).
+    everywhere: HashSet<String>,
+    /// Schema isolation: the relations each tenant schema has (`add_schema_relation`).
+    schema_relations: HashMap<String, HashSet<String>>,
     assume_tenant: bool,
     /// Schemas of schema-isolated tenants (exact names and `(prefix, suffix)` patterns):
     /// never reachable from row isolation, another tenant's in schema isolation.
@@ -113,14 +117,40 @@ impl Catalog {
             });
     }
 
-    /// Schema isolation: a relation (table, view, sequence) of the tenant schemas. Unqualified
-    /// references to it resolve to the session tenant's own schema.
+    /// Schema isolation: a relation (table, view, sequence) that *every* tenant schema has —
+    /// for tables listed in the configuration. Unqualified references to it resolve to the
+    /// session tenant's own schema, which is assumed to have it. Relations found in the tenant
+    /// schemas on the server should be added per schema with [`Catalog::add_schema_relation`].
     pub fn add_isolated_relation(&mut self, name: &str) {
         self.isolated.insert(name.to_owned());
+        self.everywhere.insert(name.to_owned());
+    }
+
+    /// Schema isolation: `schema` (a tenant schema) has the relation `name`. An unqualified
+    /// reference to a name that any tenant schema has resolves to the session's own schema,
+    /// and after the cache it is rejected (`unknown-relation`) unless the session's schema has
+    /// it (on the server the name would fall through to the shared schemas); the same holds for
+    /// `own_schema.name`.
+    pub fn add_schema_relation(&mut self, schema: &str, name: &str) {
+        self.isolated.insert(name.to_owned());
+        self.schema_relations
+            .entry(schema.to_owned())
+            .or_default()
+            .insert(name.to_owned());
     }
 
     pub(crate) fn is_isolated_relation(&self, name: &str) -> bool {
         self.isolated.contains(name)
+    }
+
+    /// Whether tenant schema `schema` has the relation `name` (added for that schema, or for
+    /// every schema with [`Catalog::add_isolated_relation`]).
+    pub(crate) fn schema_has_relation(&self, schema: &str, name: &str) -> bool {
+        self.everywhere.contains(name)
+            || self
+                .schema_relations
+                .get(schema)
+                .is_some_and(|s| s.contains(name))
     }
 
     /// A schema that belongs to one schema-isolated tenant (e.g. `tenant_initech`). Row

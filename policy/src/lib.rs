@@ -57,7 +57,7 @@ impl Policy {
             self.cache
                 .get_or_insert(sql, || analyze::analyze(sql, &self.config, &self.catalog))
         };
-        apply_session(&analysis, ctx)
+        apply_session(&analysis, ctx, &self.catalog)
     }
 
     /// Like [`Policy::check`] for raw bytes: invalid UTF-8 and NUL bytes are `syntax-error`.
@@ -92,7 +92,7 @@ impl Policy {
 }
 
 /// Apply the tenant-dependent parts after the (tenant-independent) cache lookup.
-fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx) -> Arc<Decision> {
+fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx, cat: &Catalog) -> Arc<Decision> {
     let d = &a.decision;
     if !d.is_allowed() || !a.touches_tenant && a.tenant_literals.is_empty() {
         return Arc::clone(d);
@@ -140,6 +140,11 @@ fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx) -> Arc<Decision> {
             Some("the proxy sets the tenant's schema when the tenant is known".into()),
         ));
     }
+    if let Some(own) = ctx.schema {
+        if let Some(d) = missing_in_own_schema(a, own, cat) {
+            return Arc::new(d);
+        }
+    }
     if let Some(v) = a
         .tenant_literals
         .iter()
@@ -153,4 +158,43 @@ fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx) -> Arc<Decision> {
         ));
     }
     Arc::clone(d)
+}
+
+/// Schema isolation: every tenant-schema relation the statement names without a schema, or with
+/// the session's own schema, must exist in that schema. Isolated names are the union over all
+/// tenant schemas; on the server a name missing from the session's schema falls through
+/// `search_path` to the shared schemas (e.g. the row tenants' `public.orders`).
+fn missing_in_own_schema(a: &analyze::Analysis, own: &str, cat: &Catalog) -> Option<Decision> {
+    let what = |name: &str, literal: bool, location: i32| {
+        if literal {
+            format!(
+                "the relation name at position {} (a regclass cast or function argument)",
+                analyze::pos(location)
+            )
+        } else {
+            format!("relation \"{name}\"")
+        }
+    };
+    let missing = a
+        .isolated_names
+        .iter()
+        .find(|n| !cat.schema_has_relation(own, &n.name))
+        .map(|n| what(&n.name, n.literal, n.location))
+        .or_else(|| {
+            a.qualified_schemas.iter().find_map(|r| {
+                let rel = r.relation.as_deref()?;
+                (r.schema == own && !cat.schema_has_relation(own, rel)).then(|| match &r.display {
+                    Some(d) => what(d, false, r.location),
+                    None => what(rel, true, r.location),
+                })
+            })
+        })?;
+    Some(a.decision.rejected_as(
+        Rule::UnknownRelation,
+        format!("{missing} does not exist in your schema {own}"),
+        Some(
+            "only your own schema's relations are reachable; ask an administrator to create it there (tenantgate reads the catalog on reload)"
+                .into(),
+        ),
+    ))
 }

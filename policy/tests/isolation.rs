@@ -56,6 +56,98 @@ fn cache_is_sound_across_schemas() {
     assert_eq!(p.check(PRISMA, &GLOBEX).rule, Rule::CrossTenantSchema);
 }
 
+const HOOLI: SessionCtx = SessionCtx {
+    tenant: Some("hooli"),
+    schema: Some("tenant_hooli"),
+};
+
+/// Isolated names are the union over all tenant schemas; each statement's names must exist in
+/// the session's own schema, checked after the cache (same text, different schemas).
+#[test]
+fn isolated_names_must_exist_in_the_own_schema() {
+    for cache_entries in [100, 0] {
+        let p = schema_policy(cache_entries);
+        let sql = "SELECT * FROM orders WHERE id = $1";
+        assert!(p.check(sql, &ACME).is_allowed());
+        let d = p.check(sql, &HOOLI);
+        assert_eq!(d.rule, Rule::UnknownRelation, "{}", d.reason);
+        assert!(
+            d.reason
+                .contains("relation \"orders\" does not exist in your schema tenant_hooli"),
+            "{}",
+            d.reason
+        );
+        assert!(d.hint.is_some());
+        assert!(p.check(sql, &GLOBEX).is_allowed());
+        assert!(p.check("SELECT * FROM notes", &HOOLI).is_allowed());
+        assert_eq!(
+            p.check("SELECT * FROM notes", &ACME).rule,
+            Rule::UnknownRelation
+        );
+
+        let sql = "SELECT id FROM tenant_hooli.orders";
+        let d = p.check(sql, &HOOLI);
+        assert_eq!(d.rule, Rule::UnknownRelation, "{}", d.reason);
+        assert!(d.reason.contains("\"tenant_hooli.orders\""), "{}", d.reason);
+        assert_eq!(p.check(sql, &ACME).rule, Rule::CrossTenantSchema);
+
+        // Relation names in literals: position, never the literal.
+        let d = p.check("SELECT nextval('orders_id_seq')", &HOOLI);
+        assert_eq!(d.rule, Rule::UnknownRelation, "{}", d.reason);
+        assert!(!d.reason.contains("orders_id_seq"), "{}", d.reason);
+        assert!(d.reason.contains("position 8"), "{}", d.reason);
+
+        // A schema that does not exist has no relations (but the configured ones).
+        let nowhere = SessionCtx {
+            tenant: Some("nowhere"),
+            schema: Some("tenant_nowhere"),
+        };
+        assert_eq!(
+            p.check("SELECT * FROM orders", &nowhere).rule,
+            Rule::UnknownRelation
+        );
+        assert!(p
+            .check("SELECT * FROM schema_migrations", &nowhere)
+            .is_allowed());
+    }
+}
+
+/// `add_isolated_relation` means "every tenant schema has it" (configuration-listed tables);
+/// `add_schema_relation` records one schema's relation.
+#[test]
+fn isolated_relations_are_in_every_schema_schema_relations_in_theirs() {
+    let mut cat = Catalog::new("tenant_id");
+    cat.add_isolated_relation("orders");
+    cat.add_schema_relation("tenant_acme", "notes");
+    let p = Policy::new(
+        PolicyConfig {
+            isolation: Isolation::Schema,
+            ..PolicyConfig::default()
+        },
+        cat,
+    );
+    for ctx in [ACME, GLOBEX, HOOLI] {
+        assert!(p.check("SELECT * FROM orders", &ctx).is_allowed());
+    }
+    assert!(p.check("SELECT * FROM notes", &ACME).is_allowed());
+    assert_eq!(
+        p.check("SELECT * FROM notes", &GLOBEX).rule,
+        Rule::UnknownRelation
+    );
+    // Not private (no pattern): a qualified isolated name is still checked against the session.
+    assert!(p
+        .check("SELECT * FROM tenant_acme.notes", &ACME)
+        .is_allowed());
+    assert_eq!(
+        p.check("SELECT * FROM tenant_acme.notes", &GLOBEX).rule,
+        Rule::CrossTenantSchema
+    );
+    assert_eq!(
+        p.check("SELECT * FROM tenant_globex.notes", &GLOBEX).rule,
+        Rule::UnknownRelation
+    );
+}
+
 #[test]
 fn literal_relation_names_are_checked_after_the_cache_and_never_echoed() {
     let p = schema_policy(100);
@@ -364,7 +456,7 @@ fn mutated_statements_agree_with_and_without_cache() {
                         .for_each(drop),
                 }
             }
-            for ctx in [ACME, GLOBEX, SessionCtx::default()] {
+            for ctx in [ACME, GLOBEX, HOOLI, SessionCtx::default()] {
                 let a = cached.check_bytes(&input, &ctx);
                 let b = fresh.check_bytes(&input, &ctx);
                 assert_eq!(

@@ -336,16 +336,16 @@ fn relation_name_literal(cx: &mut Cx, arg: &Node, location: i32, what: &str) -> 
     match parts.as_slice() {
         [rel] => {
             if cx.cat.is_isolated_relation(rel) {
-                cx.note_isolated();
+                cx.note_unqualified(rel, true, location);
             }
             Ok(())
         }
-        [schema, _] => {
+        [schema, rel] => {
             if !(schema == "pg_catalog"
                 || schema == "information_schema"
                 || cx.is_shared_schema(schema))
             {
-                cx.note_qualified(schema, None, location);
+                cx.note_qualified(schema, Some(rel), None, location);
             }
             Ok(())
         }

@@ -67,12 +67,26 @@ pub(crate) struct Analysis {
     /// Schema isolation: the statement resolves a tenant-schema relation through `search_path`,
     /// so the session's schema must be known.
     pub needs_schema: bool,
+    /// Schema isolation: unqualified isolated names the statement uses; each must exist in the
+    /// session's own schema (checked after the cache).
+    pub isolated_names: Vec<IsolatedName>,
+}
+
+/// An unqualified reference to a tenant-schema relation name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IsolatedName {
+    pub name: String,
+    /// From a string literal (a `regclass` cast or function argument): never echoed.
+    pub literal: bool,
+    pub location: i32,
 }
 
 /// A reference to a tenant-schema relation through an explicit schema name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SchemaRef {
     pub schema: String,
+    /// The relation name, checked against the session schema's relations after the cache.
+    pub relation: Option<String>,
     /// `schema.relation` when the name is an identifier of the statement; `None` when it comes
     /// from a string literal (a `regclass` cast or a function argument), whose text is never
     /// echoed.
@@ -88,6 +102,7 @@ pub(crate) struct Cx<'c> {
     pub tenant_literals: Vec<String>,
     pub touches_tenant: bool,
     pub qualified_schemas: Vec<SchemaRef>,
+    pub isolated_names: Vec<IsolatedName>,
     /// A relation of the tenant's schema/database was referenced (isolated kind).
     pub touches_isolated: bool,
     depth: usize,
@@ -102,6 +117,7 @@ impl<'c> Cx<'c> {
             tenant_literals: Vec::new(),
             touches_tenant: false,
             qualified_schemas: Vec::new(),
+            isolated_names: Vec::new(),
             touches_isolated: false,
             depth: 0,
         }
@@ -113,11 +129,34 @@ impl<'c> Cx<'c> {
         self.touches_isolated = true;
     }
 
+    /// A tenant-schema relation named without a schema (must exist in the session's schema).
+    pub fn note_unqualified(&mut self, name: &str, literal: bool, location: i32) {
+        self.note_isolated();
+        if !self
+            .isolated_names
+            .iter()
+            .any(|n| n.name == name && n.literal == literal)
+        {
+            self.isolated_names.push(IsolatedName {
+                name: name.to_owned(),
+                literal,
+                location,
+            });
+        }
+    }
+
     /// A tenant-schema relation named with an explicit schema (checked after the cache).
-    pub fn note_qualified(&mut self, schema: &str, display: Option<String>, location: i32) {
+    pub fn note_qualified(
+        &mut self,
+        schema: &str,
+        relation: Option<&str>,
+        display: Option<String>,
+        location: i32,
+    ) {
         self.note_isolated();
         let r = SchemaRef {
             schema: schema.to_owned(),
+            relation: relation.map(str::to_owned),
             display,
             location,
         };
@@ -215,6 +254,7 @@ pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis 
         tenant_literals: cx.tenant_literals,
         qualified_schemas: cx.qualified_schemas,
         needs_schema: cfg.isolation == Isolation::Schema && cx.touches_isolated,
+        isolated_names: cx.isolated_names,
     }
 }
 
@@ -225,6 +265,7 @@ fn early(rule: Rule, reason: String) -> Analysis {
         tenant_literals: Vec::new(),
         qualified_schemas: Vec::new(),
         needs_schema: false,
+        isolated_names: Vec::new(),
     }
 }
 

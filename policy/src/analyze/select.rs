@@ -582,7 +582,7 @@ fn row_relation(cx: &Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
 fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
     if rv.schemaname.is_empty() {
         if cx.cat.is_isolated_relation(&rv.relname) {
-            cx.note_isolated();
+            cx.note_unqualified(&rv.relname, false, rv.location);
             return Ok((RelKind::Isolated, String::new()));
         }
         let shared = cx
@@ -612,12 +612,17 @@ fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, Stri
         }
         return unknown_relation(cx, rv, Some(rv.schemaname.clone()));
     }
-    if cx.cat.is_isolated_relation(&rv.relname) {
-        cx.note_qualified(&rv.schemaname, Some(display_name(rv)), rv.location);
+    if cx.is_private_schema(&rv.schemaname) || cx.cat.is_isolated_relation(&rv.relname) {
+        cx.note_qualified(
+            &rv.schemaname,
+            Some(&rv.relname),
+            Some(display_name(rv)),
+            rv.location,
+        );
         return Ok((RelKind::Isolated, rv.schemaname.clone()));
     }
-    // A schema that is neither shared nor holds a tenant relation of that name may be another
-    // tenant's: never readable, whatever unknown_relations says.
+    // A schema that is neither shared nor private nor holds a tenant relation of that name may
+    // be another tenant's: never readable, whatever unknown_relations says.
     unknown_relation(cx, rv, None)
 }
 

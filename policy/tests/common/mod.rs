@@ -51,26 +51,35 @@ pub fn catalog() -> Catalog {
     c
 }
 
-/// Schema isolation: every tenant schema (`tenant_acme`, `tenant_globex`, …) has the isolated
-/// relations; `public` and `ref` are the shared schemas (search_path =
-/// `<tenant schema>, public, ref`).
+/// Schema isolation: the tenant schemas `tenant_acme` and `tenant_globex` have the full set of
+/// relations, `tenant_hooli` only `notes`; the migration tables are configuration-listed
+/// (`add_isolated_relation`: every tenant schema has them). Schemas `tenant_*` are private;
+/// `public` and `ref` are the shared schemas (search_path = `<tenant schema>, public, ref`).
 pub fn schema_catalog() -> Catalog {
     let mut c = Catalog::new("tenant_id");
+    for schema in ["tenant_acme", "tenant_globex"] {
+        for r in [
+            "orders",
+            "customers",
+            "order_items",
+            "invoices",
+            "Projects",
+            "orders_id_seq",
+            "customers_id_seq",
+            "plans_overrides",
+        ] {
+            c.add_schema_relation(schema, r);
+        }
+    }
+    c.add_schema_relation("tenant_hooli", "notes");
     for r in [
-        "orders",
-        "customers",
-        "order_items",
-        "invoices",
-        "Projects",
-        "orders_id_seq",
-        "customers_id_seq",
         "schema_migrations",
         "ar_internal_metadata",
         "_prisma_migrations",
-        "plans_overrides",
     ] {
         c.add_isolated_relation(r);
     }
+    c.add_private_schema_pattern("tenant_", "");
     // A row-isolated table in the shared schema (e.g. global users with an org column).
     c.add_tenant_table("public", "users", "org_id");
     c.add_unique_key("public", "users", &["id"]);
