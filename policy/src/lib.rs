@@ -113,7 +113,7 @@ fn apply_session(a: &analyze::Analysis, ctx: &SessionCtx, cat: &Catalog) -> Arc<
         .find(|r| ctx.schema != Some(r.schema.as_str()))
     {
         let what = match &r.display {
-            Some(name) => format!("relation \"{name}\""),
+            Some(what) => what.clone(),
             None => format!(
                 "the relation name at position {} (a regclass cast or function argument)",
                 analyze::pos(r.location)
@@ -184,7 +184,7 @@ fn missing_in_own_schema(a: &analyze::Analysis, own: &str, cat: &Catalog) -> Opt
             a.qualified_schemas.iter().find_map(|r| {
                 let rel = r.relation.as_deref()?;
                 (r.schema == own && !cat.schema_has_relation(own, rel)).then(|| match &r.display {
-                    Some(d) => what(d, false, r.location),
+                    Some(d) => d.clone(),
                     None => what(rel, true, r.location),
                 })
             })

@@ -148,6 +148,37 @@ fn isolated_relations_are_in_every_schema_schema_relations_in_theirs() {
     );
 }
 
+/// Qualified type names are checked like qualified relations, after the cache.
+#[test]
+fn qualified_type_names_are_checked_after_the_cache() {
+    let p = schema_policy(100);
+    let sql = "SELECT json_populate_record(NULL::tenant_acme.orders, $1)";
+    assert!(p.check(sql, &ACME).is_allowed());
+    let d = p.check(sql, &GLOBEX);
+    assert_eq!(d.rule, Rule::CrossTenantSchema, "{}", d.reason);
+    assert!(
+        d.reason
+            .contains("type \"tenant_acme.orders\" is in another tenant's schema"),
+        "{}",
+        d.reason
+    );
+    assert!(p.check(sql, &ACME).is_allowed());
+    assert_eq!(p.cache_stats(), (2, 1));
+
+    let row = Policy::new(PolicyConfig::default(), common::catalog());
+    let t = SessionCtx {
+        tenant: Some("t1"),
+        schema: None,
+    };
+    let d = row.check("SELECT (NULL::tenant_hooli.orders).*", &t);
+    assert_eq!(d.rule, Rule::CrossTenantSchema, "{}", d.reason);
+    assert!(
+        d.reason.contains("type \"tenant_hooli.orders\""),
+        "{}",
+        d.reason
+    );
+}
+
 #[test]
 fn literal_relation_names_are_checked_after_the_cache_and_never_echoed() {
     let p = schema_policy(100);

@@ -103,6 +103,7 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             }
         }
         Some(N::TypeCast(t)) => {
+            type_name_ref(cx, t.type_name.as_ref())?;
             if cx.isolation() == Isolation::Row && is_regclass(t.type_name.as_ref()) {
                 if let Some(a) = t.arg.as_deref() {
                     row_relation_literal(cx, a, t.location, "the regclass cast")?;
@@ -163,7 +164,10 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             walk_all(cx, &x.named_args, sub, env)?;
             walk_all(cx, &x.args, sub, env)
         }
-        Some(N::XmlSerialize(x)) => walk_opt(cx, x.expr.as_deref(), sub, env),
+        Some(N::XmlSerialize(x)) => {
+            type_name_ref(cx, x.type_name.as_ref())?;
+            walk_opt(cx, x.expr.as_deref(), sub, env)
+        }
         Some(N::CurrentOfExpr(_)) => reject(
             Rule::TooComplex,
             "WHERE CURRENT OF is not supported; filter by key and tenant instead",
@@ -350,6 +354,33 @@ fn relation_name_literal(cx: &mut Cx, arg: &Node, location: i32, what: &str) -> 
             Ok(())
         }
         _ => invalid(),
+    }
+}
+
+/// A schema-qualified type name (a cast, a column definition list) names a type of that schema,
+/// e.g. a table's row type, which reveals the table's structure: checked like a qualified
+/// relation. Schema isolation: shared and system schemas are fine, any other schema is recorded
+/// for the post-cache check against the session's schema. Row isolation: a private schema is
+/// rejected. Database isolation: not restricted.
+pub(crate) fn type_name_ref(cx: &mut Cx, t: Option<&TypeName>) -> R<()> {
+    let Some(t) = t else { return Ok(()) };
+    let parts: Vec<&str> = t.names.iter().filter_map(str_of).collect();
+    let [.., schema, _] = parts.as_slice() else {
+        return Ok(());
+    };
+    if matches!(*schema, "pg_catalog" | "information_schema") || cx.is_shared_schema(schema) {
+        return Ok(());
+    }
+    let what = format!("type \"{}\"", parts.join("."));
+    match cx.isolation() {
+        Isolation::Row if cx.is_private_schema(schema) => {
+            select::reject_private_schema(&format!("{what} (at position {})", pos(t.location)))
+        }
+        Isolation::Schema => {
+            cx.note_qualified(schema, None, Some(what), t.location);
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -87,9 +87,9 @@ pub(crate) struct SchemaRef {
     pub schema: String,
     /// The relation name, checked against the session schema's relations after the cache.
     pub relation: Option<String>,
-    /// `schema.relation` when the name is an identifier of the statement; `None` when it comes
-    /// from a string literal (a `regclass` cast or a function argument), whose text is never
-    /// echoed.
+    /// `relation "schema.name"` / `type "schema.name"` when the name is an identifier of the
+    /// statement; `None` when it comes from a string literal (a `regclass` cast or a function
+    /// argument), whose text is never echoed.
     pub display: Option<String>,
     pub location: i32,
 }

@@ -260,6 +260,7 @@ pub(crate) fn finish_from(
 }
 
 fn range_function(cx: &mut Cx, rf: &pg_query::protobuf::RangeFunction, env: &Env) -> R<()> {
+    column_definitions(cx, &rf.coldeflist)?;
     for f in &rf.functions {
         let items: &[Node] = match f.node.as_ref() {
             Some(N::List(l)) => &l.items,
@@ -268,9 +269,21 @@ fn range_function(cx: &mut Cx, rf: &pg_query::protobuf::RangeFunction, env: &Env
         for item in items {
             match item.node.as_ref() {
                 Some(N::FuncCall(_)) => walk(cx, item, Ctx::Predicate, env)?,
-                Some(N::List(_)) | None => {}
+                // `ROWS FROM (f() AS (col type, …))`
+                Some(N::List(l)) => column_definitions(cx, &l.items)?,
+                None => {}
                 Some(_) => return reject(Rule::TooComplex, "unsupported function in FROM"),
             }
+        }
+    }
+    Ok(())
+}
+
+/// The types of a column definition list (`f() AS t(col type, …)`) are type references.
+fn column_definitions(cx: &mut Cx, defs: &[Node]) -> R<()> {
+    for d in defs {
+        if let Some(N::ColumnDef(c)) = d.node.as_ref() {
+            expr::type_name_ref(cx, c.type_name.as_ref())?;
         }
     }
     Ok(())
@@ -616,7 +629,7 @@ fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, Stri
         cx.note_qualified(
             &rv.schemaname,
             Some(&rv.relname),
-            Some(display_name(rv)),
+            Some(format!("relation \"{}\"", display_name(rv))),
             rv.location,
         );
         return Ok((RelKind::Isolated, rv.schemaname.clone()));
