@@ -153,24 +153,28 @@ pub fn build_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
             catalog.add_tenant_table(s, n, &t.column);
         }
     }
+    add_private_schemas(config, &mut catalog);
     let Some(found) = found else {
         return catalog;
     };
+    // Tenant schemas are not part of the shared catalog, even where their tables have the
+    // tenant column (a moved tenant keeps it): they are reached only by their own tenant.
+    let shared_part = |schema: &str| !is_tenant_schema(config, schema);
     let configured = |s: &str, n: &str| {
         shared.iter().any(|k| k.0 == s && k.1 == n)
             || overrides.iter().any(|(k, _)| k.0 == s && k.1 == n)
             || listed.iter().any(|k| k.0 == s && k.1 == n)
     };
-    for r in &found.relations {
+    for r in found.relations.iter().filter(|r| shared_part(&r.schema)) {
         if !configured(&r.schema, &r.name) && r.has_tenant_column {
             catalog.add_tenant_table(&r.schema, &r.name, &t.column);
         }
     }
-    for (s, n, cols) in &found.unique_keys {
+    for (s, n, cols) in found.unique_keys.iter().filter(|k| shared_part(&k.0)) {
         let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
         catalog.add_unique_key(s, n, &cols);
     }
-    for (s, n, cols, rs, rn, rcols) in &found.foreign_keys {
+    for (s, n, cols, rs, rn, rcols) in found.foreign_keys.iter().filter(|k| shared_part(&k.0)) {
         let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
         let rcols: Vec<&str> = rcols.iter().map(String::as_str).collect();
         catalog.add_foreign_key(s, n, &cols, rs, rn, &rcols);
@@ -178,30 +182,49 @@ pub fn build_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
     catalog
 }
 
-/// Is `schema` a tenant schema: the template schema, a `[[tenants]]` schema, or (without a
-/// template schema) a name the `[tenancy] schema` pattern makes?
-fn is_tenant_schema(config: &Config, schema: &str) -> bool {
-    let t = &config.tenancy;
-    if let Some(template) = &t.template_schema {
-        return schema == template;
-    }
-    if config
-        .tenants
-        .iter()
-        .any(|e| e.schema.as_deref() == Some(schema))
-    {
-        return true;
-    }
-    let (prefix, suffix) = t.schema.split_once("{tenant}").unwrap_or((&t.schema, ""));
-    schema.len() > prefix.len() + suffix.len()
-        && schema.starts_with(prefix)
-        && schema.ends_with(suffix)
-        && !t.shared_schemas.iter().any(|s| s == schema)
+/// The `[tenancy] schema` template as (prefix, suffix) around `{tenant}`, when any tenant uses
+/// schema isolation.
+fn schema_pattern(config: &Config) -> Option<(&str, &str)> {
+    config
+        .uses_isolation(Isolation::Schema)
+        .then(|| config.tenancy.schema.split_once("{tenant}"))
+        .flatten()
 }
 
-/// Schema isolation: the catalog of the shared schemas, plus the relation names every tenant
-/// schema has (from the template schema or the tenant schemas found, and unqualified names
-/// in `[tenancy] tables`).
+/// Is `schema` a tenant's (or the template's): a name the `schema` template makes, a
+/// `[[tenants]]` schema, or `template_schema`? Shared schemas never are.
+fn is_tenant_schema(config: &Config, schema: &str) -> bool {
+    let t = &config.tenancy;
+    if t.shared_schemas.iter().any(|s| s == schema) {
+        return false;
+    }
+    t.template_schema.as_deref() == Some(schema)
+        || config
+            .tenants
+            .iter()
+            .any(|e| e.schema.as_deref() == Some(schema))
+        || schema_pattern(config).is_some_and(|(prefix, suffix)| {
+            schema.len() > prefix.len() + suffix.len()
+                && schema.starts_with(prefix)
+                && schema.ends_with(suffix)
+        })
+}
+
+/// Tenant schemas are private: no other tenant's statement may name them.
+fn add_private_schemas(config: &Config, catalog: &mut Catalog) {
+    if let Some((prefix, suffix)) = schema_pattern(config) {
+        catalog.add_private_schema_pattern(prefix, suffix);
+    }
+    let explicit = config.tenants.iter().filter_map(|e| e.schema.as_deref());
+    for schema in explicit.chain(config.tenancy.template_schema.as_deref()) {
+        catalog.add_private_schema(schema);
+    }
+}
+
+/// Schema isolation: the catalog of the shared schemas, plus the relations each tenant schema
+/// has (a statement may only name relations its own schema has: a name missing there would
+/// fall through `search_path` to a shared schema), plus unqualified names in `[tenancy]
+/// tables` (assumed in every tenant schema).
 pub fn build_schema_catalog(config: &Config, found: Option<&Discovered>) -> Catalog {
     let mut catalog = build_catalog(config, found);
     if let TablesSpec::List(list) = &config.tenancy.tables {
@@ -211,7 +234,7 @@ pub fn build_schema_catalog(config: &Config, found: Option<&Discovered>) -> Cata
     }
     for r in found.map_or(&[][..], |f| &f.relations) {
         if is_tenant_schema(config, &r.schema) {
-            catalog.add_isolated_relation(&r.name);
+            catalog.add_schema_relation(&r.schema, &r.name);
         }
     }
     catalog
