@@ -37,7 +37,9 @@ enum Handshake {
 pub async fn handle(app: Arc<App>, tcp: TcpStream, peer: SocketAddr, _guard: ClientGuard) {
     tcp.set_nodelay(true).ok();
     let timeout = app.config().proxy.auth_timeout();
-    let login = tokio::time::timeout(timeout, async {
+    // Boxed: the handshake's and authentication's state is freed once the client is logged
+    // in, instead of staying part of the task for the session's lifetime (session::run).
+    let login = Box::pin(tokio::time::timeout(timeout, async {
         match handshake(&app, tcp).await {
             Ok(Handshake::Startup(s)) => login(&app, s, peer).await,
             Ok(Handshake::Done) => None,
@@ -54,11 +56,13 @@ pub async fn handle(app: Arc<App>, tcp: TcpStream, peer: SocketAddr, _guard: Cli
                 None
             }
         }
-    })
+    }))
     .await;
     match login {
         Ok(Some(LoggedIn::Session(conn, identity))) => session::run(app, conn, identity).await,
-        Ok(Some(LoggedIn::Admin(conn, identity))) => crate::admin::run(app, conn, identity).await,
+        Ok(Some(LoggedIn::Admin(conn, identity))) => {
+            Box::pin(crate::admin::run(app, conn, identity)).await
+        }
         Ok(None) => {}
         Err(_) => tracing::info!(%peer, "client did not finish startup within auth_timeout"),
     }

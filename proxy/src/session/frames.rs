@@ -86,7 +86,7 @@ impl Session {
                         "tenantgate: server connection lost",
                     )));
                 }
-                if let Err(e) = self.attach().await {
+                if let Err(e) = Box::pin(self.attach()).await {
                     return Some(RelayEnd::Fatal(e));
                 }
             }

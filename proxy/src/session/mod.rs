@@ -157,7 +157,20 @@ async fn send_fatal(client: &mut Framed, err: PgError) {
 }
 
 /// Runs a logged-in session until the client leaves or the proxy shuts down.
-pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
+///
+/// The session's task future lives as long as the client, idle or not, so only what an idle
+/// session needs is kept inline in it: setup, cleanup and the rarer relay steps (attaching a
+/// server, reading settings back, audit queuing) run in boxed futures, allocated only while
+/// they run. This keeps an idle client's task small (bench/README.md, idle clients).
+pub async fn run(app: Arc<App>, client: Framed, id: ClientIdentity) {
+    if let Some(session) = Box::pin(start(app, client, id)).await {
+        session.serve().await;
+    }
+}
+
+/// Login completion: settings, placement, the first server (when one is needed), the
+/// client's ParameterStatus/BackendKeyData/ReadyForQuery. None if the session ended there.
+async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Option<Session> {
     let pool_settings = id.pool.settings();
     let tx_mode = pool_settings.mode == PoolMode::Transaction;
     let placed_with = app.config();
@@ -167,7 +180,10 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         .is_some_and(|d| d.forward_options);
     let mut startup = match settings::startup_settings(&app, &id.params, forward_options) {
         Ok(s) => s,
-        Err(e) => return send_fatal(&mut client, e).await,
+        Err(e) => {
+            send_fatal(&mut client, e).await;
+            return None;
+        }
     };
     let user = &id.user_config.config;
     let tenant = match user.tenant_from {
@@ -182,7 +198,8 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         }
         Err(e) => {
             let e = PgError::fatal(e.code, e.message);
-            return send_fatal(&mut client, e).await;
+            send_fatal(&mut client, e).await;
+            return None;
         }
     };
     if let Some(t) = &tenant {
@@ -212,7 +229,10 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
     let permit = match (&tenant, quota, tx_mode) {
         (Some(t), Some(limit), false) => match id.pool.tenant_permit(t, limit).await {
             Ok(p) => Some(p),
-            Err(e) => return send_fatal(&mut client, pool_error(&e)).await,
+            Err(e) => {
+                send_fatal(&mut client, pool_error(&e)).await;
+                return None;
+            }
         },
         _ => None,
     };
@@ -220,7 +240,8 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(user = %id.user, database = %id.database, error = %e.message, "session start failed");
-            return send_fatal(&mut client, e).await;
+            send_fatal(&mut client, e).await;
+            return None;
         }
     };
     let cancel = app.cancel.register();
@@ -243,7 +264,7 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         if let Some(server) = start.server {
             finish(&id.pool, server, true, !tx_mode).await;
         }
-        return;
+        return None;
     }
     let desired = start.desired;
     tracing::debug!(user = %id.user, database = %id.database, peer = %id.peer,
@@ -310,7 +331,7 @@ pub async fn run(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) {
         }
         None => {}
     }
-    session.serve().await;
+    Some(session)
 }
 
 /// How a session starts: its server (session mode; transaction mode only while the pool's
@@ -483,7 +504,7 @@ impl Session {
                 .filter(|n| **n != tenant_setting)
                 .cloned()
                 .collect();
-            match conn.read_settings(&custom).await {
+            match Box::pin(conn.read_settings(&custom)).await {
                 Ok(rows) => {
                     // The tenant setting is the proxy's: what the server has is what was set.
                     let now = self.with_tenant(settings::from_rows(rows));
@@ -492,7 +513,7 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");
-                    return finish(&pool, conn, false, false).await;
+                    return Box::pin(finish(&pool, conn, false, false)).await;
                 }
             }
         }
@@ -502,9 +523,12 @@ impl Session {
 
     /// Queues the pending audit events (waiting for room if the writer is behind).
     async fn flush_audit(&mut self) {
-        if self.audit_pending.is_empty() {
-            return;
+        if !self.audit_pending.is_empty() {
+            Box::pin(self.queue_audit()).await;
         }
+    }
+
+    async fn queue_audit(&mut self) {
         let Some(audit) = self.app.audit().cloned() else {
             self.audit_pending.clear();
             return;
@@ -527,6 +551,12 @@ impl Session {
     async fn serve(mut self) {
         self.flush_audit().await;
         let end = self.relay().await;
+        Box::pin(self.end(end)).await;
+    }
+
+    /// After the relay: tell the client why (if it is still there), settle and return the
+    /// server, record the disconnect.
+    async fn end(&mut self, end: RelayEnd) {
         match &end {
             RelayEnd::ClientGone => {}
             RelayEnd::Fatal(e) => send_fatal(&mut self.client, e.clone()).await,

@@ -147,7 +147,7 @@ impl Session {
                 }
                 Err(Side::Server(e)) => {
                     tracing::info!(error = %e, "server i/o error");
-                    return self.server_lost().await;
+                    return Box::pin(self.server_lost()).await;
                 }
             };
             match event {
@@ -161,14 +161,14 @@ impl Session {
                 Event::Server => {
                     if let Err(e) = self.server_frames() {
                         tracing::warn!(error = %e, "invalid message from server");
-                        return self.server_lost().await;
+                        return Box::pin(self.server_lost()).await;
                     }
                     if self.releasable() {
                         self.release().await;
                     }
                 }
                 Event::ClientEof => return RelayEnd::ClientGone,
-                Event::ServerEof => return self.server_lost().await,
+                Event::ServerEof => return Box::pin(self.server_lost()).await,
                 Event::Drain => self.waits.draining = true,
                 Event::Terminate => {
                     self.flush_client().await;
