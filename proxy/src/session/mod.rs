@@ -170,7 +170,10 @@ pub async fn run(app: Arc<App>, client: Framed, id: ClientIdentity) {
 
 /// Login completion: settings, placement, the first server (when one is needed), the
 /// client's ParameterStatus/BackendKeyData/ReadyForQuery. None if the session ended there.
-async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Option<Session> {
+///
+/// The session is boxed: moved into `serve` by value it would be stored in the task twice
+/// (the moved-from local keeps its slot).
+async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Option<Box<Session>> {
     let pool_settings = id.pool.settings();
     let tx_mode = pool_settings.mode == PoolMode::Transaction;
     let placed_with = app.config();
@@ -287,7 +290,7 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         .filter(|(k, _)| k.contains('.') && !k.eq_ignore_ascii_case(&setting))
         .map(|(k, _)| k.to_ascii_lowercase())
         .collect();
-    let mut session = Session {
+    let mut session = Box::new(Session {
         app,
         id,
         client,
@@ -318,7 +321,7 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         cancel,
         waits,
         metrics,
-    };
+    });
     session.settings_unnormalized = !start.normalized;
     match start.server {
         Some(mut server) if tx_mode => {
@@ -492,29 +495,41 @@ impl Session {
 
     /// Returns the server to the pool, first learning its settings if they may have changed.
     async fn release(&mut self) {
+        if self.progress.settings_dirty {
+            // Boxed: rare, and its state would otherwise be part of every idle session.
+            return Box::pin(self.release_reading_settings()).await;
+        }
+        let Some(Attached { conn, pool, .. }) = self.server.take() else {
+            return;
+        };
+        self.cancel.slot.set(None);
+        self.progress = Progress::default();
+        pool.release(conn);
+    }
+
+    /// [`Session::release`] after statements that may have changed session settings.
+    async fn release_reading_settings(&mut self) {
         let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
             return;
         };
         self.cancel.slot.set(None);
-        if self.progress.settings_dirty {
-            let tenant_setting = self.app.config().tenancy.setting.to_ascii_lowercase();
-            let custom: Vec<String> = self
-                .custom_settings
-                .iter()
-                .filter(|n| **n != tenant_setting)
-                .cloned()
-                .collect();
-            match Box::pin(conn.read_settings(&custom)).await {
-                Ok(rows) => {
-                    // The tenant setting is the proxy's: what the server has is what was set.
-                    let now = self.with_tenant(settings::from_rows(rows));
-                    conn.session_settings = now.clone();
-                    self.desired = now;
-                }
-                Err(e) => {
-                    tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");
-                    return Box::pin(finish(&pool, conn, false, false)).await;
-                }
+        let tenant_setting = self.app.config().tenancy.setting.to_ascii_lowercase();
+        let custom: Vec<String> = self
+            .custom_settings
+            .iter()
+            .filter(|n| **n != tenant_setting)
+            .cloned()
+            .collect();
+        match conn.read_settings(&custom).await {
+            Ok(rows) => {
+                // The tenant setting is the proxy's: what the server has is what was set.
+                let now = self.with_tenant(settings::from_rows(rows));
+                conn.session_settings = now.clone();
+                self.desired = now;
+            }
+            Err(e) => {
+                tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");
+                return finish(&pool, conn, false, false).await;
             }
         }
         self.progress = Progress::default();
@@ -548,7 +563,7 @@ impl Session {
         }
     }
 
-    async fn serve(mut self) {
+    async fn serve(mut self: Box<Self>) {
         self.flush_audit().await;
         let end = self.relay().await;
         Box::pin(self.end(end)).await;
