@@ -505,6 +505,10 @@ impl Session {
         self.cancel.slot.set(None);
         self.progress = Progress::default();
         pool.release(conn);
+        // Between transactions the session holds no buffer (to_client goes once written).
+        if self.to_server.is_empty() {
+            self.to_server = BytesMut::new();
+        }
     }
 
     /// [`Session::release`] after statements that may have changed session settings.

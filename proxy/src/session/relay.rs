@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -124,10 +124,33 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Drops a large output buffer once it has been written, so one big result does not stay
-/// allocated for the rest of an idle session.
-fn shrink_if_drained(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+/// allocated for the rest of an idle session; `idle` (no server attached) drops any.
+fn shrink_if_drained(buf: &mut BytesMut, idle: bool) {
+    if buf.is_empty() && (buf.capacity() > 64 * 1024 || idle && buf.capacity() > 0) {
         *buf = BytesMut::new();
+    }
+}
+
+/// Reads client input into `buf`. While `buf` is empty (an idle client) the read goes
+/// through a stack buffer, so that an idle session holds no read buffer at all.
+fn poll_read_client(
+    stream: &mut crate::io::Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if !buf.is_empty() {
+        reserve(buf);
+        return poll_read_buf(Pin::new(stream), cx, buf);
+    }
+    let mut chunk = [0u8; 2048];
+    let mut read = ReadBuf::new(&mut chunk);
+    match Pin::new(stream).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -138,6 +161,7 @@ fn fatal(code: &'static str, msg: &str) -> RelayEnd {
 impl Session {
     /// Relays until the client leaves, the server fails, or the proxy shuts down.
     pub(super) async fn relay(&mut self) -> RelayEnd {
+        self.drop_read_buffer();
         loop {
             let event = match self.next_event().await {
                 Ok(e) => e,
@@ -157,6 +181,7 @@ impl Session {
                         self.flush_client().await;
                         return end;
                     }
+                    self.drop_read_buffer();
                 }
                 Event::Server => {
                     if let Err(e) = self.server_frames() {
@@ -193,6 +218,14 @@ impl Session {
                     "tenantgate: terminating connection due to administrator command",
                 );
             }
+        }
+    }
+
+    /// Frees the client read buffer once every message in it is handled (the next read
+    /// starts on the stack, see `poll_read_client`).
+    fn drop_read_buffer(&mut self) {
+        if self.client.rbuf.is_empty() && self.client.rbuf.capacity() > 0 {
+            self.client.rbuf = BytesMut::new();
         }
     }
 
@@ -256,7 +289,7 @@ impl Session {
                 if !to_server.is_empty() {
                     match poll_write_some(&mut s.stream, to_server, cx) {
                         Poll::Ready(Ok(())) => {
-                            shrink_if_drained(to_server);
+                            shrink_if_drained(to_server, false);
                             progressed = true
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Server(e))),
@@ -269,7 +302,7 @@ impl Session {
                 match poll_write_some(&mut client.stream, to_client, cx) {
                     Poll::Ready(Ok(())) => {
                         metrics.bytes_sent(before - to_client.len());
-                        shrink_if_drained(to_client);
+                        shrink_if_drained(to_client, server.is_none());
                         progressed = true
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Client(e))),
@@ -277,8 +310,7 @@ impl Session {
                 }
             }
             if to_server.len() < HIGH_WATER {
-                reserve(&mut client.rbuf);
-                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
+                match poll_read_client(&mut client.stream, &mut client.rbuf, cx) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
                     Poll::Ready(Ok(n)) => {
                         metrics.bytes_received(n);
