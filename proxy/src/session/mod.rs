@@ -217,7 +217,8 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 "tenantgate: under row isolation search_path may only name the shared schemas",
             );
-            return send_fatal(&mut client, e).await;
+            send_fatal(&mut client, e).await;
+            return None;
         }
     }
     if let Some(schema) = placement.schema() {
