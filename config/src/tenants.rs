@@ -169,37 +169,35 @@ impl Config {
         if t.template_schema.as_deref() == Some(schema) {
             return Some("the template schema".into());
         }
+        self.other_tenant_with(tenant, Isolation::Schema, schema)
+            .map(|id| format!("tenant {id:?}'s schema"))
+    }
+
+    /// Another `[[tenants]]` entry placed in `name` (its explicit schema/database, or its
+    /// template expansion), under `isolation`.
+    fn other_tenant_with(&self, tenant: &str, isolation: Isolation, name: &str) -> Option<&str> {
+        let t = &self.tenancy;
+        let (template, explicit): (&str, fn(&TenantConfig) -> Option<&str>) = match isolation {
+            Isolation::Schema => (&t.schema, |e| e.schema.as_deref()),
+            _ => (&t.database, |e| e.database.as_deref()),
+        };
         self.tenants
             .iter()
-            .filter(|e| e.id != tenant)
-            .find(|e| {
-                e.schema.as_deref() == Some(schema)
-                    || (e.schema.is_none()
-                        && e.isolation(t.isolation) == Isolation::Schema
-                        && expand(&t.schema, &e.id) == schema)
-            })
-            .map(|e| format!("tenant {:?}'s schema", e.id))
+            .filter(|e| e.id != tenant && e.isolation(t.isolation) == isolation)
+            .find(|e| explicit(e).map_or_else(|| expand(template, &e.id) == name, |x| x == name))
+            .map(|e| e.id.as_str())
     }
 
     /// Who else a database belongs to, if anyone but `tenant`.
     fn database_owner(&self, db: &str, tenant: &str) -> Option<String> {
-        let t = &self.tenancy;
         if matches!(db, "postgres" | "template0" | "template1") {
             return Some("a system database".into());
         }
         if let Some(d) = self.databases.iter().find(|d| d.server_dbname() == db) {
             return Some(format!("the database of [[databases]] {:?}", d.name));
         }
-        self.tenants
-            .iter()
-            .filter(|e| e.id != tenant)
-            .find(|e| {
-                e.database.as_deref() == Some(db)
-                    || (e.database.is_none()
-                        && e.isolation(t.isolation) == Isolation::Database
-                        && expand(&t.database, &e.id) == db)
-            })
-            .map(|e| format!("tenant {:?}'s database", e.id))
+        self.other_tenant_with(tenant, Isolation::Database, db)
+            .map(|id| format!("tenant {id:?}'s database"))
     }
 
     /// Is any tenant (by default or by a `[[tenants]]` entry) placed with `isolation`?

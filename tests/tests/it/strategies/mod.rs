@@ -94,6 +94,14 @@ async fn fixture() -> String {
     main
 }
 
+/// Stops the proxy and drops the fixture's tenant databases.
+async fn teardown(proxy: TestProxy, main: &str) {
+    proxy.shutdown().await.unwrap();
+    for db in ["dbco", "dbvictim"] {
+        drop_database(&format!("{main}_{db}")).await;
+    }
+}
+
 fn user(
     name: &str,
     tenant: Option<&str>,
@@ -263,10 +271,7 @@ async fn three_strategies_behind_one_endpoint_return_each_tenants_own_data() {
         assert_eq!(items(&db, APP_QUERY).await, ["db-1", "db-2"]);
     })
     .await;
-    proxy.shutdown().await.unwrap();
-    for db in ["dbco", "dbvictim"] {
-        drop_database(&format!("{main}_{db}")).await;
-    }
+    teardown(proxy, &main).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,10 +434,7 @@ async fn cross_schema_and_cross_database_attempts_are_rejected() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(v, ["victim-secret"]);
-    proxy.shutdown().await.unwrap();
-    for db in ["dbco", "dbvictim"] {
-        drop_database(&format!("{main}_{db}")).await;
-    }
+    teardown(proxy, &main).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,10 +496,7 @@ async fn a_switch_user_moves_between_strategies_per_transaction() {
         assert_eq!(items(&c, APP_QUERY).await, ["row-1", "row-2"]);
     })
     .await;
-    proxy.shutdown().await.unwrap();
-    for db in ["dbco", "dbvictim"] {
-        drop_database(&format!("{main}_{db}")).await;
-    }
+    teardown(proxy, &main).await;
 }
 
 /// Two schema tenants on one server connection, running the same prepared statements in turn:
@@ -539,10 +538,7 @@ async fn schema_tenants_sharing_one_server_and_its_prepared_statements_stay_apar
         }
     })
     .await;
-    proxy.shutdown().await.unwrap();
-    for db in ["dbco", "dbvictim"] {
-        drop_database(&format!("{main}_{db}")).await;
-    }
+    teardown(proxy, &main).await;
 }
 
 /// SHOW TENANTS names each tenant's strategy and placement.
@@ -596,10 +592,7 @@ async fn show_tenants_reports_strategy_and_server_use() {
         assert!(names.contains(&format!("app/{main}_dbco")), "{names:?}");
     })
     .await;
-    proxy.shutdown().await.unwrap();
-    for db in ["dbco", "dbvictim"] {
-        drop_database(&format!("{main}_{db}")).await;
-    }
+    teardown(proxy, &main).await;
 }
 
 /// Counts loads that failed, for the load tests.
