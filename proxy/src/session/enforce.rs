@@ -114,6 +114,16 @@ fn mentions_session_only_feature(sql: &str) -> bool {
     .any(|w| lower.contains(w))
 }
 
+/// Does `sql` (lower case) contain a call of `name`: the name as a whole word, then `(`?
+fn calls_function(sql: &str, name: &str) -> bool {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    sql.match_indices(name).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| sql.as_bytes()[j]);
+        let rest = sql[i + name.len()..].trim_start();
+        before.is_none_or(|b| !ident(b)) && rest.starts_with('(')
+    })
+}
+
 /// Features that need the same server across transactions, which transaction pooling cannot
 /// give: refused with 0A000 rather than silently misbehaving.
 fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
@@ -141,7 +151,7 @@ fn transaction_mode_refusal(decision: &Decision, sql: &str) -> Option<PgError> {
     });
     // lastval() answers for the server session: another client's (tenant's) last nextval.
     let feature = feature.or_else(|| {
-        lower.contains("lastval").then_some(
+        calls_function(&lower, "lastval").then_some(
             "lastval() (use INSERT … RETURNING, or currval('seq') in the same transaction)",
         )
     })?;
@@ -642,6 +652,9 @@ mod tests {
         assert!(refused("SELECT pg_advisory_lock(1)"));
         assert!(refused("SELECT pg_try_advisory_lock(1)"));
         assert!(refused("SELECT lastval()"));
+        assert!(refused("SELECT pg_catalog.lastval ()"));
+        assert!(!refused("SELECT lastvalue FROM stats"));
+        assert!(!refused("SELECT my_lastval(1)"));
         assert!(!refused("SELECT pg_advisory_xact_lock(1)"));
         assert!(!refused("DECLARE c CURSOR FOR SELECT 1"));
         assert!(!refused("SELECT executed_at FROM jobs"));
