@@ -416,12 +416,17 @@ impl Pool {
     }
 
     /// Returns a clean, idle server (ReadyForQuery 'I', no session state) to the pool.
-    pub fn release(&self, mut conn: ServerConn) {
+    pub fn release(&self, conn: ServerConn) {
+        self.release_to_waiter(conn);
+    }
+
+    /// [`Pool::release`], saying whether a waiting client got the server.
+    pub fn release_to_waiter(&self, mut conn: ServerConn) -> bool {
         let settings = self.settings();
         if !settings.lifetime.is_zero() && conn.created.elapsed() > settings.lifetime {
             drop(conn);
             self.forget_one();
-            return;
+            return false;
         }
         conn.last_used = Instant::now();
         let budget_wanted = self
@@ -435,21 +440,22 @@ impl Pool {
             s.total -= 1;
             drop(s);
             drop(conn);
-            return;
+            return false;
         }
         if s.closed || s.total > settings.pool_size {
             // Closed, or shrunk by a reload: this server goes away.
             s.total -= 1;
-            return;
+            return false;
         }
         while let Some(tx) = s.waiters.pop_front() {
             match tx.send(Grant::Conn(Box::new(conn))) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(Grant::Conn(back)) => conn = *back,
-                Err(Grant::Connect) => return,
+                Err(Grant::Connect) => return false,
             }
         }
         s.idle.push(conn);
+        false
     }
 
     /// Accounts for a server that was closed instead of released, and lets a waiter open one.
