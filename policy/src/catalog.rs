@@ -171,6 +171,11 @@ impl Catalog {
         }
     }
 
+    /// Are there tenant schemas at all (a mixed fleet)?
+    pub(crate) fn has_private_schemas(&self) -> bool {
+        !self.private_schemas.is_empty() || !self.private_patterns.is_empty()
+    }
+
     pub(crate) fn is_private_schema(&self, schema: &str) -> bool {
         self.private_schemas.contains(schema)
             || self.private_patterns.iter().any(|(prefix, suffix)| {

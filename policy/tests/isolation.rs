@@ -399,6 +399,19 @@ fn private_schemas_are_out_of_reach_in_row_isolation() {
     for schema in ["public", "t__data", "t_shared_data"] {
         assert!(row.check(&q(schema), &t).is_allowed(), "{schema}");
     }
+    // A relation name bound at run time could name a tenant schema: literals only.
+    for sql in ["SELECT nextval($1)", "SELECT currval($1::text)"] {
+        assert_eq!(row.check(sql, &t).rule, Rule::ForbiddenFunction, "{sql}");
+    }
+    for sql in [
+        "SELECT nextval('orders_id_seq')",
+        "SELECT currval(pg_get_serial_sequence('orders', 'id'))",
+    ] {
+        assert!(row.check(sql, &t).is_allowed(), "{sql}");
+    }
+    // Without tenant schemas, row isolation keeps accepting bound names.
+    let plain = Policy::new(PolicyConfig::default(), Catalog::new("tenant_id"));
+    assert!(plain.check("SELECT nextval($1)", &t).is_allowed());
     // Unknown relations in a private schema are rejected the same way, whatever
     // unknown_relations says.
     let lax = Policy::new(

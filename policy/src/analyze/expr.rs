@@ -106,7 +106,8 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             type_name_ref(cx, t.type_name.as_ref())?;
             if cx.isolation() == Isolation::Row && is_regclass(t.type_name.as_ref()) {
                 if let Some(a) = t.arg.as_deref() {
-                    row_relation_literal(cx, a, t.location, "the regclass cast")?;
+                    // A bound `$1::regclass` only maps a name to an OID: no literal needed.
+                    row_relation_literal(cx, a, t.location, "the regclass cast", false)?;
                 }
             }
             walk_opt(cx, t.arg.as_deref(), ctx, env)
@@ -252,7 +253,7 @@ fn func_call(cx: &mut Cx, f: &FuncCall, ctx: Ctx, env: &Env) -> R<()> {
     if cx.isolation() == Isolation::Row {
         let arg = functions::relation_arg(&name, f.args.len()).and_then(|i| f.args.get(i));
         if let Some(a) = arg {
-            row_relation_literal(cx, a, f.location, &format!("{name}()"))?;
+            row_relation_literal(cx, a, f.location, &format!("{name}()"), true)?;
         }
     }
     for (i, a) in f.args.iter().enumerate() {
@@ -386,7 +387,31 @@ pub(crate) fn type_name_ref(cx: &mut Cx, t: Option<&TypeName>) -> R<()> {
 
 /// Row isolation: a relation name given as a string literal must not name a private (tenant)
 /// schema. Other values are not restricted in row isolation. The literal is never echoed.
-fn row_relation_literal(cx: &Cx, arg: &Node, location: i32, what: &str) -> R<()> {
+fn row_relation_literal(
+    cx: &Cx,
+    arg: &Node,
+    location: i32,
+    what: &str,
+    literal_only: bool,
+) -> R<()> {
+    let serial_sequence = matches!(arg.node.as_ref(), Some(N::FuncCall(inner))
+        if func_name(&inner.funcname).1 == "pg_get_serial_sequence");
+    if literal_only
+        && string_const(arg).is_none()
+        && !serial_sequence
+        && cx.cat.has_private_schemas()
+    {
+        // With tenant schemas around, a relation name bound at run time (`nextval($1)`) could
+        // name one of them: only literals can be checked.
+        return reject_hint(
+            Rule::ForbiddenFunction,
+            format!(
+                "{what} at position {} names a relation with a non-literal value; with tenant schemas configured the relation must be a string literal",
+                pos(location)
+            ),
+            "write the relation name as a literal, e.g. nextval('orders_id_seq')",
+        );
+    }
     let parts = string_const(arg).and_then(|t| functions::split_qualified_name(&t));
     match parts.as_deref() {
         Some([.., schema, _]) if cx.is_private_schema(schema) => select::reject_private_schema(
