@@ -1,7 +1,7 @@
 //! Screening client statements: the tenant policy, tenant switching, and the session commands
 //! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
 
-use super::settings::{quote_literal, set_sql};
+use super::settings::{set_config_call, set_sql};
 use super::Session;
 use crate::audit::AuditKind;
 use crate::protocol::frame::BodyReader;
@@ -62,25 +62,12 @@ fn first_statement(sql: &str) -> Option<pg_query::NodeEnum> {
 
 /// The value of `SET name = 'value'` / `SET name TO value` (one string or number argument).
 fn set_value(sql: &str) -> Option<String> {
-    let stmt = first_statement(sql)?;
-    let pg_query::NodeEnum::VariableSetStmt(set) = stmt else {
-        return None;
-    };
-    let [arg] = set.args.as_slice() else {
-        return None;
-    };
-    let pg_query::NodeEnum::AConst(c) = arg.node.as_ref()? else {
-        return None;
-    };
-    match c.val.as_ref()? {
-        pg_query::protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
-        pg_query::protobuf::a_const::Val::Ival(i) => Some(i.ival.to_string()),
-        _ => None,
-    }
+    let mut values = set_values(sql)?;
+    (values.len() == 1).then(|| values.remove(0))
 }
 
-/// The values of `SET name = a, "b", 'c'` as Postgres reads them (None for DEFAULT or
-/// anything but plain strings and identifiers).
+/// The values of `SET name = a, "b", 'c', 42` as Postgres reads them (empty for DEFAULT; None
+/// when an argument is anything but a string, identifier or integer).
 fn set_values(sql: &str) -> Option<Vec<String>> {
     let stmt = first_statement(sql)?;
     let pg_query::NodeEnum::VariableSetStmt(set) = stmt else {
@@ -91,6 +78,7 @@ fn set_values(sql: &str) -> Option<Vec<String>> {
         .map(|arg| match arg.node.as_ref()? {
             pg_query::NodeEnum::AConst(c) => match c.val.as_ref()? {
                 pg_query::protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
+                pg_query::protobuf::a_const::Val::Ival(i) => Some(i.ival.to_string()),
                 _ => None,
             },
             _ => None,
@@ -415,18 +403,13 @@ impl Session {
             .set_tenant(&self.app.stats, self.tenant.as_deref());
         self.set_placement(placement, pool);
         let mut sql = match &self.tenant {
-            Some(t) => format!(
-                "SELECT set_config({}, {}, false)",
-                quote_literal(&setting),
-                quote_literal(t)
-            ),
+            Some(t) => format!("SELECT {}", set_config_call(&setting, t, false)),
             None => format!("RESET {}", super::settings::quote_ident(&setting)),
         };
-        if let Some(schema) = self.placement.schema() {
-            let path = super::placement::search_path(&self.app.config(), schema);
+        if let Some(path) = &self.search_path {
             sql.push_str(&format!(
-                "; SELECT set_config('search_path', {}, false)",
-                quote_literal(&path)
+                "; SELECT {}",
+                set_config_call(super::placement::SEARCH_PATH, path, false)
             ));
         } else if was_schema {
             sql.push_str("; RESET search_path");
@@ -476,16 +459,12 @@ impl Session {
                 .with_hint("switch with SET tenantgate.tenant outside the transaction"),
             );
         }
-        let mut sql = format!(
-            "SELECT set_config({}, {}, true)",
-            quote_literal(setting),
-            quote_literal(&t)
-        );
+        let mut sql = format!("SELECT {}", set_config_call(setting, &t, true));
         if let Some(schema) = placement.schema() {
             let path = super::placement::search_path(&self.app.config(), schema);
             sql.push_str(&format!(
-                ", set_config('search_path', {}, true)",
-                quote_literal(&path)
+                ", {}",
+                set_config_call(super::placement::SEARCH_PATH, &path, true)
             ));
         }
         self.local_tenant = Some(t);

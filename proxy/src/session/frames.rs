@@ -64,11 +64,7 @@ impl Session {
                     continue;
                 }
             }
-            let between_transactions = self.server.as_ref().is_some_and(|s| {
-                let p = &self.progress;
-                s.conn.tx_status == b'I' && p.pending == 0 && !p.unsynced && !p.copy_in
-            }) && self.to_server.is_empty();
-            if !self.tx_mode && between_transactions {
+            if !self.tx_mode && self.server_at_rest() {
                 // Session mode, between transactions: a reload may have moved the tenant.
                 if let Err(e) = self.refresh_placement() {
                     return Some(RelayEnd::Fatal(e));

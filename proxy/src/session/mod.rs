@@ -481,12 +481,16 @@ impl Session {
 
     /// Transaction mode: is the attached server done with this client for now?
     fn releasable(&self) -> bool {
+        self.tx_mode && self.expected.is_empty() && self.server_at_rest()
+    }
+
+    /// A server is attached, outside a transaction, with nothing sent or owed: the session is
+    /// between transactions.
+    fn server_at_rest(&self) -> bool {
         let p = &self.progress;
-        self.tx_mode
-            && p.pending == 0
+        p.pending == 0
             && !p.unsynced
             && !p.copy_in
-            && self.expected.is_empty()
             && self.to_server.is_empty()
             && self
                 .server

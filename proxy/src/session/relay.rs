@@ -231,12 +231,10 @@ impl Session {
 
     /// No transaction or request in flight: the session can end without losing anything.
     fn at_rest(&self) -> bool {
-        let p = &self.progress;
         self.client.rbuf.is_empty()
-            && self.to_server.is_empty()
             && match &self.server {
-                None => true,
-                Some(s) => p.pending == 0 && !p.unsynced && !p.copy_in && s.conn.tx_status == b'I',
+                None => self.to_server.is_empty(),
+                Some(_) => self.server_at_rest(),
             }
     }
 

@@ -144,6 +144,15 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// `set_config('name', 'value', is_local)`, quoted.
+pub fn set_config_call(name: &str, value: &str, local: bool) -> String {
+    format!(
+        "set_config({}, {}, {local})",
+        quote_literal(name),
+        quote_literal(value)
+    )
+}
+
 /// `SET` statements for `settings`, as one simple-query string (set_config, so that custom
 /// settings with dots need no identifier quoting rules).
 pub fn set_sql(settings: &[(String, String)]) -> String {
@@ -152,13 +161,7 @@ pub fn set_sql(settings: &[(String, String)]) -> String {
     }
     let calls: Vec<String> = settings
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "set_config({}, {}, false)",
-                quote_literal(k),
-                quote_literal(v)
-            )
-        })
+        .map(|(k, v)| set_config_call(k, v, false))
         .collect();
     format!("SELECT {}", calls.join(", "))
 }
