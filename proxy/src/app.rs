@@ -203,10 +203,7 @@ impl App {
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
             cancel: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
-            shutdown: Shutdown {
-                drain: CancellationToken::new(),
-                terminate: CancellationToken::new(),
-            },
+            shutdown: Shutdown::default(),
         })
     }
 

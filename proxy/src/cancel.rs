@@ -1,15 +1,23 @@
 //! CancelRequest routing. Each client gets its own BackendKeyData from the proxy; a cancel
 //! with that key is forwarded to whichever server the client holds at that moment.
 
+use crate::pool::PoolSettings;
 use crate::server::{send_cancel, ServerTarget};
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub struct CancelTarget {
-    pub target: ServerTarget,
+    /// The settings of the pool the server came from (shared: attaching copies no strings).
+    pub settings: Arc<PoolSettings>,
     pub pid: i32,
     pub secret: i32,
+}
+
+impl CancelTarget {
+    pub fn target(&self) -> &ServerTarget {
+        &self.settings.target
+    }
 }
 
 /// The part of a client's state a cancel needs; shared between the session and the registry.
@@ -92,7 +100,7 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for unknown key or idle client ignored");
             return;
         };
-        if let Err(e) = send_cancel(&t.target, t.pid, t.secret).await {
+        if let Err(e) = send_cancel(t.target(), t.pid, t.secret).await {
             tracing::warn!(error = %e, "forwarding cancel request failed");
         }
     }

@@ -107,7 +107,7 @@ pub async fn serve(
     }
     drop(listener);
     let stop = app.shutdown_token();
-    stop.drain.cancel();
+    stop.start_drain();
     // Checkouts held back by an admin PAUSE would otherwise outlast the drain.
     for pool in app.pools().into_iter().chain(app.tenant_pools().pools()) {
         pool.resume();
@@ -116,7 +116,7 @@ pub async fn serve(
     let grace = config.proxy.shutdown_timeout();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::info!("shutdown_timeout reached; closing remaining sessions");
-        stop.terminate.cancel();
+        stop.terminate();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
     for pool in app.pools() {

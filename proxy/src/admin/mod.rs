@@ -118,11 +118,11 @@ pub async fn run(app: Arc<App>, mut conn: Framed, id: AdminIdentity) {
         return;
     }
     tracing::info!(conn = id.conn_id, user = %id.user, peer = %id.peer, "admin console session");
-    let drain = app.shutdown_token().drain;
+    let shutdown = app.shutdown_token();
     let mut skip_until_sync = false;
     loop {
         let frame = tokio::select! {
-            _ = drain.cancelled() => {
+            _ = shutdown.drained() => {
                 let msg = "tenantgate: terminating connection due to administrator command";
                 return send_fatal(&mut conn, PgError::fatal(sqlstate::ADMIN_SHUTDOWN, msg)).await;
             }

@@ -200,7 +200,7 @@ fn servers(app: &App) -> Table {
             format!("{:x}", c.conn_id),
         );
         t.push(server_row(
-            &s.target,
+            s.target(),
             &c.database,
             "active",
             connected,

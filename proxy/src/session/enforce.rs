@@ -1,7 +1,7 @@
 //! Screening client statements: the tenant policy, tenant switching, and the session commands
 //! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
 
-use super::settings::{set_config_call, set_sql};
+use super::settings::{set_config_call, set_sql, Keywords, SessionEffects};
 use super::Session;
 use crate::audit::AuditKind;
 use crate::protocol::frame::BodyReader;
@@ -86,20 +86,27 @@ fn set_values(sql: &str) -> Option<Vec<String>> {
         .collect()
 }
 
+/// Words looked for in every statement before anything else: the first seven may start a
+/// feature transaction pooling cannot serve, the last three a change of session state.
+const SCREEN_WORDS: Keywords = Keywords::new(&[
+    b"listen",
+    b"prepare",
+    b"execute",
+    b"declare",
+    b"advisory_lock",
+    b"advisory_unlock",
+    b"lastval",
+    b"set",
+    b"discard",
+    b"deallocate",
+]);
+const SESSION_ONLY_WORDS: u32 = 0b000_111_1111;
+const SESSION_EFFECT_WORDS: u32 = 0b111_000_0000;
+
 /// Cheap test for words that may start a session-only feature (transaction mode).
+#[cfg(test)]
 fn mentions_session_only_feature(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    [
-        "listen",
-        "prepare",
-        "execute",
-        "declare",
-        "advisory_lock",
-        "advisory_unlock",
-        "lastval",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
+    SCREEN_WORDS.hits(sql.as_bytes()) & SESSION_ONLY_WORDS != 0
 }
 
 /// Does `sql` (lower case) contain a call of `name`: the name as a whole word, then `(`?
@@ -186,11 +193,17 @@ impl Session {
 
     /// Screens the text of a Query (`simple`) or a Parse.
     pub(super) fn screen_sql(&mut self, sql: &str, simple: bool) -> Screen {
-        let session_only = self.tx_mode && mentions_session_only_feature(sql);
+        let words = SCREEN_WORDS.hits(sql.as_bytes());
+        let session_only = self.tx_mode && words & SESSION_ONLY_WORDS != 0;
         if !self.policy_applies() && !session_only {
             // Only session commands matter here; skip the parse unless one may be present.
-            let fx = super::settings::scan_session_effects(sql);
+            let fx = if words & SESSION_EFFECT_WORDS == 0 {
+                SessionEffects::default()
+            } else {
+                super::settings::scan_session_effects(sql)
+            };
             if !fx.settings && !fx.statements {
+                self.screened_effects = Some(fx);
                 return Screen::Forward(None);
             }
         }

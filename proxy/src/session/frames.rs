@@ -38,6 +38,8 @@ impl Session {
     /// the client has none. Returns Some to end the session.
     pub(super) async fn client_frames(&mut self) -> Option<RelayEnd> {
         let max = self.client.max_message;
+        // One allocation for what this batch forwards, instead of growing message by message.
+        self.to_server.reserve(self.client.rbuf.len());
         loop {
             let frame = match next_frame(&mut self.client.rbuf, max) {
                 Ok(Some(f)) => f,
@@ -107,6 +109,7 @@ impl Session {
 
     /// Applies the policy and the proxy's own session commands to one client message.
     fn screen(&mut self, frame: &Frame) -> Screened {
+        self.screened_effects = None;
         if self.tx_mode && self.server.is_none() {
             // Between transactions: follow a reload that moved the tenant.
             if let Err(e) = self.refresh_placement() {
@@ -320,7 +323,10 @@ impl Session {
 
     /// Flags statements that may change what the next checkout must restore.
     fn note_sql(&mut self, sql: &str) {
-        let fx = settings::scan_session_effects(sql);
+        let fx = self
+            .screened_effects
+            .take()
+            .unwrap_or_else(|| settings::scan_session_effects(sql));
         self.progress.settings_dirty |= fx.settings;
         if fx.statements {
             // DISCARD / DEALLOCATE on the server: forget what it had prepared right away, so a
@@ -515,6 +521,8 @@ impl Session {
         };
         let conn = &mut attached.conn;
         let max = conn.conn.max_message;
+        // One allocation for what this batch relays, instead of growing message by message.
+        self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
             match frame.tag {
                 b'Z' => {

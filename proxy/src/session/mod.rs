@@ -104,6 +104,9 @@ pub struct Session {
     bypass_policy: bool,
     /// Custom (dotted) settings this client has named, read back with the others.
     custom_settings: Vec<String>,
+    /// What `screen_sql` found the statement being screened does to session state, for
+    /// `note_sql` when it is forwarded (set per message, so never stale).
+    screened_effects: Option<settings::SessionEffects>,
     /// After a rejected extended-protocol message: drop client messages until Sync.
     skip_until_sync: bool,
     /// `desired` holds the values as the client wrote them: read them back, as the server
@@ -316,6 +319,7 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         bypass_policy,
         // Custom startup settings are placeholders pg_settings hides: track them by name.
         custom_settings: startup_custom,
+        screened_effects: None,
         skip_until_sync: false,
         settings_unnormalized: false,
         audit_pending: vec![AuditKind::Connect],
@@ -428,7 +432,7 @@ async fn apply_startup(
 impl Session {
     fn attach_conn(&mut self, conn: ServerConn, pool: Arc<Pool>, quota: Option<TenantPermit>) {
         self.cancel.slot.set(Some(CancelTarget {
-            target: pool.settings().target.clone(),
+            settings: pool.settings(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         }));

@@ -211,6 +211,12 @@ pub fn from_rows(rows: Vec<Vec<Option<String>>>) -> Vec<(String, String)> {
 pub fn scan_session_effects(sql: &str) -> SessionEffects {
     let b = sql.as_bytes();
     let mut fx = SessionEffects::default();
+    // Every word the scan acts on (set, reset, set_config, discard, deallocate) contains one
+    // of these: most statements are done after one cheap pass.
+    const WORDS: Keywords = Keywords::new(&[b"set", b"discard", b"deallocate"]);
+    if WORDS.hits(b) == 0 {
+        return fx;
+    }
     let mut i = 0;
     let mut at_start = true;
     while i < b.len() {
@@ -378,6 +384,66 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     (b.get(j) == Some(&b'$') && !b.get(i + 1).is_some_and(u8::is_ascii_digit)).then_some(j + 1)
 }
 
+/// Up to 32 lower-case ASCII words (two letters or longer) to look for anywhere in a text,
+/// ignoring ASCII case: a cheap filter before a real scan. One pass, two table lookups per
+/// byte, and a comparison only where a word's first two letters are found; no allocation.
+pub struct Keywords {
+    /// Bit `i` is set for the bytes (either case) `words[i]` starts with.
+    first: [u32; 256],
+    /// Bit `i` is set for the bytes (either case) that are `words[i]`'s second.
+    second: [u32; 256],
+    words: &'static [&'static [u8]],
+}
+
+impl Keywords {
+    pub const fn new(words: &'static [&'static [u8]]) -> Self {
+        assert!(words.len() <= 32);
+        let mut first = [0u32; 256];
+        let mut second = [0u32; 256];
+        let mut i = 0;
+        while i < words.len() {
+            let w = words[i];
+            assert!(w.len() >= 2);
+            first[w[0] as usize] |= 1 << i;
+            first[w[0].to_ascii_uppercase() as usize] |= 1 << i;
+            second[w[1] as usize] |= 1 << i;
+            second[w[1].to_ascii_uppercase() as usize] |= 1 << i;
+            i += 1;
+        }
+        Keywords {
+            first,
+            second,
+            words,
+        }
+    }
+
+    /// Bit `i` is set if `words[i]` occurs in `hay`.
+    pub fn hits(&self, hay: &[u8]) -> u32 {
+        let mut hits = 0u32;
+        for (i, pair) in hay.windows(2).enumerate() {
+            let mut candidates =
+                self.first[pair[0] as usize] & self.second[pair[1] as usize] & !hits;
+            while candidates != 0 {
+                let w = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if starts_with_ignore_case(&hay[i..], self.words[w]) {
+                    hits |= 1 << w;
+                }
+            }
+        }
+        hits
+    }
+}
+
+/// `word` is lower case; compares byte by byte, stopping at the first difference.
+fn starts_with_ignore_case(hay: &[u8], word: &[u8]) -> bool {
+    hay.len() >= word.len()
+        && hay
+            .iter()
+            .zip(word)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
+}
+
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
 }
@@ -386,6 +452,22 @@ fn is_ident(b: u8) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn keywords_ignore_ascii_case_only() {
+        let k = Keywords::new(&[b"set", b"qq", b"lastval", b"last"]);
+        assert_eq!(k.hits(b"select 1 OFFSET 2"), 0b0001);
+        assert_eq!(k.hits(b"SeT x = 1"), 0b0001);
+        assert_eq!(k.hits(b"Qq"), 0b0010);
+        assert_eq!(k.hits(b"Q"), 0);
+        assert_eq!(k.hits(b"select LASTVAL()"), 0b1100);
+        assert_eq!(k.hits(b"offSET"), 0b0001);
+        assert_eq!(k.hits(b"last set qq"), 0b1011);
+        assert_eq!(k.hits(b"xx se"), 0);
+        assert_eq!(k.hits(b"lastva"), 0b1000);
+        assert_eq!(k.hits(b""), 0);
+        assert_eq!(k.hits("ſet".as_bytes()), 0);
+    }
 
     #[test]
     fn options_are_parsed() {
@@ -441,6 +523,14 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         ));
         assert!(scan_session_effects("deallocate all").statements);
+        assert!(scan_session_effects("DeAllocate all").statements);
+        assert!(scan_session_effects("DISCARD ALL").settings);
+        assert!(scan_session_effects("ReSeT ALL").settings);
+        assert!(scan_session_effects("select SET_CONFIG('a', 'b', false)").settings);
+        assert_eq!(
+            scan_session_effects("SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+            SessionEffects::default()
+        );
         assert_eq!(
             scan_session_effects("SET app.user_id = 5").custom,
             vec!["app.user_id"]
