@@ -100,8 +100,8 @@ const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"discard",
     b"deallocate",
 ]);
-const SESSION_ONLY_WORDS: u32 = 0b000_111_1111;
-const SESSION_EFFECT_WORDS: u32 = 0b111_000_0000;
+const SESSION_ONLY_WORDS: u32 = (1 << 7) - 1;
+const SESSION_EFFECT_WORDS: u32 = ((1 << 10) - 1) & !SESSION_ONLY_WORDS;
 
 /// Cheap test for words that may start a session-only feature (transaction mode).
 #[cfg(test)]
