@@ -58,6 +58,15 @@ enum Grant {
     Conn(Box<ServerConn>),
     /// The receiver may open a new connection: a slot was freed for it.
     Connect,
+    /// `query_wait_timeout` passed first (sent by the pool's reaper).
+    TimedOut,
+}
+
+/// A client queued for a server.
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    /// When `query_wait_timeout` runs out; None waits forever.
+    deadline: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -65,7 +74,9 @@ struct PoolState {
     idle: Vec<ServerConn>,
     /// Idle + checked out + being opened.
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
+    /// A [`reap`] task is running for this pool.
+    reaping: bool,
     closed: bool,
 }
 
@@ -173,11 +184,11 @@ impl Pool {
         self.settings.store(Arc::new(settings));
         let mut s = self.lock();
         while s.total < size {
-            let Some(tx) = s.waiters.pop_front() else {
+            let Some(w) = s.waiters.pop_front() else {
                 break;
             };
             s.total += 1;
-            if tx.send(Grant::Connect).is_err() {
+            if w.tx.send(Grant::Connect).is_err() {
                 s.total -= 1;
             }
         }
@@ -296,13 +307,13 @@ impl Pool {
     }
 
     /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`.
-    pub async fn acquire(&self) -> Result<ServerConn, PoolError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
         let conn = self.checkout().await?;
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
-    async fn checkout(&self) -> Result<ServerConn, PoolError> {
+    async fn checkout(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
         let settings = self.settings();
         if self.is_paused() {
             self.wait_resumed(&settings).await?;
@@ -320,13 +331,20 @@ impl Pool {
                 None
             } else {
                 let (tx, rx) = oneshot::channel();
-                s.waiters.push_back(tx);
-                Some(rx)
+                let now = Instant::now();
+                let timeout = settings.query_wait_timeout;
+                let deadline = (!timeout.is_zero()).then(|| now + timeout);
+                s.waiters.push_back(Waiter { tx, deadline });
+                if deadline.is_some() && !s.reaping {
+                    s.reaping = true;
+                    tokio::spawn(reap(Arc::downgrade(self)));
+                }
+                Some((rx, now))
             }
         };
         match rx {
             None => self.open(&settings).await,
-            Some(rx) => self.wait(rx, &settings).await,
+            Some((rx, since)) => self.wait(rx, since, &settings).await,
         }
     }
 
@@ -373,45 +391,27 @@ impl Pool {
 
     async fn wait(
         &self,
-        mut rx: oneshot::Receiver<Grant>,
+        rx: oneshot::Receiver<Grant>,
+        since: Instant,
         settings: &PoolSettings,
     ) -> Result<ServerConn, PoolError> {
         self.stats.waits.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let granted = if settings.query_wait_timeout.is_zero() {
-            (&mut rx).await.ok()
-        } else {
-            match tokio::time::timeout(settings.query_wait_timeout, &mut rx).await {
-                Ok(r) => r.ok(),
-                Err(_) => {
-                    // A grant may have been sent just as we timed out: close first so no
-                    // new one arrives, then hand back whatever did.
-                    rx.close();
-                    if let Ok(grant) = rx.try_recv() {
-                        self.return_grant(grant);
-                    }
-                    self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.waited(started.elapsed());
-                    crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
-                    return Err(PoolError::WaitTimeout);
-                }
-            }
-        };
+        // No timer here: the pool's reaper sends TimedOut at the deadline.
+        let granted = rx.await.ok();
+        let waited = since.elapsed();
         self.stats
             .wait_us_total
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.metrics.waited(started.elapsed());
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.metrics.waited(waited);
         match granted {
             Some(Grant::Conn(conn)) => Ok(*conn),
             Some(Grant::Connect) => self.open(settings).await,
+            Some(Grant::TimedOut) => {
+                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
+                Err(PoolError::WaitTimeout)
+            }
             None => Err(PoolError::Closed),
-        }
-    }
-
-    fn return_grant(&self, grant: Grant) {
-        match grant {
-            Grant::Conn(conn) => self.release(*conn),
-            Grant::Connect => self.forget_one(),
         }
     }
 
@@ -447,11 +447,11 @@ impl Pool {
             s.total -= 1;
             return false;
         }
-        while let Some(tx) = s.waiters.pop_front() {
-            match tx.send(Grant::Conn(Box::new(conn))) {
+        while let Some(w) = s.waiters.pop_front() {
+            match w.tx.send(Grant::Conn(Box::new(conn))) {
                 Ok(()) => return true,
                 Err(Grant::Conn(back)) => conn = *back,
-                Err(Grant::Connect) => return false,
+                Err(_) => return false,
             }
         }
         s.idle.push(conn);
@@ -465,9 +465,9 @@ impl Pool {
         if s.closed {
             return;
         }
-        while let Some(tx) = s.waiters.pop_front() {
+        while let Some(w) = s.waiters.pop_front() {
             s.total += 1;
-            if tx.send(Grant::Connect).is_ok() {
+            if w.tx.send(Grant::Connect).is_ok() {
                 return;
             }
             s.total -= 1;
@@ -553,5 +553,47 @@ impl Pool {
         drop(s);
         // Paused checkouts see `closed` and fail.
         self.resume();
+    }
+}
+
+/// Fails the pool's waiters whose `query_wait_timeout` ran out: one task and one timer per
+/// pool while it has waiters with a deadline, instead of a timer per wait (which cost more
+/// than the rest of a checkout).
+async fn reap(pool: std::sync::Weak<Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let mut s = pool.lock();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            // A reload may change the timeout, so deadlines need not be in queue order.
+            if s.waiters
+                .iter()
+                .any(|w| w.deadline.is_some_and(|d| d <= now))
+            {
+                let queued = std::mem::take(&mut s.waiters);
+                for w in queued {
+                    if w.deadline.is_some_and(|d| d <= now) {
+                        // A receiver that is gone no longer waits; nothing to undo.
+                        let _ = w.tx.send(Grant::TimedOut);
+                    } else {
+                        s.waiters.push_back(w);
+                    }
+                }
+            }
+            for d in s.waiters.iter().filter_map(|w| w.deadline) {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+            match next {
+                Some(next) if !s.closed => next,
+                _ => {
+                    s.reaping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
     }
 }

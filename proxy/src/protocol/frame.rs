@@ -109,7 +109,7 @@ impl<'a> BodyReader<'a> {
     }
 
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], Malformed> {
-        let nul = self.buf.iter().position(|&b| b == 0).ok_or(Malformed)?;
+        let nul = memchr::memchr(0, self.buf).ok_or(Malformed)?;
         let s = &self.buf[..nul];
         self.buf = &self.buf[nul + 1..];
         Ok(s)

@@ -355,9 +355,9 @@ impl Session {
             });
             return self.to_server.extend_from_slice(&frame.raw);
         };
-        let (name, query) = (msg.name.to_string(), msg.query.to_string());
+        let (name, query) = (msg.name, msg.query);
         let param_types = msg.type_oids();
-        self.note_sql(&query);
+        self.note_sql(query);
         if name.is_empty() {
             self.progress.unnamed_parsed = true;
             self.statements.unnamed_parse = Some(frame.raw.clone());
@@ -365,7 +365,7 @@ impl Session {
                 "",
                 ClientStatement {
                     global: None,
-                    sql: decision.as_ref().map(|_| Arc::from(query.as_str())),
+                    sql: decision.as_ref().map(|_| Arc::from(query)),
                     decision,
                     param_types,
                 },
@@ -377,8 +377,8 @@ impl Session {
             });
             return self.to_server.extend_from_slice(&frame.raw);
         }
-        let stmt = Arc::new(global_statement(&query, msg.types));
-        if self.statements.contains(&name) {
+        let stmt = Arc::new(global_statement(query, msg.types));
+        if self.statements.contains(name) {
             // Re-using a name without Close: make the server raise "already exists" (42P05)
             // by preparing the global name twice, as a direct connection would fail.
             self.ensure_prepared(&stmt);
@@ -390,10 +390,10 @@ impl Session {
             return self.to_server.extend_from_slice(&stmt.parse);
         }
         self.statements.insert(
-            &name,
+            name,
             ClientStatement {
                 global: Some(stmt.clone()),
-                sql: decision.as_ref().map(|_| Arc::from(query.as_str())),
+                sql: decision.as_ref().map(|_| Arc::from(query)),
                 decision,
                 param_types,
             },
@@ -401,7 +401,7 @@ impl Session {
         if self.server_has(&stmt.global) {
             self.expected.push(Expect::Synthetic(empty_message(b'1')));
         } else {
-            self.prepare(&stmt, true, Some(name));
+            self.prepare(&stmt, true, Some(name.to_string()));
         }
     }
 

@@ -353,7 +353,7 @@ struct Start {
 }
 
 async fn start_session(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     startup: &[(String, String)],
     tx_mode: bool,
 ) -> Result<Start, PgError> {
