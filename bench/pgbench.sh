@@ -366,12 +366,24 @@ CELLS="$TMP/cells.tsv"
 clean() { tr '\t\n\r' '   ' | sed 's/  */ /g; s/^ //; s/ $//' | cut -c1-400; }
 
 # Columns: as CELL_FIELDS in bench/report.py.
-record() {   # record TARGET MODE CLIENTS STATUS TPS LAT FAILED ABORTED TXNS RC ELAPSED ERROR NOTE CONN_MS T
+record() {   # record TARGET MODE CLIENTS STATUS TPS LAT FAILED ABORTED TXNS RC ELAPSED ERROR NOTE CONN_MS T CPU_USER CPU_SYS
     local IFS=$'\t'
     printf '%s\n' "$*" >>"$CELLS"
 }
 
 tg_alive() { [ -n "$TG_PID" ] && kill -0 "$TG_PID" 2>/dev/null; }
+
+# The pooler's CPU time (user and system clock ticks, /proc/PID/stat fields 14 and 15) around a
+# cell, per transaction: less noisy than tps on a shared machine, and it includes the cell's
+# logins (SCRAM), which matter at 1000 clients.
+CLK_TCK="$(getconf CLK_TCK)"
+pooler_pid() {
+    case "$1" in
+        pgbouncer) cat "$TMP/pgbouncer/pgbouncer.pid" 2>/dev/null ;;
+        tenantgate*) echo "$TG_PID" ;;
+    esac
+}
+cpu_ticks() { [ -n "$1" ] && awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null; }
 
 run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     local target="$1" mode="$2" clients="$3"
@@ -394,7 +406,9 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     local T=$((DURATION + clients * CONNECT_ALLOWANCE / 1000))
     local limit="${CELL_TIMEOUT:-$((T * 2 + 90))}"
     log "$name: pgbench ${CELL_OPTS:-$PGBENCH_OPTS} -M ${CELL_PGMODE:-$mode} -c $clients -j $JOBS -T $T $*"
-    local rc=0 t0 t1
+    local rc=0 t0 t1 pid cpu0 cpu1 cpu_user="" cpu_sys=""
+    pid="$(pooler_pid "$target")"
+    cpu0="$(cpu_ticks "$pid" || true)"
     t0="$(date +%s.%N)"
     # In the background + `wait`: a Ctrl-C then interrupts the wait at once (bash defers traps
     # while a foreground child runs, and timeout puts pgbench in its own process group).
@@ -404,6 +418,7 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     wait "$CELL_PID" || rc=$?
     CELL_PID=""
     t1="$(date +%s.%N)"
+    cpu1="$(cpu_ticks "$pid" || true)"
     local tps lat failed aborted errors txns err note="" status conn
     conn="$(sed -n 's/^initial connection time = \([0-9.]*\) ms.*/\1/p' "$out" | tail -n1)"
     tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -n1)"
@@ -415,6 +430,11 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     err="$(grep -m1 -E '^pgbench: (error|fatal)|FATAL|ERROR|aborted|could not' "$out" | clean || true)"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         err="hung: killed by timeout after ${limit}s${err:+; $err}"
+    fi
+    if [ -n "$cpu0" ] && [ -n "$cpu1" ] && [ "${txns:-0}" -gt 0 ]; then
+        read -r cpu_user cpu_sys < <(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN {
+            split(a, x, " "); split(b, y, " ");
+            printf "%.2f %.2f\n", (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n }')
     fi
     if [ "$rc" -eq 0 ] && [ -n "$tps" ] && [ "${failed:-0}" -eq 0 ] && [ "$errors" -eq 0 ]; then
         status=ok
@@ -446,7 +466,8 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
         fi
     fi
     record "$target" "$mode" "$clients" "$status" "$tps" "$lat" "$failed" "$aborted" "$txns" "$rc" \
-        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$err" "$note" "$conn" "$T"
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$err" "$note" "$conn" "$T" \
+        "$cpu_user" "$cpu_sys"
     log "$name: $status tps=${tps:--} latency=${lat:--} ms failed=${failed:--} aborted=$aborted errors=$errors${err:+ ($err)}"
 }
 

@@ -14,12 +14,14 @@ import sys
 
 CELL_FIELDS = ["target", "mode", "clients", "status", "tps", "latency_ms", "failed_transactions",
                "aborted_clients", "transactions", "exit_code", "elapsed_s", "error", "note",
-               "connection_ms", "pgbench_T_s"]
+               "connection_ms", "pgbench_T_s", "pooler_cpu_user_us_per_txn",
+               "pooler_cpu_sys_us_per_txn"]
 TARGET_ORDER = {"direct": 0, "pgbouncer": 1, "tenantgate": 2}
 MODE_ORDER = {"simple": 0, "extended": 1, "prepared": 2}
 INT_FIELDS = ("clients", "failed_transactions", "aborted_clients", "transactions", "exit_code",
               "pgbench_T_s")
-FLOAT_FIELDS = ("tps", "latency_ms", "elapsed_s", "connection_ms")
+FLOAT_FIELDS = ("tps", "latency_ms", "elapsed_s", "connection_ms", "pooler_cpu_user_us_per_txn",
+                "pooler_cpu_sys_us_per_txn")
 
 
 def parse_cells(path):
@@ -112,15 +114,17 @@ def main():
                  f"{meta.get('pool_size', '?')} (both poolers), commit {meta.get('git_commit', '?')}"
                  f" — {meta.get('timestamp', '')}")
     lines.append("")
-    lines.append("| target | mode | clients | tps | latency ms | failed txns | vs direct | vs pgbouncer | connect ms | status |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| target | mode | clients | tps | latency ms | failed txns | vs direct | vs pgbouncer | pooler CPU µs/txn (user + sys) | connect ms | status |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cells:
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        u, k = c.get("pooler_cpu_user_us_per_txn"), c.get("pooler_cpu_sys_us_per_txn")
+        cpu = f"{u + k:.1f} ({u:.1f} + {k:.1f})" if u is not None and k is not None else "–"
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             c["target"], c["mode"], c["clients"],
             fmt(c["tps"], ".0f"), fmt(c["latency_ms"], ".3f"),
             fmt(c["failed_transactions"], "d"),
             fmt(c["ratio_vs_direct"], ".2f"), fmt(c["ratio_vs_pgbouncer"], ".2f"),
-            fmt(c["connection_ms"], ".0f"),
+            cpu, fmt(c["connection_ms"], ".0f"),
             md_escape(status_text(c))[:300]))
     if idle is not None:
         lines.append("")

@@ -513,12 +513,7 @@ impl Session {
         };
         self.cancel.slot.set(None);
         self.progress = Progress::default();
-        if pool.release_to_waiter(conn) {
-            // The server went straight to a waiting client: let that client's task run now,
-            // before this one goes on to write to its own client, so the server does not sit
-            // idle in between (A/B at 1000 clients: ≈ +10 % throughput).
-            tokio::task::yield_now().await;
-        }
+        pool.release_to_waiter(conn);
         // Between transactions the session holds no buffer (to_client goes once written).
         if self.to_server.is_empty() {
             self.to_server = BytesMut::new();

@@ -231,6 +231,10 @@ impl Session {
                         return Box::pin(self.server_lost()).await;
                     }
                     if self.releasable() {
+                        // The reply first (one non-blocking write, nearly always complete),
+                        // then the server to the next client: its task runs once this one
+                        // parks, with nothing left to do here.
+                        self.try_write_client().await;
                         self.release().await;
                     }
                 }
@@ -377,6 +381,24 @@ impl Session {
                     return Poll::Pending;
                 }
             }
+        })
+        .await
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    async fn try_write_client(&mut self) {
+        let Session {
+            client,
+            to_client,
+            metrics,
+            ..
+        } = self;
+        poll_fn(|cx| {
+            let before = to_client.len();
+            if before > 0 && poll_write_some(&mut client.stream, to_client, cx).is_ready() {
+                metrics.bytes_sent(before - to_client.len());
+            }
+            Poll::Ready(())
         })
         .await
     }
