@@ -29,6 +29,7 @@
 #   KEEP_TMP [0]   keep the temporary directory (data directory, configs, logs)
 #   POLICY [1]             tenant isolation cost cells (direct vs policy off/enforce/enforce+audit)
 #   POLICY_CLIENTS [1 32]  client counts for those cells
+#   INSTRUCTIONS [0]       1 = also count tenantgate's instructions per transaction (callgrind)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -51,6 +52,7 @@ TG_WORKERS="${TG_WORKERS:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
 POLICY="${POLICY:-1}"
 POLICY_CLIENTS="${POLICY_CLIENTS:-1 32}"
+INSTRUCTIONS="${INSTRUCTIONS:-0}"
 POOL_SIZE=8
 PGBENCH_OPTS="-n -S"   # -n: no VACUUM before each cell (the data is read-only; -i vacuumed it)
 
@@ -162,6 +164,7 @@ cleanup() {
     trap - EXIT INT TERM ERR
     set +e
     [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null
+    [ -n "${CG_PID:-}" ] && kill "$CG_PID" 2>/dev/null
     [ -n "$CELL_PID" ] && kill -TERM "$CELL_PID" 2>/dev/null && wait "$CELL_PID" 2>/dev/null
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         log "cleaning up"
@@ -575,6 +578,47 @@ if [ "$IDLE_CLIENTS" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 6b. tenantgate's own instructions per transaction, counted by callgrind (INSTRUCTIONS=1).
+#     Counts, not seconds: they repeat from run to run whatever else the machine is doing, so
+#     two builds can be compared where tps differences drown in noise. Logins use the trust
+#     user `idle` (no SCRAM in the count); the count includes everything else tenantgate runs.
+# ---------------------------------------------------------------------------------------------
+NOTE_INSTR=""
+if [ "$INSTRUCTIONS" = 1 ]; then
+    need_pkg valgrind
+    stop_tenantgate
+    log "tenantgate under callgrind: pgbench -S -M extended -c 32 -t 300 (user idle)"
+    CG_OUT="$TMP/callgrind.out"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CG_OUT" \
+        "$BIN" serve -c "$TMP/tenantgate.toml" >>"$TMP/tenantgate-callgrind.log" 2>&1 &
+    CG_PID=$!
+    cg_pgbench() {
+        "$PGBENCH" -n -S -M extended -c 32 -j "$JOBS" -t "$1" -h 127.0.0.1 -p "$TG_PORT" -U idle bench 2>&1
+    }
+    if wait_port "$TG_PORT" 120; then
+        cg_pgbench 20 >/dev/null || true   # warm-up: the pool's servers, caches
+        callgrind_control -i on "$CG_PID" >/dev/null
+        cg_txns="$(cg_pgbench 300 | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')"
+        callgrind_control -i off "$CG_PID" >/dev/null
+        callgrind_control -d "$CG_PID" >/dev/null
+        kill -TERM "$CG_PID" 2>/dev/null
+        wait "$CG_PID" 2>/dev/null || true
+        cg_total="$(callgrind_annotate "$(ls -S "$CG_OUT"* | head -n1)" 2>/dev/null \
+            | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')"
+        if [ -n "$cg_txns" ] && [ "${cg_txns:-0}" -gt 0 ] && [ -n "$cg_total" ]; then
+            NOTE_INSTR="tenantgate executed $((cg_total / cg_txns)) instructions per transaction under callgrind ($cg_total for $cg_txns transactions of pgbench -S -M extended -c 32, logins included, trust auth, bypass_policy)"
+            log "$NOTE_INSTR"
+        else
+            warn "callgrind count failed (transactions: ${cg_txns:-none}, total: ${cg_total:-none})"
+        fi
+    else
+        warn "tenantgate under valgrind did not start listening; see $TMP/tenantgate-callgrind.log"
+        kill -TERM "$CG_PID" 2>/dev/null
+        wait "$CG_PID" 2>/dev/null || true
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 5. Report
 # ---------------------------------------------------------------------------------------------
 META="$TMP/meta.tsv"
@@ -609,6 +653,7 @@ META="$TMP/meta.tsv"
     printf 'pgbench_options\t%s\n' "$PGBENCH_OPTS -M <mode> -c <clients> -j $JOBS -T <DURATION + clients*CONNECT_ALLOWANCE/1000>"
     printf 'note_cells_seconds\t%s\n' "pgbench cells took ${RUN_SECS}s in total"
     [ -n "$NOTE_POLICY" ] && printf 'note_policy\t%s\n' "$NOTE_POLICY"
+    [ -n "$NOTE_INSTR" ] && printf 'note_instructions\t%s\n' "$NOTE_INSTR"
     true
 } >"$META"
 
