@@ -172,7 +172,7 @@ cleanup() {
         stop_pgbouncer "$TMP"
         stop_postgres "$TMP"
         mkdir -p "$RUN_LOGS"
-        cp -r "$TMP/cells" "$RUN_LOGS/" 2>/dev/null
+        cp -r "$TMP/cells" "$TMP/cells.tsv" "$RUN_LOGS/" 2>/dev/null
         cp "$TMP"/*.log "$TMP"/tenantgate*.toml "$TMP/pgbouncer/pgbouncer.ini" \
             "$TMP/pgbouncer/pgbouncer.log" "$RUN_LOGS/" 2>/dev/null
         if [ "$KEEP_TMP" = 1 ]; then
@@ -603,8 +603,9 @@ if [ "$INSTRUCTIONS" = 1 ]; then
         callgrind_control -d "$CG_PID" >/dev/null
         kill -TERM "$CG_PID" 2>/dev/null
         wait "$CG_PID" 2>/dev/null || true
+        # awk reads to the end: an early exit would kill callgrind_annotate with SIGPIPE.
         cg_total="$(callgrind_annotate "$(ls -S "$CG_OUT"* | head -n1)" 2>/dev/null \
-            | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')"
+            | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }' || true)"
         if [ -n "$cg_txns" ] && [ "${cg_txns:-0}" -gt 0 ] && [ -n "$cg_total" ]; then
             NOTE_INSTR="tenantgate executed $((cg_total / cg_txns)) instructions per transaction under callgrind ($cg_total for $cg_txns transactions of pgbench -S -M extended -c 32, logins included, trust auth, bypass_policy)"
             log "$NOTE_INSTR"

@@ -148,6 +148,8 @@ def main():
                     (idle["after_close"].get("rss_kb") or 0) / 1024))
         else:
             lines.append(f"Idle-client RSS measurement failed: {idle.get('error') or idle}")
+    if meta.get("note_instructions"):
+        lines += ["", meta["note_instructions"] + "."]
     md = "\n".join(lines) + "\n"
     sys.stdout.write(md)
     for path in args.md:

@@ -139,6 +139,45 @@ async fn pool_exhausted_client_gets_53300_after_query_wait_timeout() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_clients_time_out_each_on_its_own_deadline() {
+    // Transaction mode, one server held by an open transaction: clients queued at different
+    // times each get 53300 about query_wait_timeout after their own request (one reaper timer
+    // per pool serves them all), and the pool serves the next client once the server is free.
+    let mut config = base_config(PgServer::shared());
+    config.databases[0].pool_mode = PoolMode::Transaction;
+    config.databases[0].pool_size = 1;
+    config.databases[0].query_wait_timeout = 0.5;
+    let proxy = TestProxy::start(config).await;
+    within(30, "staggered queue timeouts", async {
+        let holder = proxy.connect_acme().await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        let mut waiters = Vec::new();
+        for i in 0..3u64 {
+            let c = proxy.connect_acme().await;
+            waiters.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300 * i)).await;
+                let started = Instant::now();
+                let err = c.simple_query("SELECT 1").await.err();
+                (started.elapsed(), err)
+            }));
+        }
+        for w in waiters {
+            let (elapsed, err) = w.await.unwrap();
+            let err = err.expect("a queued client got the held server");
+            assert_eq!(sqlstate(&err), Some("53300"), "{err:?}");
+            assert!(
+                elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+                "53300 after {elapsed:?} for a 0.5 s queue timeout"
+            );
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+        let next = proxy.connect_acme().await;
+        next.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn max_client_connections_refuses_the_next_client() {
     let mut config = base_config(PgServer::shared());
