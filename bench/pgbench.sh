@@ -25,7 +25,7 @@
 #   WARMUP [3]     seconds of direct pgbench before the cells (fills the caches)
 #   IDLE_CLIENTS [10000]  idle connections for the RSS measurement (0 = skip)
 #   SKIP_BUILD [0] use the existing target/release/tenantgate
-#   TG_WORKERS [0] tenantgate's [proxy] workers (0 = one thread per core, 1 = single thread)
+#   TG_WORKERS [0] tenantgate's [proxy] workers (0 = automatic: one per core, one on <= 2 cores)
 #   KEEP_TMP [0]   keep the temporary directory (data directory, configs, logs)
 #   POLICY [1]             tenant isolation cost cells (direct vs policy off/enforce/enforce+audit)
 #   POLICY_CLIENTS [1 32]  client counts for those cells

@@ -217,3 +217,31 @@ async fn maintain_pools(app: Arc<App>, shutdown: CancellationToken) {
         app.stats.sample(&app);
     }
 }
+
+/// Runtime threads for `[proxy] workers`: the configured number, or for 0 one per core, except
+/// that up to two cores get a single thread. There a second worker thread only adds the
+/// work-stealing wakeups: measured on 2 cores, `pgbench -S -M extended` used 23 instead of
+/// 25–37 µs of proxy CPU per transaction at 32 clients, and 0.16–0.17 instead of 0.19–0.20 ms
+/// latency at 1 client, with the same throughput at 32 and 1000 clients.
+pub fn runtime_threads(configured: usize, cores: usize) -> usize {
+    match configured {
+        0 if cores <= 2 => 1,
+        0 => cores,
+        n => n,
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::runtime_threads;
+
+    #[test]
+    fn workers_zero_means_one_per_core_from_three_cores() {
+        assert_eq!(runtime_threads(0, 1), 1);
+        assert_eq!(runtime_threads(0, 2), 1);
+        assert_eq!(runtime_threads(0, 3), 3);
+        assert_eq!(runtime_threads(0, 16), 16);
+        assert_eq!(runtime_threads(1, 16), 1);
+        assert_eq!(runtime_threads(4, 2), 4);
+    }
+}

@@ -92,16 +92,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // `workers = 1`: one thread runs everything (no cross-thread wakeups, as in PgBouncer);
-    // otherwise a work-stealing pool of `workers` threads (0 = one per CPU core).
-    let workers = config.proxy.workers;
+    // One thread runs everything (no cross-thread wakeups, as in PgBouncer), or a
+    // work-stealing pool of that many threads.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = tenantgate::runtime_threads(config.proxy.workers, cores);
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        if workers > 1 {
-            b.worker_threads(workers);
-        }
+        b.worker_threads(workers);
         b
     };
     let runtime = match builder.enable_all().build() {
