@@ -567,7 +567,6 @@ async fn reap(pool: std::sync::Weak<Pool>) {
             };
             let mut s = pool.lock();
             let now = Instant::now();
-            let mut next: Option<Instant> = None;
             // A reload may change the timeout, so deadlines need not be in queue order.
             if s.waiters
                 .iter()
@@ -583,10 +582,7 @@ async fn reap(pool: std::sync::Weak<Pool>) {
                     }
                 }
             }
-            for d in s.waiters.iter().filter_map(|w| w.deadline) {
-                next = Some(next.map_or(d, |n| n.min(d)));
-            }
-            match next {
+            match s.waiters.iter().filter_map(|w| w.deadline).min() {
                 Some(next) if !s.closed => next,
                 _ => {
                     s.reaping = false;

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenantgate_config::AuditFsync;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long the writer lets records gather after writing a batch: bounds its wake-ups to about
 /// a thousand a second under load, and delays a record by at most about this much.
 const GATHER: Duration = Duration::from_millis(1);
-use tenantgate_config::AuditFsync;
-use tokio::sync::{mpsc, oneshot};
 
 pub(super) struct Settings {
     /// 0 = never rotate.

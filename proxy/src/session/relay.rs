@@ -151,6 +151,21 @@ fn poll_write_some(
     }
 }
 
+/// [`poll_write_some`] towards the client, counting the bytes written.
+fn poll_write_client(
+    stream: &mut crate::io::Stream,
+    buf: &mut BytesMut,
+    metrics: &crate::metrics::SessionMetrics,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let before = buf.len();
+    let polled = poll_write_some(stream, buf, cx);
+    if polled.is_ready() {
+        metrics.bytes_sent(before - buf.len());
+    }
+    polled
+}
+
 /// Room for the next read: 1 KiB while idle (most messages fit, and 10,000 idle clients
 /// should not each hold a large buffer), more while a large message or a burst is arriving.
 fn reserve(buf: &mut BytesMut) {
@@ -344,10 +359,8 @@ impl Session {
                     }
                 }
                 if !to_client.is_empty() {
-                    let before = to_client.len();
-                    match poll_write_some(&mut client.stream, to_client, cx) {
+                    match poll_write_client(&mut client.stream, to_client, metrics, cx) {
                         Poll::Ready(Ok(())) => {
-                            metrics.bytes_sent(before - to_client.len());
                             shrink_if_drained(to_client, server.is_none());
                             progressed = true
                         }
@@ -394,9 +407,9 @@ impl Session {
             ..
         } = self;
         poll_fn(|cx| {
-            let before = to_client.len();
-            if before > 0 && poll_write_some(&mut client.stream, to_client, cx).is_ready() {
-                metrics.bytes_sent(before - to_client.len());
+            if !to_client.is_empty() {
+                // An error shows again at the relay's next write.
+                let _ = poll_write_client(&mut client.stream, to_client, metrics, cx);
             }
             Poll::Ready(())
         })
