@@ -66,6 +66,13 @@ pub enum Expect {
     },
     /// A Query of the proxy's own that the client never sees, ReadyForQuery included.
     Hidden,
+    /// The proxy's settings statement at checkout, sent ahead of the client's first request
+    /// (a Query the client never sees; the session checks its outcome, see `server_frames`).
+    Setup,
+    /// The statement after [`Expect::Setup`] that fails unless the settings took effect
+    /// (Parse, Bind and Execute of the unnamed statement; no Sync). Its replies are dropped;
+    /// an error reaches the client in place of its first request's replies.
+    Check,
     /// Where the client ended a COPY FROM STDIN: no reply of its own; marks which Syncs the
     /// server ignored in copy-in mode.
     CopyEnd,
@@ -98,6 +105,11 @@ impl Expected {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Are the next replies those of the proxy's settings statement?
+    pub fn setup_first(&self) -> bool {
+        self.queue.front() == Some(&Expect::Setup)
     }
 
     /// Writes synthetic replies that have reached the head of the queue.
@@ -151,6 +163,12 @@ impl Expected {
     ) -> Route {
         self.flush_synthetic(to_client);
         let tag = frame.tag;
+        if self.queue.front() == Some(&Expect::Setup) {
+            if tag == b'Z' {
+                self.queue.pop_front();
+            }
+            return Route::Drop;
+        }
         if matches!(tag, b'N' | b'A' | b'S') {
             // Asynchronous messages can arrive at any point.
             return Route::Forward;
@@ -177,6 +195,12 @@ impl Expected {
             }
             Some(Expect::Hidden) => {
                 if tag == b'Z' {
+                    self.queue.pop_front();
+                }
+                return Route::Drop;
+            }
+            Some(Expect::Check) if tag != b'E' => {
+                if tag == b'C' {
                     self.queue.pop_front();
                 }
                 return Route::Drop;

@@ -41,6 +41,11 @@ impl Session {
         // One allocation for what this batch forwards, instead of growing message by message.
         self.to_server.reserve(self.client.rbuf.len());
         loop {
+            if self.progress.gate_closed {
+                // Until the settings statement sent with this request is known to have worked.
+                self.progress.held = true;
+                return None;
+            }
             let frame = match next_frame(&mut self.client.rbuf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
@@ -84,7 +89,7 @@ impl Session {
                         "tenantgate: server connection lost",
                     )));
                 }
-                if let Err(e) = Box::pin(self.attach()).await {
+                if let Err(e) = Box::pin(self.attach(&frame)).await {
                     return Some(RelayEnd::Fatal(e));
                 }
             }
@@ -297,6 +302,7 @@ impl Session {
             b'S' => {
                 self.progress.pending += 1;
                 self.progress.unsynced = false;
+                self.progress.gate_closed = self.progress.setup_unconfirmed;
                 self.expected.push(Expect::Ready);
             }
             b'P' => return self.forward_parse(frame, decision),
@@ -513,6 +519,76 @@ impl Session {
         }
     }
 
+    /// Is the client's first segment (`first`, then the read buffer up to the first Sync)
+    /// complete, made of Parse, Bind, Describe, Execute, Close and Flush only, with every
+    /// statement it parses or binds a plain query? See `Session::setup_check`.
+    pub(super) fn segment_is_plain(&self, first: &Frame) -> bool {
+        /// Frames looked at before giving up: a long segment takes the slow path.
+        const MAX_FRAMES: usize = 64;
+        let buf = &self.client.rbuf[..];
+        let mut unnamed_parsed = false;
+        let mut at = 0;
+        let mut next = Some((first.tag, first.body()));
+        for _ in 0..MAX_FRAMES {
+            let Some((tag, body)) = next else {
+                return false;
+            };
+            let mut r = BodyReader::new(body);
+            match tag {
+                b'S' => return true,
+                b'P' => {
+                    let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
+                        return false;
+                    };
+                    if !settings::only_plain_statements(query) {
+                        return false;
+                    }
+                    unnamed_parsed |= name.is_empty();
+                }
+                b'B' => {
+                    let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
+                        return false;
+                    };
+                    let parsed_here = name.is_empty() && unnamed_parsed;
+                    if !parsed_here && !self.bound_sql_is_plain(name) {
+                        return false;
+                    }
+                }
+                b'D' | b'E' | b'C' | b'H' => {}
+                _ => return false,
+            }
+            next = None;
+            if let Some(header) = buf.get(at..at + 5) {
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                if let Some(body) = len.checked_sub(4).and_then(|n| buf.get(at + 5..at + 5 + n)) {
+                    next = Some((header[0], body));
+                    at += 1 + len;
+                }
+            }
+        }
+        false
+    }
+
+    /// Is the statement a Bind names (prepared before this segment) a plain query?
+    fn bound_sql_is_plain(&self, name: &str) -> bool {
+        let parse = if name.is_empty() {
+            self.statements.unnamed_parse.clone()
+        } else {
+            self.statements
+                .get(name)
+                .and_then(|s| s.global.as_ref())
+                .map(|g| g.parse.clone())
+        };
+        let Some(parse) = parse else {
+            return false;
+        };
+        let mut r = BodyReader::new(parse.get(5..).unwrap_or_default());
+        match (r.cstr_bytes(), r.cstr()) {
+            (Ok(_), Ok(query)) => settings::only_plain_statements(query),
+            _ => false,
+        }
+    }
+
     /// Handles every complete server message: tracks transaction and COPY state, and in
     /// transaction mode routes replies through the expected-reply queue.
     pub(super) fn server_frames(&mut self) -> Result<(), String> {
@@ -524,6 +600,39 @@ impl Session {
         // One allocation for what this batch relays, instead of growing message by message.
         self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
+            if self.expected.setup_first() {
+                // The proxy's settings statement: nothing of it reaches the client.
+                match frame.tag {
+                    b'E' => {
+                        let m = crate::server::ServerMessage::parse(frame.body());
+                        self.progress.setup_error = Some(m.message);
+                    }
+                    b'S' => conn.record_parameter_status(frame.body()),
+                    b'Z' => {
+                        self.progress.pending = self.progress.pending.saturating_sub(1);
+                        conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                        if let Some(msg) = self.progress.setup_error.take() {
+                            // What follows is the client's request, skipped by the server
+                            // (the check failed); the session ends and the server is closed.
+                            self.progress.setup_failed = Some(PgError::fatal(
+                                sqlstate::CONNECTION_FAILURE,
+                                format!("tenantgate: could not apply session settings: {msg}"),
+                            ));
+                            return Ok(());
+                        }
+                        self.progress.setup_unconfirmed = false;
+                        self.progress.gate_closed = false;
+                    }
+                    _ => {}
+                }
+                let _ = self.expected.route(
+                    &frame,
+                    &mut self.to_client,
+                    &mut conn.statements,
+                    &mut self.statements,
+                );
+                continue;
+            }
             match frame.tag {
                 b'Z' => {
                     self.progress.pending = self.progress.pending.saturating_sub(1);

@@ -18,12 +18,14 @@ use crate::cancel::{CancelKey, CancelTarget};
 use crate::conn::Framed;
 use crate::pool::{Pool, PoolError, TenantPermit};
 use crate::protocol::backend;
+use crate::protocol::frame::{put_message, Frame};
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use crate::server::{ServerConn, ServerError};
 use bytes::BytesMut;
 pub(crate) use extended::ServerStatements;
-use extended::{ClientStatements, Expected};
+use extended::{ClientStatements, Expect, Expected};
+use postgres_protocol::message::frontend;
 pub use relay::Shutdown;
 use relay::{RelayEnd, Waits};
 use std::net::SocketAddr;
@@ -70,6 +72,18 @@ struct Progress {
     settings_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
+    /// The proxy's settings statement went out ahead of the client's first request and its
+    /// outcome is not known yet (see `Session::attach`).
+    setup_unconfirmed: bool,
+    /// ... and a Sync followed: further client messages wait in the read buffer until the
+    /// outcome is known, since the server runs what comes after a Sync in any case.
+    gate_closed: bool,
+    /// Client messages are waiting behind the closed gate.
+    held: bool,
+    /// The settings statement's error, until its ReadyForQuery.
+    setup_error: Option<String>,
+    /// The settings statement failed: the session ends with this error.
+    setup_failed: Option<PgError>,
 }
 
 pub struct Session {
@@ -446,7 +460,8 @@ impl Session {
     }
 
     /// Attaches a server for the client's next transaction, at the client's settings.
-    async fn attach(&mut self) -> Result<(), PgError> {
+    /// `first` is the client message that needs it (already taken from the read buffer).
+    async fn attach(&mut self, first: &Frame) -> Result<(), PgError> {
         let quota = match (
             self.current_tenant(),
             self.id.user_config.config.max_tenant_connections,
@@ -462,25 +477,85 @@ impl Session {
         };
         let pool = self.id.pool.clone();
         let mut conn = pool.acquire().await.map_err(|e| pool_error(&e))?;
+        let mut pipelined = None;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
-            if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
-                tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
-                finish(&pool, conn, false, false).await;
-                return Err(server_error(&e));
-            }
             let setting = &self.app.config().tenancy.setting;
             if crate::metrics::changes_tenant(&conn.session_settings, &self.desired, setting) {
                 self.metrics.injection();
             }
+            match self.setup_check(&conn, first) {
+                Some(check) => {
+                    let sql = if settings::limits_statements(&conn.session_settings) {
+                        settings::guarded(&sql)
+                    } else {
+                        sql
+                    };
+                    pipelined = Some((sql, check));
+                }
+                None => {
+                    if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
+                        tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
+                        finish(&pool, conn, false, false).await;
+                        return Err(server_error(&e));
+                    }
+                }
+            }
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, pool, quota);
+        if let Some((sql, check)) = pipelined {
+            self.queue_setup(&sql, &check);
+        }
         if self.settings_unnormalized {
             // Learn the server's spelling of the client's settings at the first release.
             self.settings_unnormalized = false;
             self.progress.settings_dirty = true;
         }
         Ok(())
+    }
+
+    /// Sends the settings statement ahead of the client's first request instead of waiting
+    /// for it: the statement, then (in the client's implicit transaction) one that fails
+    /// unless the tenant setting took effect, so the server skips the client's messages up to
+    /// their Sync if the settings failed. Later messages wait for the outcome (`gate_closed`);
+    /// a failure ends the session and closes the server.
+    fn queue_setup(&mut self, sql: &str, check: &str) {
+        let _ = frontend::query(sql, &mut self.to_server);
+        self.progress.pending += 1;
+        self.expected.push(Expect::Setup);
+        let mut body = BytesMut::new();
+        body.extend_from_slice(b"\0");
+        body.extend_from_slice(check.as_bytes());
+        body.extend_from_slice(b"\0\0\0");
+        put_message(&mut self.to_server, b'P', &body);
+        put_message(&mut self.to_server, b'B', b"\0\0\0\0\0\0\0\0");
+        put_message(&mut self.to_server, b'E', b"\0\0\0\0\0");
+        self.expected.push(Expect::Check);
+        self.progress.unsynced = true;
+        self.progress.setup_unconfirmed = true;
+    }
+
+    /// The check statement when the settings can go out with the client's request: the
+    /// change includes the tenant (what the check verifies), and the client's first segment
+    /// is entirely in the read buffer, made of extended-protocol messages whose statements
+    /// are plain queries (see [`settings::only_plain_statements`]). None: apply the settings
+    /// first and wait for them.
+    fn setup_check(&self, conn: &ServerConn, first: &Frame) -> Option<String> {
+        let config = self.app.config();
+        let setting = &config.tenancy.setting;
+        let tenant = self
+            .desired
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(setting))
+            .map(|(_, v)| v)?;
+        let changes = !conn
+            .session_settings
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(setting) && v == tenant);
+        if !changes || tenant.is_empty() || !self.segment_is_plain(first) {
+            return None;
+        }
+        Some(settings::check_setting_sql(setting, tenant))
     }
 
     /// Transaction mode: is the attached server done with this client for now?
@@ -592,7 +667,9 @@ impl Session {
         if let Some(Attached { conn, pool, .. }) = self.server.take() {
             self.cancel.slot.set(None);
             let mut conn = conn;
-            let reusable = relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
+            // A server whose settings statement has no known outcome is never reused.
+            let reusable = !self.progress.setup_unconfirmed
+                && relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
             finish(&pool, conn, reusable, !self.tx_mode).await;
         }
         self.audit_pending.push(AuditKind::Disconnect);

@@ -245,6 +245,20 @@ impl Session {
                         tracing::warn!(error = %e, "invalid message from server");
                         return Box::pin(self.server_lost()).await;
                     }
+                    if let Some(err) = self.progress.setup_failed.take() {
+                        tracing::warn!(error = %err.message, "could not apply session settings; closing server");
+                        self.drop_server();
+                        self.flush_client().await;
+                        return RelayEnd::Fatal(err);
+                    }
+                    if self.progress.held && !self.progress.gate_closed {
+                        // The settings took effect: on with the messages that waited.
+                        self.progress.held = false;
+                        if let Some(end) = self.client_frames().await {
+                            self.flush_client().await;
+                            return end;
+                        }
+                    }
                     if self.releasable() {
                         // The reply first (one non-blocking write, nearly always complete),
                         // then the server to the next client: its task runs once this one
@@ -316,11 +330,16 @@ impl Session {
         }
     }
 
-    async fn server_lost(&mut self) -> RelayEnd {
+    /// Closes the attached server without returning it to the pool.
+    fn drop_server(&mut self) {
         if let Some(attached) = self.server.take() {
             self.cancel.slot.set(None);
             attached.pool.forget_one();
         }
+    }
+
+    async fn server_lost(&mut self) -> RelayEnd {
+        self.drop_server();
         self.flush_client().await;
         fatal(
             sqlstate::CONNECTION_FAILURE,
@@ -336,8 +355,11 @@ impl Session {
             to_client,
             waits,
             metrics,
+            progress,
             ..
         } = self;
+        // Messages wait behind the closed gate: read no more until it opens.
+        let read_client = !progress.gate_closed;
         let mut server = server.as_mut().map(|s| &mut s.conn.conn);
         poll_fn(|cx| {
             // Once per wake-up: the shutdown and timer futures keep this task's waker.
@@ -368,7 +390,7 @@ impl Session {
                         Poll::Pending => {}
                     }
                 }
-                if to_server.len() < HIGH_WATER {
+                if read_client && to_server.len() < HIGH_WATER {
                     match poll_read_client(&mut client.stream, &mut client.rbuf, cx) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
                         Poll::Ready(Ok(n)) => {

@@ -217,6 +217,39 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     if WORDS.hits(b) == 0 {
         return fx;
     }
+    visit_words(b, |word, at_start, end| {
+        if at_start {
+            if word.eq_ignore_ascii_case(b"set") || word.eq_ignore_ascii_case(b"reset") {
+                fx.settings = true;
+                fx.custom.extend(custom_name_after(b, end));
+            }
+            if word.eq_ignore_ascii_case(b"discard") {
+                fx.settings = true;
+                fx.statements = true;
+            }
+            if word.eq_ignore_ascii_case(b"deallocate") {
+                fx.statements = true;
+            }
+        }
+        if word.eq_ignore_ascii_case(b"set_config") {
+            fx.settings = true;
+            fx.custom.extend(custom_name_in_call(b, end));
+        }
+    });
+    fx
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SessionEffects {
+    pub settings: bool,
+    pub statements: bool,
+    /// Custom (dotted) setting names named by SET/RESET or a set_config literal.
+    pub custom: Vec<String>,
+}
+
+/// Calls `f(word, first_in_statement, end)` for every keyword or identifier outside comments,
+/// string literals, dollar quotes and quoted identifiers.
+fn visit_words(b: &[u8], mut f: impl FnMut(&[u8], bool, usize)) {
     let mut i = 0;
     let mut at_start = true;
     while i < b.len() {
@@ -249,24 +282,7 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
                 while i < b.len() && is_ident(b[i]) {
                     i += 1;
                 }
-                let word = &b[s..i];
-                if at_start {
-                    if word.eq_ignore_ascii_case(b"set") || word.eq_ignore_ascii_case(b"reset") {
-                        fx.settings = true;
-                        fx.custom.extend(custom_name_after(b, i));
-                    }
-                    if word.eq_ignore_ascii_case(b"discard") {
-                        fx.settings = true;
-                        fx.statements = true;
-                    }
-                    if word.eq_ignore_ascii_case(b"deallocate") {
-                        fx.statements = true;
-                    }
-                }
-                if word.eq_ignore_ascii_case(b"set_config") {
-                    fx.settings = true;
-                    fx.custom.extend(custom_name_in_call(b, i));
-                }
+                f(&b[s..i], at_start, i);
                 at_start = false;
                 continue;
             }
@@ -275,15 +291,69 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
         }
         i += 1;
     }
-    fx
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SessionEffects {
-    pub settings: bool,
-    pub statements: bool,
-    /// Custom (dotted) setting names named by SET/RESET or a set_config literal.
-    pub custom: Vec<String>,
+/// Does every statement in `sql` start with a keyword of an ordinary query or of transaction
+/// control? Such statements behave the same when the proxy runs a statement of its own just
+/// before them in the same implicit transaction (utility commands like VACUUM or CREATE
+/// INDEX CONCURRENTLY may refuse to run in a pipeline). Conservative: false when unsure.
+pub fn only_plain_statements(sql: &str) -> bool {
+    const PLAIN: &[&[u8]] = &[
+        b"select",
+        b"insert",
+        b"update",
+        b"delete",
+        b"merge",
+        b"with",
+        b"values",
+        b"table",
+        b"begin",
+        b"start",
+        b"commit",
+        b"end",
+        b"rollback",
+        b"abort",
+        b"savepoint",
+        b"release",
+        b"show",
+        b"declare",
+        b"fetch",
+        b"move",
+        b"close",
+        b"lock",
+    ];
+    let mut plain = true;
+    let mut any = false;
+    visit_words(sql.as_bytes(), |word, at_start, _| {
+        if at_start {
+            any = true;
+            plain &= PLAIN.iter().any(|k| word.eq_ignore_ascii_case(k));
+        }
+    });
+    plain && any
+}
+
+/// Settings that would limit the proxy's own statements: with any of them set on a server,
+/// the proxy's settings statement runs guarded (see [`guarded`]).
+pub fn limits_statements(settings: &[(String, String)]) -> bool {
+    settings.iter().any(|(k, _)| {
+        ["statement_timeout", "lock_timeout", "transaction_timeout"]
+            .iter()
+            .any(|n| k.eq_ignore_ascii_case(n))
+    })
+}
+
+/// A statement that fails unless the server's `setting` is `value`. The proxy sends it after
+/// its own settings statement and before a client's first request, in the client's implicit
+/// transaction: should the settings statement have failed, this fails too and the server
+/// skips the client's messages up to their Sync.
+pub fn check_setting_sql(setting: &str, value: &str) -> String {
+    format!(
+        "SELECT CASE WHEN pg_catalog.current_setting({}, true) IS DISTINCT FROM {} \
+         THEN pg_catalog.current_setting('tenantgate: session settings were not applied') END",
+        quote_literal(setting),
+        quote_literal(value)
+    )
 }
 
 /// The setting name after `SET [SESSION|LOCAL]` / `RESET` at `i`, if it is a dotted one.
@@ -452,6 +522,55 @@ fn is_ident(b: u8) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn plain_statements_are_queries_and_transaction_control_only() {
+        for sql in [
+            "SELECT 1",
+            "  select * from t where x = $1",
+            "WITH q AS (SELECT 1) SELECT * FROM q",
+            "(SELECT 1) UNION (SELECT 2)",
+            "INSERT INTO t VALUES ($1); UPDATE t SET a = 1; DELETE FROM t",
+            "BEGIN; SELECT 1; COMMIT",
+            "/* vacuum */ SELECT 'vacuum; create' -- drop\n, $$; vacuum$$",
+        ] {
+            assert!(only_plain_statements(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            "  ;",
+            "VACUUM t",
+            "SELECT 1; VACUUM t",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+            "COPY t FROM STDIN",
+            "CALL p()",
+            "DO $$ BEGIN COMMIT; END $$",
+            "SET search_path = x",
+            "\"select\" 1",
+        ] {
+            assert!(!only_plain_statements(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statement_limits_are_found_in_any_case() {
+        let s = |k: &str| vec![(k.to_string(), "1".to_string())];
+        assert!(limits_statements(&s("statement_timeout")));
+        assert!(limits_statements(&s("Lock_Timeout")));
+        assert!(limits_statements(&s("transaction_timeout")));
+        assert!(!limits_statements(&s("app.current_tenant")));
+        assert!(!limits_statements(&[]));
+    }
+
+    #[test]
+    fn the_check_quotes_its_values() {
+        let sql = check_setting_sql("app.current_tenant", "o'hara");
+        assert!(
+            sql.contains("current_setting(E'app.current_tenant', true)"),
+            "{sql}"
+        );
+        assert!(sql.contains("IS DISTINCT FROM E'o''hara'"), "{sql}");
+    }
 
     #[test]
     fn keywords_ignore_ascii_case_only() {

@@ -22,6 +22,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 #[macro_use]
 mod attacks;
 use attacks::*;
+mod checkout;
 mod sessions;
 
 const GLOBEX_USER: &str = "globex_app";

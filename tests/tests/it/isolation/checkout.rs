@@ -1,0 +1,175 @@
+//! The tenant goes out with the client's first request: at checkout the proxy sends its settings
+//! statement and a check ahead of the request instead of waiting a round trip (see
+//! `Session::attach`). One server shared by two tenants, RLS on and the policy off, so a wrong
+//! tenant on the server shows up as the other tenant's rows.
+
+use super::*;
+
+/// The tenants of the rows `SELECT tenant_id FROM orders` returns.
+async fn tenants_seen(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = c.query("SELECT tenant_id FROM orders", &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn assert_sees_only(c: &Client, tenant: &str, what: &str) {
+    let seen = tenants_seen(c)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read as {tenant} failed: {e:?}"));
+    assert_eq!(seen, vec![tenant; 3], "{what}: {tenant} saw {seen:?}");
+}
+
+async fn shared_server_proxy() -> (String, TestProxy) {
+    let db = within(60, "database", tenant_database(true)).await;
+    let mut config = tenant_config(&db, PoolMode::Transaction, 1);
+    config.policy.mode = PolicyMode::Off;
+    (db, TestProxy::start(config).await)
+}
+
+/// First requests that fail, open a transaction, roll back or come pipelined: each leaves the
+/// server at the tenant its statements ran for, and the next tenant gets its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_requests_of_every_kind_run_for_their_own_tenant() {
+    let (_db, proxy) = shared_server_proxy().await;
+    let a = proxy.connect_acme().await;
+    let g = proxy
+        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
+        .await
+        .unwrap();
+    let stmt_a = a.prepare("SELECT tenant_id FROM orders").await.unwrap();
+    let stmt_g = g.prepare("SELECT tenant_id FROM orders").await.unwrap();
+    within(120, "alternating tenants", async {
+        for round in 0..20 {
+            assert_sees_only(&a, "acme", "plain read").await;
+            // The first request fails: its implicit transaction rolls back, the tenant stays.
+            let err = g.query("SELECT 1 / $1::int", &[&0i32]).await.unwrap_err();
+            assert_eq!(
+                err.code(),
+                Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+            );
+            assert_sees_only(&g, "globex", "after a failed first request").await;
+            assert_sees_only(&a, "acme", "after the other tenant's failure").await;
+            // The first request opens a transaction (extended protocol), which is rolled back.
+            a.execute("BEGIN", &[]).await.unwrap();
+            assert_sees_only(&a, "acme", "inside a transaction").await;
+            a.execute("ROLLBACK", &[]).await.unwrap();
+            assert_sees_only(&g, "globex", "after the other tenant's rollback").await;
+            assert_sees_only(&a, "acme", "after its own rollback").await;
+            // Pipelined requests from both tenants: several Syncs in one batch.
+            let (ra, rg) = tokio::join!(
+                async {
+                    tokio::try_join!(
+                        a.query(&stmt_a, &[]),
+                        a.query(&stmt_a, &[]),
+                        a.query(&stmt_a, &[])
+                    )
+                },
+                async {
+                    tokio::try_join!(
+                        g.query(&stmt_g, &[]),
+                        g.query(&stmt_g, &[]),
+                        g.query(&stmt_g, &[])
+                    )
+                },
+            );
+            let (ra, rg) = (ra.unwrap(), rg.unwrap());
+            for rows in [ra.0, ra.1, ra.2] {
+                let t: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                assert_eq!(t, vec!["acme"; 3], "round {round}: pipelined acme read");
+            }
+            for rows in [rg.0, rg.1, rg.2] {
+                let t: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                assert_eq!(t, vec!["globex"; 3], "round {round}: pipelined globex read");
+            }
+        }
+    })
+    .await;
+}
+
+/// A client's `lock_timeout` and `statement_timeout` stay on the server until the next
+/// checkout changes them: the next tenant's settings statement must not run under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_clients_timeouts_do_not_touch_the_next_checkout() {
+    let (_db, proxy) = shared_server_proxy().await;
+    let a = proxy.connect_acme().await;
+    let g = proxy
+        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
+        .await
+        .unwrap();
+    within(60, "timeouts", async {
+        g.batch_execute("SET lock_timeout = 1; SET statement_timeout = '5s'")
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            assert_sees_only(&g, "globex", "with timeouts").await;
+            assert_sees_only(&a, "acme", "after a client with timeouts").await;
+        }
+        let row = g.query_one("SHOW lock_timeout", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "1ms");
+    })
+    .await;
+}
+
+/// Settings that no longer apply (the text search configuration a client chose was dropped)
+/// make the settings statement fail while the request is already on its way: the check
+/// keeps the request from running, the client's session ends with the reason, the server is
+/// closed, and the other tenant and new sessions carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_fail_end_the_session_and_run_nothing() {
+    let (db, proxy) = shared_server_proxy().await;
+    let pg = PgServer::shared();
+    let su = pg.superuser_client(&db).await.unwrap();
+    su.batch_execute("CREATE TEXT SEARCH CONFIGURATION public.tg_cfg (COPY = english)")
+        .await
+        .unwrap();
+    let a = proxy.connect_acme().await;
+    let g = proxy
+        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
+        .await
+        .unwrap();
+    within(60, "failing settings", async {
+        a.batch_execute("SET default_text_search_config = 'public.tg_cfg'")
+            .await
+            .unwrap();
+        assert_sees_only(&a, "acme", "with a text search configuration").await;
+        // Prepared now, so that later the request is one Bind/Execute/Sync on the wire. It
+        // would mark the orders of whichever tenant the server is set to.
+        let mark = a
+            .prepare("UPDATE orders SET status = 'marked' WHERE id > $1")
+            .await
+            .unwrap();
+        assert_sees_only(&g, "globex", "before the drop").await;
+        su.batch_execute("DROP TEXT SEARCH CONFIGURATION public.tg_cfg")
+            .await
+            .unwrap();
+        let before = su
+            .query_one("SELECT count(*) FROM orders WHERE status = 'marked'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        // Two requests pipelined: the check covers the first, the second waits for the outcome.
+        let (first, second) = tokio::join!(a.execute(&mark, &[&0i64]), a.execute(&mark, &[&1i64]));
+        assert!(second.is_err(), "the second request succeeded: {second:?}");
+        let err = first.unwrap_err();
+        let msg = format!("{err:?}");
+        assert!(
+            msg.contains("could not apply session settings"),
+            "unexpected error: {msg}"
+        );
+        assert!(a.is_closed() || a.simple_query("SELECT 1").await.is_err());
+        // The closed server's backend works through what it had received before it exits.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = su
+            .query_one("SELECT count(*) FROM orders WHERE status = 'marked'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(
+            before, after,
+            "the request ran although its settings failed"
+        );
+        assert_sees_only(&g, "globex", "after the failure").await;
+        let a2 = proxy.connect_acme().await;
+        assert_sees_only(&a2, "acme", "new session after the failure").await;
+    })
+    .await;
+}
