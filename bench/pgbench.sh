@@ -54,6 +54,7 @@ POLICY="${POLICY:-1}"
 POLICY_CLIENTS="${POLICY_CLIENTS:-1 32}"
 INSTRUCTIONS="${INSTRUCTIONS:-0}"
 POOL_SIZE=8
+MIX_TENANTS="t1 t2 t3 t4 t5 t6 t7 t8"   # tenants (and logins) of the isolation cost cells
 PGBENCH_OPTS="-n -S"   # -n: no VACUUM before each cell (the data is read-only; -i vacuumed it)
 
 # 1000 clients (and 10k idle ones) need many file descriptors; the hard limit may be lower.
@@ -388,6 +389,39 @@ pooler_pid() {
 }
 cpu_ticks() { [ -n "$1" ] && awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null; }
 
+# One pgbench per login in $CELL_USERS (each with CLIENTS / #users clients, -j 1), run at once;
+# their results are summed into OUT in pgbench's own format, so run_cell reads them as one.
+split_cell() {   # split_cell OUT LIMIT CLIENTS T PORT MODE [extra pgbench args...]
+    local out="$1" limit="$2" clients="$3" T="$4" port="$5" mode="$6" u i=0 rc=0
+    shift 6
+    local users=($CELL_USERS) pids=()
+    local per=$((clients / ${#users[@]}))
+    [ "$per" -ge 1 ] || per=1
+    for u in "${users[@]}"; do
+        timeout -k 10 "$limit" "$PGBENCH" ${CELL_OPTS:-$PGBENCH_OPTS} -M "${CELL_PGMODE:-$mode}" -c "$per" -j 1 \
+            -T "$T" "$@" -h 127.0.0.1 -p "$port" -U "$u" bench >"$out.$i" 2>&1 &
+        pids+=($!)
+        i=$((i + 1))
+    done
+    for i in "${!pids[@]}"; do wait "${pids[$i]}" || rc=$?; done
+    cat "$out".* >"$out.all"
+    awk -v n="${#users[@]}" '
+        /^tps = /                                      { tps += $3 }
+        /^latency average = /                          { lat += $4 }
+        /^initial connection time = /                  { if ($5 > conn) conn = $5 }
+        /^number of failed transactions: /             { failed += $5 }
+        /^number of transactions actually processed: / { txns += $NF }
+        /error|FATAL|ERROR|aborted|could not/          { print }
+        END {
+            printf "number of transactions actually processed: %d\n", txns
+            printf "number of failed transactions: %d (summed over %d pgbench processes)\n", failed, n
+            printf "latency average = %.3f ms\n", lat / n
+            printf "initial connection time = %.3f ms\n", conn
+            printf "tps = %.6f (summed over %d pgbench processes)\n", tps, n
+        }' "$out.all" >"$out"
+    return "$rc"
+}
+
 run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     local target="$1" mode="$2" clients="$3"
     shift 3
@@ -415,11 +449,15 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     t0="$(date +%s.%N)"
     # In the background + `wait`: a Ctrl-C then interrupts the wait at once (bash defers traps
     # while a foreground child runs, and timeout puts pgbench in its own process group).
-    timeout -k 10 "$limit" "$PGBENCH" ${CELL_OPTS:-$PGBENCH_OPTS} -M "${CELL_PGMODE:-$mode}" -c "$clients" -j "$JOBS" \
-        -T "$T" "$@" -h 127.0.0.1 -p "$(target_port "$target")" -U "${CELL_USER:-bench}" bench >"$out" 2>&1 &
-    CELL_PID=$!
-    wait "$CELL_PID" || rc=$?
-    CELL_PID=""
+    if [ -n "${CELL_USERS:-}" ]; then
+        split_cell "$out" "$limit" "$clients" "$T" "$(target_port "$target")" "$mode" "$@" || rc=$?
+    else
+        timeout -k 10 "$limit" "$PGBENCH" ${CELL_OPTS:-$PGBENCH_OPTS} -M "${CELL_PGMODE:-$mode}" -c "$clients" -j "$JOBS" \
+            -T "$T" "$@" -h 127.0.0.1 -p "$(target_port "$target")" -U "${CELL_USER:-bench}" bench >"$out" 2>&1 &
+        CELL_PID=$!
+        wait "$CELL_PID" || rc=$?
+        CELL_PID=""
+    fi
     t1="$(date +%s.%N)"
     cpu1="$(cpu_ticks "$pid" || true)"
     local tps lat failed aborted errors txns err note="" status conn
@@ -495,12 +533,11 @@ done
 # ---------------------------------------------------------------------------------------------
 policy_config() {   # policy_config MODE AUDIT_PATH: the tenantgate config for one variant
     tenantgate_config_head "tenant isolation cost"
+    local t
+    for t in $MIX_TENANTS; do
+        printf '\n[[users]]\nname = "%s"\npassword = "%s"\ntenant = "%s"\n' "$t" "$PW" "$t"
+    done
     cat <<EOF
-
-[[users]]
-name = "t1"
-password = "$PW"
-tenant = "t1"
 
 [policy]
 mode = "$1"
@@ -512,12 +549,12 @@ EOF
 
 policy_runs() {
     [ "$POLICY" = 1 ] || return 0
-    log "tenant isolation cost: tenant_accounts (tenant_id, aid) for tenants t1 and t2"
+    log "tenant isolation cost: tenant_accounts (tenant_id, aid) for tenants $MIX_TENANTS"
     psql_super -d bench <<EOF >/dev/null
 DROP TABLE IF EXISTS tenant_accounts;
 CREATE TABLE tenant_accounts (tenant_id text NOT NULL, aid int NOT NULL, abalance int NOT NULL DEFAULT 0,
                               PRIMARY KEY (tenant_id, aid));
-INSERT INTO tenant_accounts SELECT t, g, 0 FROM generate_series(1, 100000 * $SCALE) g, (VALUES ('t1'), ('t2')) v(t);
+INSERT INTO tenant_accounts SELECT 't' || t, g, 0 FROM generate_series(1, 100000 * $SCALE) g, generate_series(1, $(echo $MIX_TENANTS | wc -w)) t;
 ANALYZE tenant_accounts;
 GRANT SELECT ON tenant_accounts TO bench;
 EOF
@@ -527,13 +564,20 @@ EOF
         for c in $POLICY_CLIENTS; do
             CELL_OPTS="-n" CELL_PGMODE="$m" PGOPTIONS="-c app.current_tenant=t1" \
                 run_cell direct "tenant-$m" "$c" -f "$script" -D "naccounts=$((100000 * SCALE))"
-            for variant in off enforce audit; do
+            for variant in off enforce audit enforce-8-tenants; do
                 stop_tenantgate
-                local mode="$variant" audit=""
+                local mode="$variant" audit="" users=""
                 if [ "$variant" = audit ]; then mode=enforce; audit="$TMP/audit.jsonl"; rm -f "$audit"*; fi
+                if [ "$variant" = enforce-8-tenants ]; then
+                    # Clients of eight tenants share the servers: nearly every checkout changes
+                    # the server's tenant. Skipped at 1 client (one pgbench per tenant).
+                    [ "$c" -ge 8 ] || continue
+                    mode=enforce
+                    users="$MIX_TENANTS"
+                fi
                 policy_config "$mode" "$audit" >"$TMP/tenantgate.toml"
                 start_tenantgate
-                CELL_OPTS="-n" CELL_PGMODE="$m" CELL_USER=t1 \
+                CELL_OPTS="-n" CELL_PGMODE="$m" CELL_USER=t1 CELL_USERS="$users" \
                     run_cell "tenantgate+$variant" "tenant-$m" "$c" -f "$script" -D "naccounts=$((100000 * SCALE))"
             done
         done
