@@ -442,7 +442,11 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     log_before="$(wc -l <"$TMP/tenantgate.log")"
     local T=$((DURATION + clients * CONNECT_ALLOWANCE / 1000))
     local limit="${CELL_TIMEOUT:-$((T * 2 + 90))}"
-    log "$name: pgbench ${CELL_OPTS:-$PGBENCH_OPTS} -M ${CELL_PGMODE:-$mode} -c $clients -j $JOBS -T $T $*"
+    if [ -n "${CELL_USERS:-}" ]; then
+        log "$name: one pgbench ${CELL_OPTS:-$PGBENCH_OPTS} -M ${CELL_PGMODE:-$mode} -c <$clients / logins> -j 1 -T $T $* per login: $CELL_USERS"
+    else
+        log "$name: pgbench ${CELL_OPTS:-$PGBENCH_OPTS} -M ${CELL_PGMODE:-$mode} -c $clients -j $JOBS -T $T $*"
+    fi
     local rc=0 t0 t1 pid cpu0 cpu1 cpu_user="" cpu_sys=""
     pid="$(pooler_pid "$target")"
     cpu0="$(cpu_ticks "$pid" || true)"
