@@ -602,35 +602,16 @@ impl Session {
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
             if self.expected.setup_first() {
                 // The proxy's settings statement: nothing of it reaches the client.
-                match frame.tag {
-                    b'E' => {
-                        let m = crate::server::ServerMessage::parse(frame.body());
-                        self.progress.setup_error = Some(m.message);
-                    }
-                    b'S' => conn.record_parameter_status(frame.body()),
-                    b'Z' => {
-                        self.progress.pending = self.progress.pending.saturating_sub(1);
-                        conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
-                        if let Some(msg) = self.progress.setup_error.take() {
-                            // What follows is the client's request, skipped by the server
-                            // (the check failed); the session ends and the server is closed.
-                            self.progress.setup_failed = Some(PgError::fatal(
-                                sqlstate::CONNECTION_FAILURE,
-                                format!("tenantgate: could not apply session settings: {msg}"),
-                            ));
-                            return Ok(());
-                        }
-                        self.progress.setup_unconfirmed = false;
-                        self.progress.gate_closed = false;
-                    }
-                    _ => {}
-                }
+                let done = setup_reply(&mut self.progress, conn, &frame);
                 let _ = self.expected.route(
                     &frame,
                     &mut self.to_client,
                     &mut conn.statements,
                     &mut self.statements,
                 );
+                if done {
+                    return Ok(());
+                }
                 continue;
             }
             match frame.tag {
@@ -676,6 +657,39 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Tracks one reply to the proxy's settings statement (see `Session::queue_setup`). At its
+/// ReadyForQuery the outcome is known: on success the held client messages may go on; on
+/// failure the session must end (what follows is the client's request, which the server skipped
+/// since the check failed). Returns true when the caller must stop reading replies.
+fn setup_reply(
+    progress: &mut super::Progress,
+    conn: &mut crate::server::ServerConn,
+    frame: &Frame,
+) -> bool {
+    match frame.tag {
+        b'E' => {
+            let m = crate::server::ServerMessage::parse(frame.body());
+            progress.setup_error = Some(m.message);
+        }
+        b'S' => conn.record_parameter_status(frame.body()),
+        b'Z' => {
+            progress.pending = progress.pending.saturating_sub(1);
+            conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+            if let Some(msg) = progress.setup_error.take() {
+                progress.setup_failed = Some(PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("tenantgate: could not apply session settings: {msg}"),
+                ));
+                return true;
+            }
+            progress.setup_unconfirmed = false;
+            progress.gate_closed = false;
+        }
+        _ => {}
+    }
+    false
 }
 
 /// A message with an empty body (ParseComplete '1', CloseComplete '3').

@@ -18,23 +18,25 @@ async fn assert_sees_only(c: &Client, tenant: &str, what: &str) {
     assert_eq!(seen, vec![tenant; 3], "{what}: {tenant} saw {seen:?}");
 }
 
-async fn shared_server_proxy() -> (String, TestProxy) {
+/// A proxy with one server for tenants acme and globex, and a client of each.
+async fn shared_server_proxy() -> (String, TestProxy, Client, Client) {
     let db = within(60, "database", tenant_database(true)).await;
     let mut config = tenant_config(&db, PoolMode::Transaction, 1);
     config.policy.mode = PolicyMode::Off;
-    (db, TestProxy::start(config).await)
+    let proxy = TestProxy::start(config).await;
+    let a = proxy.connect_acme().await;
+    let g = proxy
+        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
+        .await
+        .unwrap();
+    (db, proxy, a, g)
 }
 
 /// First requests that fail, open a transaction, roll back or come pipelined: each leaves the
 /// server at the tenant its statements ran for, and the next tenant gets its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_requests_of_every_kind_run_for_their_own_tenant() {
-    let (_db, proxy) = shared_server_proxy().await;
-    let a = proxy.connect_acme().await;
-    let g = proxy
-        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
-        .await
-        .unwrap();
+    let (_db, _proxy, a, g) = shared_server_proxy().await;
     let stmt_a = a.prepare("SELECT tenant_id FROM orders").await.unwrap();
     let stmt_g = g.prepare("SELECT tenant_id FROM orders").await.unwrap();
     within(120, "alternating tenants", async {
@@ -89,12 +91,7 @@ async fn first_requests_of_every_kind_run_for_their_own_tenant() {
 /// checkout changes them: the next tenant's settings statement must not run under them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_clients_timeouts_do_not_touch_the_next_checkout() {
-    let (_db, proxy) = shared_server_proxy().await;
-    let a = proxy.connect_acme().await;
-    let g = proxy
-        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
-        .await
-        .unwrap();
+    let (_db, _proxy, a, g) = shared_server_proxy().await;
     within(60, "timeouts", async {
         g.batch_execute("SET lock_timeout = 1; SET statement_timeout = '5s'")
             .await
@@ -115,15 +112,10 @@ async fn the_last_clients_timeouts_do_not_touch_the_next_checkout() {
 /// closed, and the other tenant and new sessions carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_that_fail_end_the_session_and_run_nothing() {
-    let (db, proxy) = shared_server_proxy().await;
+    let (db, proxy, a, g) = shared_server_proxy().await;
     let pg = PgServer::shared();
     let su = pg.superuser_client(&db).await.unwrap();
     su.batch_execute("CREATE TEXT SEARCH CONFIGURATION public.tg_cfg (COPY = english)")
-        .await
-        .unwrap();
-    let a = proxy.connect_acme().await;
-    let g = proxy
-        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
         .await
         .unwrap();
     within(60, "failing settings", async {
