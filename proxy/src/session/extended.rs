@@ -69,6 +69,10 @@ pub enum Expect {
     /// The proxy's settings statement at checkout, sent ahead of the client's first request
     /// (a Query the client never sees; the session checks its outcome, see `server_frames`).
     Setup,
+    /// The proxy's settings statement inside the client's first implicit transaction
+    /// (Parse, Bind and Execute of the unnamed statement; no Sync). Its replies are dropped up
+    /// to its CommandComplete; the session checks its outcome (see `session::setup`).
+    SetupInline,
     /// The statement after [`Expect::Setup`] that fails unless the settings took effect
     /// (Parse, Bind and Execute of the unnamed statement; no Sync). Its replies are dropped;
     /// an error reaches the client in place of its first request's replies.
@@ -107,9 +111,11 @@ impl Expected {
         self.queue.is_empty()
     }
 
-    /// Are the next replies those of the proxy's settings statement?
-    pub fn setup_first(&self) -> bool {
-        self.queue.front() == Some(&Expect::Setup)
+    /// Are the next replies those of the proxy's settings statement, and of which form?
+    pub fn setup_first(&self) -> Option<&Expect> {
+        self.queue
+            .front()
+            .filter(|e| matches!(e, Expect::Setup | Expect::SetupInline))
     }
 
     /// Writes synthetic replies that have reached the head of the queue.
@@ -163,11 +169,17 @@ impl Expected {
     ) -> Route {
         self.flush_synthetic(to_client);
         let tag = frame.tag;
-        if self.queue.front() == Some(&Expect::Setup) {
-            if tag == b'Z' {
+        match self.queue.front() {
+            Some(Expect::Setup) if tag == b'Z' => {
                 self.queue.pop_front();
+                return Route::Drop;
             }
-            return Route::Drop;
+            Some(Expect::SetupInline) if matches!(tag, b'C' | b'E') => {
+                self.queue.pop_front();
+                return Route::Drop;
+            }
+            Some(Expect::Setup | Expect::SetupInline) => return Route::Drop,
+            _ => {}
         }
         if matches!(tag, b'N' | b'A' | b'S') {
             // Asynchronous messages can arrive at any point.

@@ -7,7 +7,7 @@ use super::extended::{
     ClientStatement, Expect, Route, Statement,
 };
 use super::relay::RelayEnd;
-use super::{settings, Session};
+use super::{settings, setup, Session};
 use crate::protocol::backend;
 use crate::protocol::frame::{next_frame, put_message, Frame};
 use crate::protocol::sqlstate;
@@ -519,76 +519,6 @@ impl Session {
         }
     }
 
-    /// Is the client's first segment (`first`, then the read buffer up to the first Sync)
-    /// complete, made of Parse, Bind, Describe, Execute, Close and Flush only, with every
-    /// statement it parses or binds a plain query? See `Session::setup_check`.
-    pub(super) fn segment_is_plain(&self, first: &Frame) -> bool {
-        /// Frames looked at before giving up: a long segment takes the slow path.
-        const MAX_FRAMES: usize = 64;
-        let buf = &self.client.rbuf[..];
-        let mut unnamed_parsed = false;
-        let mut at = 0;
-        let mut next = Some((first.tag, first.body()));
-        for _ in 0..MAX_FRAMES {
-            let Some((tag, body)) = next else {
-                return false;
-            };
-            let mut r = BodyReader::new(body);
-            match tag {
-                b'S' => return true,
-                b'P' => {
-                    let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
-                        return false;
-                    };
-                    if !settings::only_plain_statements(query) {
-                        return false;
-                    }
-                    unnamed_parsed |= name.is_empty();
-                }
-                b'B' => {
-                    let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
-                        return false;
-                    };
-                    let parsed_here = name.is_empty() && unnamed_parsed;
-                    if !parsed_here && !self.bound_sql_is_plain(name) {
-                        return false;
-                    }
-                }
-                b'D' | b'E' | b'C' | b'H' => {}
-                _ => return false,
-            }
-            next = None;
-            if let Some(header) = buf.get(at..at + 5) {
-                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-                if let Some(body) = len.checked_sub(4).and_then(|n| buf.get(at + 5..at + 5 + n)) {
-                    next = Some((header[0], body));
-                    at += 1 + len;
-                }
-            }
-        }
-        false
-    }
-
-    /// Is the statement a Bind names (prepared before this segment) a plain query?
-    fn bound_sql_is_plain(&self, name: &str) -> bool {
-        let parse = if name.is_empty() {
-            self.statements.unnamed_parse.clone()
-        } else {
-            self.statements
-                .get(name)
-                .and_then(|s| s.global.as_ref())
-                .map(|g| g.parse.clone())
-        };
-        let Some(parse) = parse else {
-            return false;
-        };
-        let mut r = BodyReader::new(parse.get(5..).unwrap_or_default());
-        match (r.cstr_bytes(), r.cstr()) {
-            (Ok(_), Ok(query)) => settings::only_plain_statements(query),
-            _ => false,
-        }
-    }
-
     /// Handles every complete server message: tracks transaction and COPY state, and in
     /// transaction mode routes replies through the expected-reply queue.
     pub(super) fn server_frames(&mut self) -> Result<(), String> {
@@ -600,9 +530,13 @@ impl Session {
         // One allocation for what this batch relays, instead of growing message by message.
         self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
-            if self.expected.setup_first() {
+            if let Some(form) = self.expected.setup_first() {
                 // The proxy's settings statement: nothing of it reaches the client.
-                let done = setup_reply(&mut self.progress, conn, &frame);
+                let done = if *form == Expect::Setup {
+                    setup::ahead_reply(&mut self.progress, conn, &frame)
+                } else {
+                    setup::inline_reply(&mut self.progress, conn, &frame)
+                };
                 let _ = self.expected.route(
                     &frame,
                     &mut self.to_client,
@@ -613,6 +547,12 @@ impl Session {
                     return Ok(());
                 }
                 continue;
+            }
+            if self.progress.setup_watch {
+                let setting = &self.app.config().tenancy.setting;
+                if setup::watch_reply(&mut self.progress, conn, &frame, setting) {
+                    return Ok(());
+                }
             }
             match frame.tag {
                 b'Z' => {
@@ -657,39 +597,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// Tracks one reply to the proxy's settings statement (see `Session::queue_setup`). At its
-/// ReadyForQuery the outcome is known: on success the held client messages may go on; on
-/// failure the session must end (what follows is the client's request, which the server skipped
-/// since the check failed). Returns true when the caller must stop reading replies.
-fn setup_reply(
-    progress: &mut super::Progress,
-    conn: &mut crate::server::ServerConn,
-    frame: &Frame,
-) -> bool {
-    match frame.tag {
-        b'E' => {
-            let m = crate::server::ServerMessage::parse(frame.body());
-            progress.setup_error = Some(m.message);
-        }
-        b'S' => conn.record_parameter_status(frame.body()),
-        b'Z' => {
-            progress.pending = progress.pending.saturating_sub(1);
-            conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
-            if let Some(msg) = progress.setup_error.take() {
-                progress.setup_failed = Some(PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("tenantgate: could not apply session settings: {msg}"),
-                ));
-                return true;
-            }
-            progress.setup_unconfirmed = false;
-            progress.gate_closed = false;
-        }
-        _ => {}
-    }
-    false
 }
 
 /// A message with an empty body (ParseComplete '1', CloseComplete '3').

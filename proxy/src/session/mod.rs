@@ -11,6 +11,7 @@ mod frames;
 mod placement;
 mod relay;
 pub mod settings;
+mod setup;
 
 use crate::app::{App, UserEntry};
 use crate::audit::{AuditEvent, AuditKind};
@@ -18,14 +19,13 @@ use crate::cancel::{CancelKey, CancelTarget};
 use crate::conn::Framed;
 use crate::pool::{Pool, PoolError, TenantPermit};
 use crate::protocol::backend;
-use crate::protocol::frame::{put_message, Frame};
+use crate::protocol::frame::Frame;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use crate::server::{ServerConn, ServerError};
 use bytes::BytesMut;
 pub(crate) use extended::ServerStatements;
-use extended::{ClientStatements, Expect, Expected};
-use postgres_protocol::message::frontend;
+use extended::{ClientStatements, Expected};
 pub use relay::Shutdown;
 use relay::{RelayEnd, Waits};
 use std::net::SocketAddr;
@@ -82,6 +82,10 @@ struct Progress {
     held: bool,
     /// The settings statement's error, until its ReadyForQuery.
     setup_error: Option<String>,
+    /// An inline settings statement completed: its transaction is being followed.
+    setup_watch: bool,
+    /// ... and an error or a ROLLBACK in it undid the setting.
+    setup_undone: bool,
     /// The settings statement failed: the session ends with this error.
     setup_failed: Option<PgError>,
 }
@@ -483,28 +487,24 @@ impl Session {
             if crate::metrics::changes_tenant(&conn.session_settings, &self.desired, setting) {
                 self.metrics.injection();
             }
-            match self.setup_check(&conn, first) {
-                Some(check) => {
-                    let sql = if settings::limits_statements(&conn.session_settings) {
-                        settings::guarded(&sql)
-                    } else {
-                        sql
-                    };
-                    pipelined = Some((sql, check));
-                }
-                None => {
+            match self.setup_plan(&conn, first) {
+                setup::Plan::Wait => {
                     if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
                         tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
                         finish(&pool, conn, false, false).await;
                         return Err(server_error(&e));
                     }
                 }
+                plan => {
+                    let guard = settings::limits_statements(&conn.session_settings);
+                    pipelined = Some((plan, sql, guard));
+                }
             }
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, pool, quota);
-        if let Some((sql, check)) = pipelined {
-            self.queue_setup(&sql, &check);
+        if let Some((plan, sql, guard)) = pipelined {
+            self.queue_setup(plan, &sql, guard);
         }
         if self.settings_unnormalized {
             // Learn the server's spelling of the client's settings at the first release.
@@ -512,50 +512,6 @@ impl Session {
             self.progress.settings_dirty = true;
         }
         Ok(())
-    }
-
-    /// Sends the settings statement ahead of the client's first request instead of waiting
-    /// for it: the statement, then (in the client's implicit transaction) one that fails
-    /// unless the tenant setting took effect, so the server skips the client's messages up to
-    /// their Sync if the settings failed. Later messages wait for the outcome (`gate_closed`);
-    /// a failure ends the session and closes the server.
-    fn queue_setup(&mut self, sql: &str, check: &str) {
-        let _ = frontend::query(sql, &mut self.to_server);
-        self.progress.pending += 1;
-        self.expected.push(Expect::Setup);
-        let mut body = BytesMut::new();
-        body.extend_from_slice(b"\0");
-        body.extend_from_slice(check.as_bytes());
-        body.extend_from_slice(b"\0\0\0");
-        put_message(&mut self.to_server, b'P', &body);
-        put_message(&mut self.to_server, b'B', b"\0\0\0\0\0\0\0\0");
-        put_message(&mut self.to_server, b'E', b"\0\0\0\0\0");
-        self.expected.push(Expect::Check);
-        self.progress.unsynced = true;
-        self.progress.setup_unconfirmed = true;
-    }
-
-    /// The check statement when the settings can go out with the client's request: the
-    /// change includes the tenant (what the check verifies), and the client's first segment
-    /// is entirely in the read buffer, made of extended-protocol messages whose statements
-    /// are plain queries (see [`settings::only_plain_statements`]). None: apply the settings
-    /// first and wait for them.
-    fn setup_check(&self, conn: &ServerConn, first: &Frame) -> Option<String> {
-        let config = self.app.config();
-        let setting = &config.tenancy.setting;
-        let tenant = self
-            .desired
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(setting))
-            .map(|(_, v)| v)?;
-        let changes = !conn
-            .session_settings
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case(setting) && v == tenant);
-        if !changes || tenant.is_empty() || !self.segment_is_plain(first) {
-            return None;
-        }
-        Some(settings::check_setting_sql(setting, tenant))
     }
 
     /// Transaction mode: is the attached server done with this client for now?
@@ -608,11 +564,20 @@ impl Session {
             .filter(|n| **n != tenant_setting)
             .cloned()
             .collect();
+        // The tenant setting is the proxy's: what the server has is what was set, unless an
+        // inline settings statement was undone (see `setup`).
+        let tenant_unknown = conn
+            .session_settings
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(&tenant_setting) && v == settings::UNKNOWN_VALUE);
         match conn.read_settings(&custom).await {
             Ok(rows) => {
-                // The tenant setting is the proxy's: what the server has is what was set.
                 let now = self.with_tenant(settings::from_rows(rows));
                 conn.session_settings = now.clone();
+                if tenant_unknown {
+                    let setting = &self.app.config().tenancy.setting;
+                    setup::mark_unknown(&mut conn.session_settings, setting);
+                }
                 self.desired = now;
             }
             Err(e) => {

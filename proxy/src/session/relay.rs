@@ -251,20 +251,22 @@ impl Session {
                         self.flush_client().await;
                         return RelayEnd::Fatal(err);
                     }
-                    if self.progress.held && !self.progress.gate_closed {
-                        // The settings took effect: on with the messages that waited.
-                        self.progress.held = false;
-                        if let Some(end) = self.client_frames().await {
-                            self.flush_client().await;
-                            return end;
-                        }
-                    }
+                    // Messages held until the settings' outcome was known go on now, after
+                    // a release: an undone tenant is then set again at the next checkout.
+                    let resume = self.progress.held && !self.progress.gate_closed;
                     if self.releasable() {
                         // The reply first (one non-blocking write, nearly always complete),
                         // then the server to the next client: its task runs once this one
                         // parks, with nothing left to do here.
                         self.try_write_client().await;
                         self.release().await;
+                    }
+                    if resume {
+                        self.progress.held = false;
+                        if let Some(end) = self.client_frames().await {
+                            self.flush_client().await;
+                            return end;
+                        }
                     }
                 }
                 Event::ClientEof => return RelayEnd::ClientGone,

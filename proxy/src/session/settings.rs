@@ -296,8 +296,10 @@ fn visit_words(b: &[u8], mut f: impl FnMut(&[u8], bool, usize)) {
 /// Does every statement in `sql` start with a keyword of an ordinary query or of transaction
 /// control? Such statements behave the same when the proxy runs a statement of its own just
 /// before them in the same implicit transaction (utility commands like VACUUM or CREATE
-/// INDEX CONCURRENTLY may refuse to run in a pipeline). Conservative: false when unsure.
-pub fn only_plain_statements(sql: &str) -> bool {
+/// INDEX CONCURRENTLY may refuse to run in a pipeline). Some(true) when one of them opens a
+/// transaction block (BEGIN, START TRANSACTION); None when one is not plain, or there is none.
+/// Conservative: None when unsure.
+pub fn plain_statements(sql: &str) -> Option<bool> {
     const PLAIN: &[&[u8]] = &[
         b"select",
         b"insert",
@@ -324,14 +326,27 @@ pub fn only_plain_statements(sql: &str) -> bool {
     ];
     let mut plain = true;
     let mut any = false;
+    let mut opens_block = false;
     visit_words(sql.as_bytes(), |word, at_start, _| {
         if at_start {
             any = true;
             plain &= PLAIN.iter().any(|k| word.eq_ignore_ascii_case(k));
+            opens_block |=
+                word.eq_ignore_ascii_case(b"begin") || word.eq_ignore_ascii_case(b"start");
         }
     });
-    plain && any
+    (plain && any).then_some(opens_block)
 }
+
+/// Does turning `have` into `want` reset a setting (a statement of its own, besides the one
+/// `set_config` call)?
+pub fn diff_resets(have: &[(String, String)], want: &[(String, String)]) -> bool {
+    have.iter().any(|(k, _)| !want.iter().any(|(w, _)| w == k))
+}
+
+/// What a server's setting is taken to be when it is not known (never a real value): the next
+/// checkout sets or resets it whatever the client wants.
+pub const UNKNOWN_VALUE: &str = "\u{0}unknown";
 
 /// Settings that would limit the proxy's own statements: with any of them set on a server,
 /// the proxy's settings statement runs guarded (see [`guarded`]).
@@ -534,7 +549,7 @@ mod tests {
             "BEGIN; SELECT 1; COMMIT",
             "/* vacuum */ SELECT 'vacuum; create' -- drop\n, $$; vacuum$$",
         ] {
-            assert!(only_plain_statements(sql), "{sql}");
+            assert!(plain_statements(sql).is_some(), "{sql}");
         }
         for sql in [
             "",
@@ -548,8 +563,27 @@ mod tests {
             "SET search_path = x",
             "\"select\" 1",
         ] {
-            assert!(!only_plain_statements(sql), "{sql}");
+            assert!(plain_statements(sql).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn statements_that_open_a_block_are_told_apart() {
+        assert_eq!(plain_statements("BEGIN"), Some(true));
+        assert_eq!(
+            plain_statements("start transaction isolation level serializable"),
+            Some(true)
+        );
+        assert_eq!(plain_statements("SELECT 1; begin"), Some(true));
+        assert_eq!(plain_statements("SELECT 'begin' AS begin"), Some(false));
+        assert_eq!(plain_statements("COMMIT"), Some(false));
+    }
+
+    #[test]
+    fn resets_are_settings_the_client_does_not_want() {
+        let v = |k: &str| (k.to_string(), "1".to_string());
+        assert!(diff_resets(&[v("a"), v("b")], &[v("a")]));
+        assert!(!diff_resets(&[v("a")], &[v("a"), v("b")]));
     }
 
     #[test]

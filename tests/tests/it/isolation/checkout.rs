@@ -4,6 +4,7 @@
 //! tenant on the server shows up as the other tenant's rows.
 
 use super::*;
+use tokio_postgres::types::Type;
 
 /// The tenants of the rows `SELECT tenant_id FROM orders` returns.
 async fn tenants_seen(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
@@ -42,14 +43,22 @@ async fn first_requests_of_every_kind_run_for_their_own_tenant() {
     within(120, "alternating tenants", async {
         for round in 0..20 {
             assert_sees_only(&a, "acme", "plain read").await;
-            // The first request fails: its implicit transaction rolls back, the tenant stays.
-            let err = g.query("SELECT 1 / $1::int", &[&0i32]).await.unwrap_err();
+            // The first request fails (one Parse/Bind/Describe/Execute/Sync): its implicit
+            // transaction, which set the tenant, rolls back; the next read sets it again.
+            let err = g
+                .query_typed("SELECT 1 / $1::int", &[(&0i32, Type::INT4)])
+                .await
+                .unwrap_err();
             assert_eq!(
                 err.code(),
                 Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
             );
             assert_sees_only(&g, "globex", "after a failed first request").await;
             assert_sees_only(&a, "acme", "after the other tenant's failure").await;
+            // A ROLLBACK outside a transaction block undoes the implicit transaction too.
+            g.query_typed("ROLLBACK", &[]).await.unwrap();
+            assert_sees_only(&g, "globex", "after a ROLLBACK as first request").await;
+            assert_sees_only(&a, "acme", "after the other tenant's ROLLBACK").await;
             // The first request opens a transaction (extended protocol), which is rolled back.
             a.execute("BEGIN", &[]).await.unwrap();
             assert_sees_only(&a, "acme", "inside a transaction").await;

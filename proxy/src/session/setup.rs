@@ -1,0 +1,264 @@
+//! How the client's session settings reach the server it is given (transaction mode), when the
+//! checkout changes the server's tenant: with the client's first request, not a round trip
+//! ahead of it. Two forms:
+//!
+//! - **inline**: `SELECT set_config(…)` as Parse/Bind/Execute of the unnamed statement, no
+//!   Sync, then the client's first segment — all one implicit transaction. If the statement
+//!   fails, the server skips the client's messages up to their Sync. The setting lasts only if
+//!   that transaction commits; an error or a ROLLBACK in it undoes the setting, which the
+//!   session sees (an ErrorResponse, a `ROLLBACK` command tag) and then takes the server's
+//!   tenant as unknown, so the next checkout sets it again. Used when only the tenant changes
+//!   (nothing the server reports back, nothing to reset), no timeout of the last client is
+//!   left on the server, and the segment cannot open a transaction block.
+//! - **ahead**: the settings statement as a Query, committed on its own, then a check in the
+//!   client's implicit transaction that fails unless the tenant took effect.
+//!
+//! In both, client messages after the segment's Sync wait in the proxy until the outcome is
+//! known (the server runs what follows a Sync whatever happened before it), and a failed
+//! settings statement ends the session and closes the server. Otherwise the settings are
+//! applied first and waited for.
+
+use super::extended::Expect;
+use super::{settings, Progress, Session};
+use crate::protocol::frame::{put_message, Frame};
+use crate::protocol::{sqlstate, BodyReader, PgError};
+use crate::server::{ServerConn, ServerMessage};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+
+/// How the settings of one checkout go out.
+pub(super) enum Plan {
+    /// Applied first, waited for.
+    Wait,
+    Inline,
+    Ahead {
+        check: String,
+    },
+}
+
+impl Session {
+    /// Chooses how the settings `have` → `self.desired` go to `conn`; `first` is the client
+    /// message that needs the server (already taken from the read buffer).
+    pub(super) fn setup_plan(&self, conn: &ServerConn, first: &Frame) -> Plan {
+        let have = &conn.session_settings;
+        let config = self.app.config();
+        let setting = &config.tenancy.setting;
+        let Some(tenant) = self
+            .desired
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(setting))
+            .map(|(_, v)| v)
+        else {
+            return Plan::Wait;
+        };
+        let changes_tenant = !have
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(setting) && v == tenant);
+        if !changes_tenant || tenant.is_empty() {
+            return Plan::Wait;
+        }
+        let Some(opens_block) = self.plain_segment(first) else {
+            return Plan::Wait;
+        };
+        let only_tenant = self.desired.iter().all(|(k, v)| {
+            k.eq_ignore_ascii_case(setting) || have.iter().any(|(h, hv)| h == k && hv == v)
+        });
+        if only_tenant
+            && !opens_block
+            && !settings::diff_resets(have, &self.desired)
+            && !settings::limits_statements(have)
+        {
+            return Plan::Inline;
+        }
+        Plan::Ahead {
+            check: settings::check_setting_sql(setting, tenant),
+        }
+    }
+
+    /// Queues the settings statement `sql` (see [`Plan`]) ahead of the client's first segment.
+    pub(super) fn queue_setup(&mut self, plan: Plan, sql: &str, guard: bool) {
+        match plan {
+            Plan::Wait => return,
+            Plan::Inline => {
+                put_unnamed_execute(&mut self.to_server, sql);
+                self.expected.push(Expect::SetupInline);
+            }
+            Plan::Ahead { check } => {
+                let sql = if guard {
+                    settings::guarded(sql)
+                } else {
+                    sql.to_string()
+                };
+                let _ = frontend::query(&sql, &mut self.to_server);
+                self.progress.pending += 1;
+                self.expected.push(Expect::Setup);
+                put_unnamed_execute(&mut self.to_server, &check);
+                self.expected.push(Expect::Check);
+            }
+        }
+        self.progress.unsynced = true;
+        self.progress.setup_unconfirmed = true;
+    }
+
+    /// Is the client's first segment (`first`, then the read buffer up to the first Sync)
+    /// complete, made of Parse, Bind, Describe, Execute, Close and Flush only, with every
+    /// statement it parses or binds a plain query (see [`settings::plain_statements`])?
+    /// Some(true) when one of them opens a transaction block.
+    fn plain_segment(&self, first: &Frame) -> Option<bool> {
+        /// Frames looked at before giving up: a long segment takes the slow path.
+        const MAX_FRAMES: usize = 64;
+        let buf = &self.client.rbuf[..];
+        let mut unnamed_parsed = false;
+        let mut opens_block = false;
+        let mut at = 0;
+        let mut next = Some((first.tag, first.body()));
+        for _ in 0..MAX_FRAMES {
+            let (tag, body) = next?;
+            let mut r = BodyReader::new(body);
+            match tag {
+                b'S' => return Some(opens_block),
+                b'P' => {
+                    let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
+                        return None;
+                    };
+                    opens_block |= settings::plain_statements(query)?;
+                    unnamed_parsed |= name.is_empty();
+                }
+                b'B' => {
+                    let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
+                        return None;
+                    };
+                    if !(name.is_empty() && unnamed_parsed) {
+                        opens_block |= self.bound_plain_statement(name)?;
+                    }
+                }
+                b'D' | b'E' | b'C' | b'H' => {}
+                _ => return None,
+            }
+            next = None;
+            if let Some(header) = buf.get(at..at + 5) {
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                if let Some(body) = len.checked_sub(4).and_then(|n| buf.get(at + 5..at + 5 + n)) {
+                    next = Some((header[0], body));
+                    at += 1 + len;
+                }
+            }
+        }
+        None
+    }
+
+    /// [`settings::plain_statements`] of the statement a Bind names (prepared before this
+    /// segment).
+    fn bound_plain_statement(&self, name: &str) -> Option<bool> {
+        let parse = if name.is_empty() {
+            self.statements.unnamed_parse.clone()
+        } else {
+            self.statements
+                .get(name)
+                .and_then(|s| s.global.as_ref())
+                .map(|g| g.parse.clone())
+        }?;
+        let mut r = BodyReader::new(parse.get(5..).unwrap_or_default());
+        let (Ok(_), Ok(query)) = (r.cstr_bytes(), r.cstr()) else {
+            return None;
+        };
+        settings::plain_statements(query)
+    }
+}
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal (no Sync).
+fn put_unnamed_execute(out: &mut BytesMut, sql: &str) {
+    let mut body = BytesMut::with_capacity(sql.len() + 4);
+    body.extend_from_slice(b"\0");
+    body.extend_from_slice(sql.as_bytes());
+    body.extend_from_slice(b"\0\0\0");
+    put_message(out, b'P', &body);
+    put_message(out, b'B', b"\0\0\0\0\0\0\0\0");
+    put_message(out, b'E', b"\0\0\0\0\0");
+}
+
+fn failed(msg: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::CONNECTION_FAILURE,
+        format!("tenantgate: could not apply session settings: {msg}"),
+    )
+}
+
+/// One reply to the settings statement of the `ahead` form, a Query none of whose replies
+/// reach the client. At its ReadyForQuery the outcome is known: on success the held client
+/// messages may go on; on failure the session must end (the server skipped the client's
+/// request, since the check failed). Returns true when the caller must stop reading replies.
+pub(super) fn ahead_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> bool {
+    match frame.tag {
+        b'E' => progress.setup_error = Some(ServerMessage::parse(frame.body()).message),
+        b'S' => conn.record_parameter_status(frame.body()),
+        b'Z' => {
+            progress.pending = progress.pending.saturating_sub(1);
+            conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+            if let Some(msg) = progress.setup_error.take() {
+                progress.setup_failed = Some(failed(&msg));
+                return true;
+            }
+            progress.setup_unconfirmed = false;
+            progress.gate_closed = false;
+        }
+        _ => {}
+    }
+    false
+}
+
+/// One reply to the settings statement of the `inline` form (none reach the client). Returns
+/// true when it failed: the server now skips the client's messages up to their Sync, and the
+/// session must end. At its CommandComplete the setting is in place for the rest of the
+/// implicit transaction, which [`watch_reply`] follows from then on.
+pub(super) fn inline_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> bool {
+    match frame.tag {
+        b'E' => {
+            progress.setup_failed = Some(failed(&ServerMessage::parse(frame.body()).message));
+            return true;
+        }
+        b'S' => conn.record_parameter_status(frame.body()),
+        b'C' => progress.setup_watch = true,
+        _ => {}
+    }
+    false
+}
+
+/// A reply to the client's first segment after an `inline` settings statement: an error or a
+/// ROLLBACK undoes the setting with the transaction. At the segment's ReadyForQuery the
+/// outcome is known; an undone tenant is marked unknown on the server, so that it is set again
+/// before anything else runs there. Returns true when the session must end.
+pub(super) fn watch_reply(
+    progress: &mut Progress,
+    conn: &mut ServerConn,
+    frame: &Frame,
+    setting: &str,
+) -> bool {
+    match frame.tag {
+        b'E' => progress.setup_undone = true,
+        b'C' if frame.body().starts_with(b"ROLLBACK") => progress.setup_undone = true,
+        b'Z' => {
+            progress.setup_watch = false;
+            progress.setup_unconfirmed = false;
+            progress.gate_closed = false;
+            if frame.body().first() != Some(&b'I') {
+                // Cannot happen (the segment opens no block); if it did, the setting's fate
+                // would hang on a transaction the proxy does not follow.
+                progress.setup_failed = Some(failed("unexpected transaction state"));
+                return true;
+            }
+            if std::mem::take(&mut progress.setup_undone) {
+                mark_unknown(&mut conn.session_settings, setting);
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Takes the server's value of `setting` as unknown (see [`settings::UNKNOWN_VALUE`]).
+pub(super) fn mark_unknown(have: &mut Vec<(String, String)>, setting: &str) {
+    have.retain(|(k, _)| !k.eq_ignore_ascii_case(setting));
+    have.push((setting.to_string(), settings::UNKNOWN_VALUE.to_string()));
+    have.sort();
+}
