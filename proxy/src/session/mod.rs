@@ -86,6 +86,8 @@ struct Progress {
     setup_watch: bool,
     /// ... and an error or a ROLLBACK in it undid the setting.
     setup_undone: bool,
+    /// The server's tenant was marked unknown at the end of that transaction.
+    tenant_undone: bool,
     /// The settings statement failed: the session ends with this error.
     setup_failed: Option<PgError>,
 }

@@ -262,6 +262,11 @@ impl Session {
                         self.release().await;
                     }
                     if resume {
+                        if self.progress.tenant_undone {
+                            // Not released (it always is at this point): the server's tenant is
+                            // unknown, so it must not serve the held messages.
+                            self.drop_server();
+                        }
                         self.progress.held = false;
                         if let Some(end) = self.client_frames().await {
                             self.flush_client().await;

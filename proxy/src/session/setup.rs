@@ -249,6 +249,7 @@ pub(super) fn watch_reply(
             }
             if std::mem::take(&mut progress.setup_undone) {
                 mark_unknown(&mut conn.session_settings, setting);
+                progress.tenant_undone = true;
             }
         }
         _ => {}
