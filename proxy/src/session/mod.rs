@@ -72,8 +72,8 @@ struct Progress {
     settings_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
-    /// The proxy's settings statement went out ahead of the client's first request and its
-    /// outcome is not known yet (see `Session::attach`).
+    /// The proxy's settings statement went out with the client's first request and its
+    /// outcome is not known yet (see `setup`).
     setup_unconfirmed: bool,
     /// ... and a Sync followed: further client messages wait in the read buffer until the
     /// outcome is known, since the server runs what comes after a Sync in any case.
