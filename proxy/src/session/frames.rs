@@ -292,6 +292,12 @@ impl Session {
             b'Q' => {
                 self.note_sql(query_text(&frame));
                 self.progress.pending += 1;
+                if self.progress.setup_unconfirmed {
+                    // The settings statement's messages before it need no Sync: the Query's
+                    // ReadyForQuery ends their implicit transaction too.
+                    self.progress.unsynced = false;
+                    self.progress.gate_closed = true;
+                }
                 self.expected.push(Expect::Ready);
             }
             b'F' => {

@@ -100,11 +100,18 @@ impl Session {
         self.progress.setup_unconfirmed = true;
     }
 
-    /// Is the client's first segment (`first`, then the read buffer up to the first Sync)
-    /// complete, made of Parse, Bind, Describe, Execute, Close and Flush only, with every
-    /// statement it parses or binds a plain query (see [`settings::plain_statements`])?
-    /// Some(true) when one of them opens a transaction block.
+    /// Is the client's first segment complete — a simple Query, or `first` and the read buffer
+    /// up to the first Sync made of Parse, Bind, Describe, Execute, Close and Flush only — with
+    /// every statement it runs, parses or binds a plain query (see
+    /// [`settings::plain_statements`])? Some(true) when one of them opens a transaction block.
+    ///
+    /// A Query after the settings statement: should that fail, the server skips the Query too
+    /// (it waits for a Sync that never comes, and the proxy ends the session).
     fn plain_segment(&self, first: &Frame) -> Option<bool> {
+        if first.tag == b'Q' {
+            let sql = BodyReader::new(first.body()).cstr().ok()?;
+            return settings::plain_statements(sql);
+        }
         /// Frames looked at before giving up: a long segment takes the slow path.
         const MAX_FRAMES: usize = 64;
         let buf = &self.client.rbuf[..];

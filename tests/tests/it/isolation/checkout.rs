@@ -12,6 +12,19 @@ async fn tenants_seen(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// [`tenants_seen`] over the simple query protocol.
+async fn simple_tenants(c: &Client) -> Vec<String> {
+    c.simple_query("SELECT tenant_id FROM orders")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
 async fn assert_sees_only(c: &Client, tenant: &str, what: &str) {
     let seen = tenants_seen(c)
         .await
@@ -59,6 +72,26 @@ async fn first_requests_of_every_kind_run_for_their_own_tenant() {
             g.query_typed("ROLLBACK", &[]).await.unwrap();
             assert_sees_only(&g, "globex", "after a ROLLBACK as first request").await;
             assert_sees_only(&a, "acme", "after the other tenant's ROLLBACK").await;
+            // Simple queries as first requests: a read, a failure, a ROLLBACK.
+            assert_eq!(simple_tenants(&g).await, vec!["globex"; 3], "simple read");
+            assert_eq!(simple_tenants(&a).await, vec!["acme"; 3], "simple read");
+            assert!(g.simple_query("SELECT 1 / 0").await.is_err());
+            assert_eq!(
+                simple_tenants(&g).await,
+                vec!["globex"; 3],
+                "after a failed query"
+            );
+            g.simple_query("ROLLBACK").await.unwrap();
+            assert_eq!(
+                simple_tenants(&g).await,
+                vec!["globex"; 3],
+                "after ROLLBACK"
+            );
+            assert_eq!(
+                simple_tenants(&a).await,
+                vec!["acme"; 3],
+                "after the other's ROLLBACK"
+            );
             // The first request opens a transaction (extended protocol), which is rolled back.
             a.execute("BEGIN", &[]).await.unwrap();
             assert_sees_only(&a, "acme", "inside a transaction").await;
