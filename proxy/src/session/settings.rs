@@ -277,7 +277,7 @@ fn visit_words(b: &[u8], mut f: impl FnMut(&[u8], bool, usize)) {
                 }
             }
             b';' => at_start = true,
-            c if c.is_ascii_alphabetic() || c == b'_' => {
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let s = i;
                 while i < b.len() && is_ident(b[i]) {
                     i += 1;
@@ -296,19 +296,18 @@ fn visit_words(b: &[u8], mut f: impl FnMut(&[u8], bool, usize)) {
 /// Does every statement in `sql` start with a keyword of an ordinary query or of transaction
 /// control? Such statements behave the same when the proxy runs a statement of its own just
 /// before them in the same implicit transaction (utility commands like VACUUM or CREATE
-/// INDEX CONCURRENTLY may refuse to run in a pipeline). Some(true) when one of them opens a
-/// transaction block (BEGIN, START TRANSACTION); None when one is not plain, or there is none.
-/// Conservative: None when unsure.
+/// INDEX CONCURRENTLY may refuse to run in a pipeline). Some(true) when one of them is
+/// transaction control (BEGIN, COMMIT, ROLLBACK, …: it can end or extend the implicit
+/// transaction); None when one is not plain, or there is none.
+///
+/// Conservative, None when unsure: also for text with a backslash (escape strings) or a
+/// nested block comment, which the word scan does not follow as Postgres does.
 pub fn plain_statements(sql: &str) -> Option<bool> {
     const PLAIN: &[&[u8]] = &[
-        b"select",
-        b"insert",
-        b"update",
-        b"delete",
-        b"merge",
-        b"with",
-        b"values",
-        b"table",
+        b"select", b"insert", b"update", b"delete", b"merge", b"with", b"values", b"table",
+        b"show", b"declare", b"fetch", b"move", b"close", b"lock",
+    ];
+    const CONTROL: &[&[u8]] = &[
         b"begin",
         b"start",
         b"commit",
@@ -317,25 +316,38 @@ pub fn plain_statements(sql: &str) -> Option<bool> {
         b"abort",
         b"savepoint",
         b"release",
-        b"show",
-        b"declare",
-        b"fetch",
-        b"move",
-        b"close",
-        b"lock",
     ];
+    let b = sql.as_bytes();
+    if b.contains(&b'\\') || nested_comment(b) {
+        return None;
+    }
     let mut plain = true;
     let mut any = false;
-    let mut opens_block = false;
-    visit_words(sql.as_bytes(), |word, at_start, _| {
+    let mut control = false;
+    visit_words(b, |word, at_start, _| {
         if at_start {
             any = true;
-            plain &= PLAIN.iter().any(|k| word.eq_ignore_ascii_case(k));
-            opens_block |=
-                word.eq_ignore_ascii_case(b"begin") || word.eq_ignore_ascii_case(b"start");
+            let is = |list: &[&[u8]]| list.iter().any(|k| word.eq_ignore_ascii_case(k));
+            let c = is(CONTROL);
+            control |= c;
+            plain &= c || is(PLAIN);
         }
     });
-    (plain && any).then_some(opens_block)
+    (plain && any).then_some(control)
+}
+
+/// Is a block comment opened inside another one (a `/*` before the first `*/` that follows an
+/// opening `/*`)?
+fn nested_comment(b: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(start) = find_from(b, i, b"/*") {
+        let end = find_from(b, start + 2, b"*/").unwrap_or(b.len());
+        if find_from(b, start + 2, b"/*").is_some_and(|n| n < end) {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
 
 /// Does turning `have` into `want` reset a setting (a statement of its own, besides the one
@@ -529,8 +541,10 @@ fn starts_with_ignore_case(hay: &[u8], word: &[u8]) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
+/// An identifier byte as Postgres' lexer sees it: letters, digits, `_`, `$`, and any non-ASCII
+/// byte (so `é$a$` is one identifier, not `é` and a dollar quote).
 fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 #[cfg(test)]
@@ -568,15 +582,45 @@ mod tests {
     }
 
     #[test]
-    fn statements_that_open_a_block_are_told_apart() {
-        assert_eq!(plain_statements("BEGIN"), Some(true));
-        assert_eq!(
-            plain_statements("start transaction isolation level serializable"),
-            Some(true)
-        );
-        assert_eq!(plain_statements("SELECT 1; begin"), Some(true));
+    fn transaction_control_is_told_apart() {
+        for sql in [
+            "BEGIN",
+            "start transaction isolation level serializable",
+            "SELECT 1; begin",
+            "ROLLBACK; SELECT 1",
+            "abort",
+            "COMMIT",
+            "end",
+            "/* c */ rollback",
+            "savepoint a",
+        ] {
+            assert_eq!(plain_statements(sql), Some(true), "{sql}");
+        }
         assert_eq!(plain_statements("SELECT 'begin' AS begin"), Some(false));
-        assert_eq!(plain_statements("COMMIT"), Some(false));
+        assert_eq!(
+            plain_statements("SELECT CASE WHEN x THEN 1 END"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn text_the_scan_may_misread_is_not_plain() {
+        for sql in [
+            r"SELECT '\' AS a; ROLLBACK; SELECT 1 --'",
+            r"SELECT E'\''; ROLLBACK; SELECT '",
+            "SELECT 1 /* a /* b */ ; ROLLBACK; SELECT 1 */",
+        ] {
+            assert_eq!(plain_statements(sql), None, "{sql}");
+        }
+        // `$` continues an identifier, also after a non-ASCII letter: no dollar quote here.
+        for sql in [
+            "SELECT 1 AS a$b$; ROLLBACK; SELECT 1 AS c$b$",
+            "SELECT 1 AS é$b$; ROLLBACK; SELECT 1 AS é$b$",
+        ] {
+            assert_eq!(plain_statements(sql), Some(true), "{sql}");
+        }
+        assert_eq!(plain_statements("SELECT $x$; ROLLBACK; $x$"), Some(false));
+        assert_eq!(plain_statements("SELECT 1 /* a */ /* b */"), Some(false));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   session sees (an ErrorResponse, a `ROLLBACK` command tag) and then takes the server's
 //!   tenant as unknown, so the next checkout sets it again. Used when only the tenant changes
 //!   (nothing the server reports back, nothing to reset), no timeout of the last client is
-//!   left on the server, and the segment cannot open a transaction block.
+//!   left on the server, and the segment has no transaction control (a ROLLBACK in it would
+//!   undo the setting for the statements after it).
 //! - **ahead**: the settings statement as a Query, committed on its own, then a check in the
 //!   client's implicit transaction that fails unless the tenant took effect.
 //!
@@ -57,14 +58,14 @@ impl Session {
         if !changes_tenant || tenant.is_empty() {
             return Plan::Wait;
         }
-        let Some(opens_block) = self.plain_segment(first) else {
+        let Some(controls) = self.plain_segment(first) else {
             return Plan::Wait;
         };
         let only_tenant = self.desired.iter().all(|(k, v)| {
             k.eq_ignore_ascii_case(setting) || have.iter().any(|(h, hv)| h == k && hv == v)
         });
         if only_tenant
-            && !opens_block
+            && !controls
             && !settings::diff_resets(have, &self.desired)
             && !settings::limits_statements(have)
         {
@@ -103,7 +104,7 @@ impl Session {
     /// Is the client's first segment complete — a simple Query, or `first` and the read buffer
     /// up to the first Sync made of Parse, Bind, Describe, Execute, Close and Flush only — with
     /// every statement it runs, parses or binds a plain query (see
-    /// [`settings::plain_statements`])? Some(true) when one of them opens a transaction block.
+    /// [`settings::plain_statements`])? Some(true) when one of them is transaction control.
     ///
     /// A Query after the settings statement: should that fail, the server skips the Query too
     /// (it waits for a Sync that never comes, and the proxy ends the session).
@@ -116,19 +117,19 @@ impl Session {
         const MAX_FRAMES: usize = 64;
         let buf = &self.client.rbuf[..];
         let mut unnamed_parsed = false;
-        let mut opens_block = false;
+        let mut controls = false;
         let mut at = 0;
         let mut next = Some((first.tag, first.body()));
         for _ in 0..MAX_FRAMES {
             let (tag, body) = next?;
             let mut r = BodyReader::new(body);
             match tag {
-                b'S' => return Some(opens_block),
+                b'S' => return Some(controls),
                 b'P' => {
                     let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
                         return None;
                     };
-                    opens_block |= settings::plain_statements(query)?;
+                    controls |= settings::plain_statements(query)?;
                     unnamed_parsed |= name.is_empty();
                 }
                 b'B' => {
@@ -136,7 +137,7 @@ impl Session {
                         return None;
                     };
                     if !(name.is_empty() && unnamed_parsed) {
-                        opens_block |= self.bound_plain_statement(name)?;
+                        controls |= self.bound_plain_statement(name)?;
                     }
                 }
                 b'D' | b'E' | b'C' | b'H' => {}
@@ -249,7 +250,7 @@ pub(super) fn watch_reply(
             progress.setup_unconfirmed = false;
             progress.gate_closed = false;
             if frame.body().first() != Some(&b'I') {
-                // Cannot happen (the segment opens no block); if it did, the setting's fate
+                // Cannot happen (the segment has no transaction control); if it did, the setting's fate
                 // would hang on a transaction the proxy does not follow.
                 progress.setup_failed = Some(failed("unexpected transaction state"));
                 return true;

@@ -207,3 +207,69 @@ async fn settings_that_fail_end_the_session_and_run_nothing() {
     })
     .await;
 }
+
+/// A ROLLBACK (or any transaction control) inside the first request ends the implicit
+/// transaction that would carry an inline tenant: the statements after it must still run for the
+/// client's tenant. Policy enforcing, RLS on; hand-built extended-protocol batches, and the
+/// multi-statement simple form with the policy off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_control_in_the_first_request_keeps_the_tenant() {
+    let db = within(60, "database", tenant_database(true)).await;
+    let proxy = TestProxy::start(tenant_config(&db, PoolMode::Transaction, 1)).await;
+    let a = proxy.connect_acme().await;
+    let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+    raw.startup(GLOBEX_USER, pg::APP_DB, Some(GLOBEX_PASSWORD))
+        .await
+        .unwrap();
+    let read =
+        "SELECT tenant_id FROM orders WHERE tenant_id = current_setting('app.current_tenant')";
+    within(60, "transaction control", async {
+        for control in ["ROLLBACK", "ABORT", "COMMIT", "END"] {
+            // The server was last set to acme.
+            let rows = a.query(read, &[]).await.unwrap();
+            assert_eq!(rows.len(), 3, "{control}: acme's read");
+            let batch = [
+                pipeline::parse("", control, &[]),
+                pipeline::bind("", "", &[], &[]),
+                pipeline::execute("", 0),
+                pipeline::parse("", read, &[]),
+                pipeline::bind("", "", &[], &[]),
+                pipeline::execute("", 0),
+                pipeline::sync(),
+            ]
+            .concat();
+            let replies = pipeline::round_trip(&mut raw, &batch, 1).await.unwrap();
+            let rows: Vec<String> = pipeline::summarize(&replies)
+                .into_iter()
+                .filter(|m| m.starts_with("Row"))
+                .collect();
+            assert_eq!(
+                rows,
+                vec!["Row[globex]"; 3],
+                "{control} then a read, as globex: {:?}",
+                pipeline::summarize(&replies)
+            );
+        }
+    })
+    .await;
+
+    let (_db, _proxy, a, g) = shared_server_proxy().await;
+    within(60, "multi-statement", async {
+        for control in ["ROLLBACK", "ABORT"] {
+            assert_sees_only(&a, "acme", control).await;
+            let sql = format!("{control}; SELECT tenant_id FROM orders");
+            let seen: Vec<String> = g
+                .simple_query(&sql)
+                .await
+                .unwrap()
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(seen, vec!["globex"; 3], "{sql}");
+        }
+    })
+    .await;
+}
