@@ -559,28 +559,24 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
-        let tenant_setting = self.app.config().tenancy.setting.to_ascii_lowercase();
-        let custom: Vec<String> = self
+        let setting = self.app.config().tenancy.setting.clone();
+        let tenant_setting = setting.to_ascii_lowercase();
+        let mut custom: Vec<String> = self
             .custom_settings
             .iter()
             .filter(|n| **n != tenant_setting)
             .cloned()
             .collect();
-        // The tenant setting is the proxy's: what the server has is what was set, unless an
-        // inline settings statement was undone (see `setup`).
-        let tenant_unknown = conn
-            .session_settings
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case(&tenant_setting) && v == settings::UNKNOWN_VALUE);
+        // The tenant setting too: a statement the proxy let through (policy off or audit, or
+        // an undone inline setting) may have left another value than the one the proxy set.
+        custom.push(setting);
         match conn.read_settings(&custom).await {
             Ok(rows) => {
-                let now = self.with_tenant(settings::from_rows(rows));
+                let mut now = settings::from_rows(rows);
+                now.sort();
                 conn.session_settings = now.clone();
-                if tenant_unknown {
-                    let setting = &self.app.config().tenancy.setting;
-                    setup::mark_unknown(&mut conn.session_settings, setting);
-                }
-                self.desired = now;
+                // The client keeps its own tenant whatever the server had.
+                self.desired = self.with_tenant(now);
             }
             Err(e) => {
                 tracing::debug!(server = conn.id, error = %e, "cannot read session settings; closing server");

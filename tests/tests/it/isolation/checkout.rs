@@ -273,3 +273,22 @@ async fn transaction_control_in_the_first_request_keeps_the_tenant() {
     })
     .await;
 }
+
+/// With the policy off, a statement the proxy lets through can change the tenant setting
+/// itself (`set_config` inside a multi-statement query). The proxy reads the setting back when
+/// the server is released, so the next client of the tenant the proxy believed in is not
+/// served by a server set to another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_changed_behind_the_proxys_back_is_read_back() {
+    let (_db, proxy, a, _g) = shared_server_proxy().await;
+    let a2 = proxy.connect_acme().await;
+    within(60, "tenant changed by a client", async {
+        assert_sees_only(&a, "acme", "before").await;
+        a.simple_query("SELECT 1; SELECT set_config('app.current_tenant', 'globex', false)")
+            .await
+            .unwrap();
+        assert_sees_only(&a2, "acme", "the next acme client").await;
+        assert_sees_only(&a, "acme", "the client that changed it").await;
+    })
+    .await;
+}
