@@ -12,9 +12,9 @@ async fn tenants_seen(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// [`tenants_seen`] over the simple query protocol.
-async fn simple_tenants(c: &Client) -> Vec<String> {
-    c.simple_query("SELECT tenant_id FROM orders")
+/// The first column of the rows a simple query `sql` returns (by default [`tenants_seen`]'s).
+async fn simple_tenants(c: &Client, sql: Option<&str>) -> Vec<String> {
+    c.simple_query(sql.unwrap_or("SELECT tenant_id FROM orders"))
         .await
         .unwrap()
         .iter()
@@ -73,22 +73,30 @@ async fn first_requests_of_every_kind_run_for_their_own_tenant() {
             assert_sees_only(&g, "globex", "after a ROLLBACK as first request").await;
             assert_sees_only(&a, "acme", "after the other tenant's ROLLBACK").await;
             // Simple queries as first requests: a read, a failure, a ROLLBACK.
-            assert_eq!(simple_tenants(&g).await, vec!["globex"; 3], "simple read");
-            assert_eq!(simple_tenants(&a).await, vec!["acme"; 3], "simple read");
+            assert_eq!(
+                simple_tenants(&g, None).await,
+                vec!["globex"; 3],
+                "simple read"
+            );
+            assert_eq!(
+                simple_tenants(&a, None).await,
+                vec!["acme"; 3],
+                "simple read"
+            );
             assert!(g.simple_query("SELECT 1 / 0").await.is_err());
             assert_eq!(
-                simple_tenants(&g).await,
+                simple_tenants(&g, None).await,
                 vec!["globex"; 3],
                 "after a failed query"
             );
             g.simple_query("ROLLBACK").await.unwrap();
             assert_eq!(
-                simple_tenants(&g).await,
+                simple_tenants(&g, None).await,
                 vec!["globex"; 3],
                 "after ROLLBACK"
             );
             assert_eq!(
-                simple_tenants(&a).await,
+                simple_tenants(&a, None).await,
                 vec!["acme"; 3],
                 "after the other's ROLLBACK"
             );
@@ -258,16 +266,7 @@ async fn transaction_control_in_the_first_request_keeps_the_tenant() {
         for control in ["ROLLBACK", "ABORT"] {
             assert_sees_only(&a, "acme", control).await;
             let sql = format!("{control}; SELECT tenant_id FROM orders");
-            let seen: Vec<String> = g
-                .simple_query(&sql)
-                .await
-                .unwrap()
-                .iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .collect();
+            let seen = simple_tenants(&g, Some(&sql)).await;
             assert_eq!(seen, vec!["globex"; 3], "{sql}");
         }
     })
