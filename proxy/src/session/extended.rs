@@ -111,6 +111,11 @@ impl Expected {
         self.queue.is_empty()
     }
 
+    /// Are the next replies those of the proxy's check (see [`Expect::Check`])?
+    pub fn check_first(&self) -> bool {
+        self.queue.front() == Some(&Expect::Check)
+    }
+
     /// Are the next replies those of the proxy's settings statement, and of which form?
     pub fn setup_first(&self) -> Option<&Expect> {
         self.queue

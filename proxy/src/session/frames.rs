@@ -554,6 +554,10 @@ impl Session {
                 }
                 continue;
             }
+            if frame.tag == b'E' && self.expected.check_first() {
+                setup::check_failed(&mut self.progress, &frame);
+                return Ok(());
+            }
             if self.progress.setup_watch {
                 let setting = &self.app.config().tenancy.setting;
                 if setup::watch_reply(&mut self.progress, conn, &frame, setting) {

@@ -58,14 +58,14 @@ impl Session {
         if !changes_tenant || tenant.is_empty() {
             return Plan::Wait;
         }
-        let Some(controls) = self.plain_segment(first) else {
+        let Some(needs_ahead) = self.plain_segment(first) else {
             return Plan::Wait;
         };
         let only_tenant = self.desired.iter().all(|(k, v)| {
             k.eq_ignore_ascii_case(setting) || have.iter().any(|(h, hv)| h == k && hv == v)
         });
         if only_tenant
-            && !controls
+            && !needs_ahead
             && !settings::diff_resets(have, &self.desired)
             && !settings::limits_statements(have)
         {
@@ -104,15 +104,21 @@ impl Session {
     /// Is the client's first segment complete — a simple Query, or `first` and the read buffer
     /// up to the first Sync made of Parse, Bind, Describe, Execute, Close and Flush only — with
     /// every statement it runs, parses or binds a plain query (see
-    /// [`settings::plain_statements`])? Some(true) when one of them is transaction control.
+    /// [`settings::plain_statements`])? Some(true) when it needs the `ahead` form: one of its
+    /// statements is transaction control, or it runs more than one statement (so that a
+    /// statement the scan misread can never undo an inline setting for another one).
     ///
     /// A Query after the settings statement: should that fail, the server skips the Query too
     /// (it waits for a Sync that never comes, and the proxy ends the session).
     fn plain_segment(&self, first: &Frame) -> Option<bool> {
         if first.tag == b'Q' {
             let sql = BodyReader::new(first.body()).cstr().ok()?;
-            return settings::plain_statements(sql);
+            let several = sql
+                .trim_end_matches(|c: char| c == ';' || c.is_ascii_whitespace())
+                .contains(';');
+            return Some(settings::plain_statements(sql)? || several);
         }
+        let mut executes = 0;
         /// Frames looked at before giving up: a long segment takes the slow path.
         const MAX_FRAMES: usize = 64;
         let buf = &self.client.rbuf[..];
@@ -124,7 +130,7 @@ impl Session {
             let (tag, body) = next?;
             let mut r = BodyReader::new(body);
             match tag {
-                b'S' => return Some(controls),
+                b'S' => return Some(controls || executes > 1),
                 b'P' => {
                     let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
                         return None;
@@ -140,7 +146,8 @@ impl Session {
                         controls |= self.bound_plain_statement(name)?;
                     }
                 }
-                b'D' | b'E' | b'C' | b'H' => {}
+                b'E' => executes += 1,
+                b'D' | b'C' | b'H' => {}
                 _ => return None,
             }
             next = None;
@@ -263,6 +270,13 @@ pub(super) fn watch_reply(
         _ => {}
     }
     false
+}
+
+/// An error from the check of the `ahead` form (only a cancel, or objects a client created to
+/// shadow the check, make it fail): the server now skips the client's request up to a Sync,
+/// which a simple Query never sends, so the session ends here.
+pub(super) fn check_failed(progress: &mut Progress, frame: &Frame) {
+    progress.setup_failed = Some(failed(&ServerMessage::parse(frame.body()).message));
 }
 
 /// Takes the server's value of `setting` as unknown (see [`settings::UNKNOWN_VALUE`]).
