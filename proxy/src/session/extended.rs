@@ -67,7 +67,7 @@ pub enum Expect {
     /// A Query of the proxy's own that the client never sees, ReadyForQuery included.
     Hidden,
     /// The proxy's settings statement at checkout, sent ahead of the client's first request
-    /// (a Query the client never sees; the session checks its outcome, see `server_frames`).
+    /// (a Query the client never sees; the session checks its outcome, see `session::setup`).
     Setup,
     /// The proxy's settings statement inside the client's first implicit transaction
     /// (Parse, Bind and Execute of the unnamed statement; no Sync). Its replies are dropped up
@@ -116,7 +116,15 @@ impl Expected {
         self.queue.front() == Some(&Expect::Check)
     }
 
+    /// The proxy's settings statement has answered in full (see `session::setup`).
+    pub fn setup_done(&mut self) {
+        if self.setup_first().is_some() {
+            self.queue.pop_front();
+        }
+    }
+
     /// Are the next replies those of the proxy's settings statement, and of which form?
+    /// (They do not go through [`Expected::route`]: none of them reach the client.)
     pub fn setup_first(&self) -> Option<&Expect> {
         self.queue
             .front()
@@ -174,18 +182,6 @@ impl Expected {
     ) -> Route {
         self.flush_synthetic(to_client);
         let tag = frame.tag;
-        match self.queue.front() {
-            Some(Expect::Setup) if tag == b'Z' => {
-                self.queue.pop_front();
-                return Route::Drop;
-            }
-            Some(Expect::SetupInline) if matches!(tag, b'C' | b'E') => {
-                self.queue.pop_front();
-                return Route::Drop;
-            }
-            Some(Expect::Setup | Expect::SetupInline) => return Route::Drop,
-            _ => {}
-        }
         if matches!(tag, b'N' | b'A' | b'S') {
             // Asynchronous messages can arrive at any point.
             return Route::Forward;

@@ -43,7 +43,6 @@ impl Session {
         loop {
             if self.progress.gate_closed {
                 // Until the settings statement sent with this request is known to have worked.
-                self.progress.held = true;
                 return None;
             }
             let frame = match next_frame(&mut self.client.rbuf, max) {
@@ -538,19 +537,15 @@ impl Session {
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
             if let Some(form) = self.expected.setup_first() {
                 // The proxy's settings statement: nothing of it reaches the client.
-                let done = if *form == Expect::Setup {
+                let reply = if *form == Expect::Setup {
                     setup::ahead_reply(&mut self.progress, conn, &frame)
                 } else {
                     setup::inline_reply(&mut self.progress, conn, &frame)
                 };
-                let _ = self.expected.route(
-                    &frame,
-                    &mut self.to_client,
-                    &mut conn.statements,
-                    &mut self.statements,
-                );
-                if done {
-                    return Ok(());
+                match reply {
+                    setup::Reply::Pending => {}
+                    setup::Reply::Done => self.expected.setup_done(),
+                    setup::Reply::Failed => return Ok(()),
                 }
                 continue;
             }

@@ -78,16 +78,12 @@ struct Progress {
     /// ... and a Sync followed: further client messages wait in the read buffer until the
     /// outcome is known, since the server runs what comes after a Sync in any case.
     gate_closed: bool,
-    /// Client messages are waiting behind the closed gate.
-    held: bool,
     /// The settings statement's error, until its ReadyForQuery.
     setup_error: Option<String>,
     /// An inline settings statement completed: its transaction is being followed.
     setup_watch: bool,
     /// ... and an error or a ROLLBACK in it undid the setting.
     setup_undone: bool,
-    /// The server's tenant was marked unknown at the end of that transaction.
-    tenant_undone: bool,
     /// The settings statement failed: the session ends with this error.
     setup_failed: Option<PgError>,
 }
@@ -497,16 +493,13 @@ impl Session {
                         return Err(server_error(&e));
                     }
                 }
-                plan => {
-                    let guard = settings::limits_statements(&conn.session_settings);
-                    pipelined = Some((plan, sql, guard));
-                }
+                plan => pipelined = Some((plan, sql)),
             }
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, pool, quota);
-        if let Some((plan, sql, guard)) = pipelined {
-            self.queue_setup(plan, &sql, guard);
+        if let Some((plan, sql)) = pipelined {
+            self.queue_setup(plan, &sql);
         }
         if self.settings_unnormalized {
             // Learn the server's spelling of the client's settings at the first release.

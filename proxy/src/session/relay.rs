@@ -5,7 +5,7 @@
 //! [`HIGH_WATER`]. Neither side can block the other's progress, so a client that pipelines
 //! large batches cannot deadlock against a server streaming large results.
 
-use super::{Progress, Session};
+use super::{setup, Progress, Session};
 use crate::app::App;
 use crate::protocol::frame::put_message;
 use crate::protocol::sqlstate;
@@ -241,6 +241,7 @@ impl Session {
                     self.drop_read_buffer();
                 }
                 Event::Server => {
+                    let gated = self.progress.gate_closed;
                     if let Err(e) = self.server_frames() {
                         tracing::warn!(error = %e, "invalid message from server");
                         return Box::pin(self.server_lost()).await;
@@ -253,7 +254,7 @@ impl Session {
                     }
                     // Messages held until the settings' outcome was known go on now, after
                     // a release: an undone tenant is then set again at the next checkout.
-                    let resume = self.progress.held && !self.progress.gate_closed;
+                    let resume = gated && !self.progress.gate_closed;
                     if self.releasable() {
                         // The reply first (one non-blocking write, nearly always complete),
                         // then the server to the next client: its task runs once this one
@@ -262,12 +263,15 @@ impl Session {
                         self.release().await;
                     }
                     if resume {
-                        if self.progress.tenant_undone {
+                        if self
+                            .server
+                            .as_ref()
+                            .is_some_and(|s| setup::tenant_unknown(&s.conn))
+                        {
                             // Not released (it always is at this point): the server's tenant is
                             // unknown, so it must not serve the held messages.
                             self.drop_server();
                         }
-                        self.progress.held = false;
                         if let Some(end) = self.client_frames().await {
                             self.flush_client().await;
                             return end;

@@ -21,7 +21,7 @@
 
 use super::extended::Expect;
 use super::{settings, Progress, Session};
-use crate::protocol::frame::{put_message, Frame};
+use crate::protocol::frame::{self, put_message, Frame, Peek};
 use crate::protocol::{sqlstate, BodyReader, PgError};
 use crate::server::{ServerConn, ServerMessage};
 use bytes::BytesMut;
@@ -32,9 +32,21 @@ pub(super) enum Plan {
     /// Applied first, waited for.
     Wait,
     Inline,
+    /// `guard`: run the settings statement immune to the timeouts the server still has.
     Ahead {
         check: String,
+        guard: bool,
     },
+}
+
+/// Where the proxy's settings statement stands after one of its replies.
+pub(super) enum Reply {
+    /// More replies of it follow.
+    Pending,
+    /// Its last reply: the next ones answer the client.
+    Done,
+    /// It failed (`Progress::setup_failed` says why): the session must end.
+    Failed,
 }
 
 impl Session {
@@ -73,18 +85,19 @@ impl Session {
         }
         Plan::Ahead {
             check: settings::check_setting_sql(setting, tenant),
+            guard: settings::limits_statements(have),
         }
     }
 
     /// Queues the settings statement `sql` (see [`Plan`]) ahead of the client's first segment.
-    pub(super) fn queue_setup(&mut self, plan: Plan, sql: &str, guard: bool) {
+    pub(super) fn queue_setup(&mut self, plan: Plan, sql: &str) {
         match plan {
             Plan::Wait => return,
             Plan::Inline => {
                 put_unnamed_execute(&mut self.to_server, sql);
                 self.expected.push(Expect::SetupInline);
             }
-            Plan::Ahead { check } => {
+            Plan::Ahead { check, guard } => {
                 let sql = if guard {
                     settings::guarded(sql)
                 } else {
@@ -150,14 +163,14 @@ impl Session {
                 b'D' | b'C' | b'H' => {}
                 _ => return None,
             }
-            next = None;
-            if let Some(header) = buf.get(at..at + 5) {
-                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-                if let Some(body) = len.checked_sub(4).and_then(|n| buf.get(at + 5..at + 5 + n)) {
-                    next = Some((header[0], body));
-                    at += 1 + len;
+            next = match frame::peek(&buf[at..], self.client.max_message) {
+                Ok(Peek::Complete { tag, len }) => {
+                    let body = &buf[at + 5..at + len];
+                    at += len;
+                    Some((tag, body))
                 }
-            }
+                _ => None,
+            };
         }
         None
     }
@@ -202,8 +215,8 @@ fn failed(msg: &str) -> PgError {
 /// One reply to the settings statement of the `ahead` form, a Query none of whose replies
 /// reach the client. At its ReadyForQuery the outcome is known: on success the held client
 /// messages may go on; on failure the session must end (the server skipped the client's
-/// request, since the check failed). Returns true when the caller must stop reading replies.
-pub(super) fn ahead_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> bool {
+/// request, since the check failed).
+pub(super) fn ahead_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> Reply {
     match frame.tag {
         b'E' => progress.setup_error = Some(ServerMessage::parse(frame.body()).message),
         b'S' => conn.record_parameter_status(frame.body()),
@@ -212,31 +225,35 @@ pub(super) fn ahead_reply(progress: &mut Progress, conn: &mut ServerConn, frame:
             conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
             if let Some(msg) = progress.setup_error.take() {
                 progress.setup_failed = Some(failed(&msg));
-                return true;
+                return Reply::Failed;
             }
             progress.setup_unconfirmed = false;
             progress.gate_closed = false;
+            return Reply::Done;
         }
         _ => {}
     }
-    false
+    Reply::Pending
 }
 
-/// One reply to the settings statement of the `inline` form (none reach the client). Returns
-/// true when it failed: the server now skips the client's messages up to their Sync, and the
-/// session must end. At its CommandComplete the setting is in place for the rest of the
-/// implicit transaction, which [`watch_reply`] follows from then on.
-pub(super) fn inline_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> bool {
+/// One reply to the settings statement of the `inline` form (none reach the client). On an
+/// error the server now skips the client's messages up to their Sync, and the session must
+/// end. At its CommandComplete the setting is in place for the rest of the implicit
+/// transaction, which [`watch_reply`] follows from then on.
+pub(super) fn inline_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> Reply {
     match frame.tag {
         b'E' => {
             progress.setup_failed = Some(failed(&ServerMessage::parse(frame.body()).message));
-            return true;
+            return Reply::Failed;
         }
         b'S' => conn.record_parameter_status(frame.body()),
-        b'C' => progress.setup_watch = true,
+        b'C' => {
+            progress.setup_watch = true;
+            return Reply::Done;
+        }
         _ => {}
     }
-    false
+    Reply::Pending
 }
 
 /// A reply to the client's first segment after an `inline` settings statement: an error or a
@@ -257,14 +274,13 @@ pub(super) fn watch_reply(
             progress.setup_unconfirmed = false;
             progress.gate_closed = false;
             if frame.body().first() != Some(&b'I') {
-                // Cannot happen (the segment has no transaction control); if it did, the setting's fate
-                // would hang on a transaction the proxy does not follow.
+                // Cannot happen (the segment has no transaction control); if it did, the
+                // setting's fate would hang on a transaction the proxy does not follow.
                 progress.setup_failed = Some(failed("unexpected transaction state"));
                 return true;
             }
             if std::mem::take(&mut progress.setup_undone) {
                 mark_unknown(&mut conn.session_settings, setting);
-                progress.tenant_undone = true;
             }
         }
         _ => {}
@@ -280,8 +296,15 @@ pub(super) fn check_failed(progress: &mut Progress, frame: &Frame) {
 }
 
 /// Takes the server's value of `setting` as unknown (see [`settings::UNKNOWN_VALUE`]).
-pub(super) fn mark_unknown(have: &mut Vec<(String, String)>, setting: &str) {
+fn mark_unknown(have: &mut Vec<(String, String)>, setting: &str) {
     have.retain(|(k, _)| !k.eq_ignore_ascii_case(setting));
     have.push((setting.to_string(), settings::UNKNOWN_VALUE.to_string()));
     have.sort();
+}
+
+/// Is the server's tenant unknown (an inline setting was undone)?
+pub(super) fn tenant_unknown(conn: &ServerConn) -> bool {
+    conn.session_settings
+        .iter()
+        .any(|(_, v)| v == settings::UNKNOWN_VALUE)
 }
