@@ -32,6 +32,12 @@ async fn assert_sees_only(c: &Client, tenant: &str, what: &str) {
     assert_eq!(seen, vec![tenant; 3], "{what}: {tenant} saw {seen:?}");
 }
 
+/// [`assert_sees_only`] over the simple query protocol.
+async fn assert_simple_sees_only(c: &Client, tenant: &str, what: &str) {
+    let seen = simple_tenants(c, None).await;
+    assert_eq!(seen, vec![tenant; 3], "{what}: {tenant} saw {seen:?}");
+}
+
 /// A proxy with one server for tenants acme and globex, and a client of each.
 async fn shared_server_proxy() -> (String, TestProxy, Client, Client) {
     let db = within(60, "database", tenant_database(true)).await;
@@ -73,33 +79,13 @@ async fn first_requests_of_every_kind_run_for_their_own_tenant() {
             assert_sees_only(&g, "globex", "after a ROLLBACK as first request").await;
             assert_sees_only(&a, "acme", "after the other tenant's ROLLBACK").await;
             // Simple queries as first requests: a read, a failure, a ROLLBACK.
-            assert_eq!(
-                simple_tenants(&g, None).await,
-                vec!["globex"; 3],
-                "simple read"
-            );
-            assert_eq!(
-                simple_tenants(&a, None).await,
-                vec!["acme"; 3],
-                "simple read"
-            );
+            assert_simple_sees_only(&g, "globex", "simple read").await;
+            assert_simple_sees_only(&a, "acme", "simple read").await;
             assert!(g.simple_query("SELECT 1 / 0").await.is_err());
-            assert_eq!(
-                simple_tenants(&g, None).await,
-                vec!["globex"; 3],
-                "after a failed query"
-            );
+            assert_simple_sees_only(&g, "globex", "after a failed query").await;
             g.simple_query("ROLLBACK").await.unwrap();
-            assert_eq!(
-                simple_tenants(&g, None).await,
-                vec!["globex"; 3],
-                "after ROLLBACK"
-            );
-            assert_eq!(
-                simple_tenants(&a, None).await,
-                vec!["acme"; 3],
-                "after the other's ROLLBACK"
-            );
+            assert_simple_sees_only(&g, "globex", "after ROLLBACK").await;
+            assert_simple_sees_only(&a, "acme", "after the other's ROLLBACK").await;
             // The first request opens a transaction (extended protocol), which is rolled back.
             a.execute("BEGIN", &[]).await.unwrap();
             assert_sees_only(&a, "acme", "inside a transaction").await;
