@@ -3,9 +3,16 @@
 //! A pool hands out idle servers most-recently-used first (warm caches), opens new ones up to
 //! `pool_size`, and otherwise queues clients FIFO; a queued client gets a server directly from
 //! the one released, or the right to open one when a server was discarded.
+//!
+//! Checkouts carry an [`Affinity`]: the session settings (tenant first of all) the client
+//! wants. Among idle servers, one that already has them is preferred; a released server goes
+//! to the first of the next [`AFFINITY_WINDOW`] waiters that wants its settings, but no waiter
+//! is passed over more than [`MAX_PASSES`] times or for longer than [`MAX_PASS_DELAY`], so the
+//! queue stays FIFO within a bound.
 
 use crate::server::{self, ServerConn, ServerError, ServerTarget};
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -67,6 +74,42 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
     /// When `query_wait_timeout` runs out; None waits forever.
     deadline: Option<Instant>,
+    affinity: Affinity,
+    /// How often a server went to a waiter behind this one (at most [`MAX_PASSES`]).
+    passed: u8,
+    /// When that first happened.
+    first_passed: Option<Instant>,
+}
+
+/// How many waiters a released server looks through for one that wants its settings.
+pub const AFFINITY_WINDOW: usize = 64;
+/// How often a waiter may be passed over for a later one that wants the released server's
+/// settings: each pass makes it wait for one more release.
+pub const MAX_PASSES: u8 = 16;
+/// How long after its first pass a waiter may still be passed over: with slow transactions a
+/// waiter is passed over once or twice, not [`MAX_PASSES`] times.
+pub const MAX_PASS_DELAY: Duration = Duration::from_millis(3);
+
+/// Which session settings a checkout wants, as a hint: the pool prefers a server that already
+/// has them, so that none need applying (a tenant change costs the server a statement).
+/// Equal setting sets give equal keys in any order; a collision only costs that statement,
+/// since the session compares the settings themselves before it uses the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Affinity(u64);
+
+impl Affinity {
+    /// No preference.
+    pub const NONE: Affinity = Affinity(0);
+
+    pub fn of(settings: &[(String, String)]) -> Affinity {
+        let key = settings.iter().fold(0u64, |key, (k, v)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            v.hash(&mut h);
+            key.wrapping_add(h.finish())
+        });
+        Affinity(key.max(1))
+    }
 }
 
 #[derive(Default)]
@@ -306,14 +349,15 @@ impl Pool {
         permit.ok_or(PoolError::Closed)
     }
 
-    /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`.
-    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
-        let conn = self.checkout().await?;
+    /// Takes an idle server, opens one, or waits FIFO for one up to `query_wait_timeout`;
+    /// prefers servers whose settings match `affinity` (see [`Affinity`]).
+    pub async fn acquire(self: &Arc<Self>, affinity: Affinity) -> Result<ServerConn, PoolError> {
+        let conn = self.checkout(affinity).await?;
         self.stats.assignments.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
-    async fn checkout(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+    async fn checkout(self: &Arc<Self>, affinity: Affinity) -> Result<ServerConn, PoolError> {
         let settings = self.settings();
         if self.is_paused() {
             self.wait_resumed(&settings).await?;
@@ -323,7 +367,7 @@ impl Pool {
             if s.closed {
                 return Err(PoolError::Closed);
             }
-            if let Some(conn) = Self::take_idle(&mut s, &settings) {
+            if let Some(conn) = Self::take_idle(&mut s, &settings, affinity) {
                 return Ok(conn);
             }
             if s.total < settings.pool_size {
@@ -334,7 +378,13 @@ impl Pool {
                 let now = Instant::now();
                 let timeout = settings.query_wait_timeout;
                 let deadline = (!timeout.is_zero()).then(|| now + timeout);
-                s.waiters.push_back(Waiter { tx, deadline });
+                s.waiters.push_back(Waiter {
+                    tx,
+                    deadline,
+                    affinity,
+                    passed: 0,
+                    first_passed: None,
+                });
                 if deadline.is_some() && !s.reaping {
                     s.reaping = true;
                     tokio::spawn(reap(Arc::downgrade(self)));
@@ -348,8 +398,24 @@ impl Pool {
         }
     }
 
-    fn take_idle(s: &mut PoolState, settings: &PoolSettings) -> Option<ServerConn> {
-        while let Some(conn) = s.idle.pop() {
+    /// The most recently used idle server with `affinity`'s settings, else the most recently
+    /// used one; servers past their lifetime or closed by the peer are dropped on the way.
+    fn take_idle(
+        s: &mut PoolState,
+        settings: &PoolSettings,
+        affinity: Affinity,
+    ) -> Option<ServerConn> {
+        loop {
+            let last = s.idle.len().checked_sub(1)?;
+            let i = match affinity {
+                Affinity::NONE => last,
+                want => s
+                    .idle
+                    .iter()
+                    .rposition(|c| c.affinity == want)
+                    .unwrap_or(last),
+            };
+            let conn = s.idle.remove(i);
             let expired =
                 !settings.lifetime.is_zero() && conn.created.elapsed() > settings.lifetime;
             if expired || conn.conn.stream.idle_peer_gone() {
@@ -358,7 +424,6 @@ impl Pool {
             }
             return Some(conn);
         }
-        None
     }
 
     async fn open(&self, settings: &PoolSettings) -> Result<ServerConn, PoolError> {
@@ -429,6 +494,7 @@ impl Pool {
             return false;
         }
         conn.last_used = Instant::now();
+        conn.affinity = Affinity::of(&conn.session_settings);
         let budget_wanted = self
             .budget
             .as_ref()
@@ -447,7 +513,7 @@ impl Pool {
             s.total -= 1;
             return false;
         }
-        while let Some(w) = s.waiters.pop_front() {
+        while let Some(w) = take_waiter(&mut s.waiters, conn.affinity) {
             match w.tx.send(Grant::Conn(Box::new(conn))) {
                 Ok(()) => return true,
                 Err(Grant::Conn(back)) => conn = *back,
@@ -556,6 +622,38 @@ impl Pool {
     }
 }
 
+/// The waiter a released server with `affinity`'s settings goes to: the first one in the
+/// window that wants them, unless the head was passed over [`MAX_PASSES`] times already or
+/// first passed over [`MAX_PASS_DELAY`] ago; the waiters it passes count a pass. Every pass of
+/// a waiter also passes all waiters ahead of it, so the head has been passed over the most and
+/// the longest: checking it bounds every waiter's.
+fn take_waiter(waiters: &mut VecDeque<Waiter>, affinity: Affinity) -> Option<Waiter> {
+    let head = waiters.front()?;
+    let mut now = None;
+    let may_pass = affinity != Affinity::NONE
+        && head.passed < MAX_PASSES
+        && head.first_passed.is_none_or(|t| {
+            now.get_or_insert_with(Instant::now).duration_since(t) < MAX_PASS_DELAY
+        });
+    let i = if may_pass {
+        waiters
+            .iter()
+            .take(AFFINITY_WINDOW)
+            .position(|w| w.affinity == affinity)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    if i > 0 {
+        let now = *now.get_or_insert_with(Instant::now);
+        for w in waiters.iter_mut().take(i) {
+            w.passed += 1;
+            w.first_passed.get_or_insert(now);
+        }
+    }
+    waiters.remove(i)
+}
+
 /// Fails the pool's waiters whose `query_wait_timeout` ran out: one task and one timer per
 /// pool while it has waiters with a deadline, instead of a timer per wait (which cost more
 /// than the rest of a checkout).
@@ -591,5 +689,97 @@ async fn reap(pool: std::sync::Weak<Pool>) {
             }
         };
         tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(affinity: u64) -> (Waiter, oneshot::Receiver<Grant>) {
+        let (tx, rx) = oneshot::channel();
+        let w = Waiter {
+            tx,
+            deadline: None,
+            affinity: Affinity(affinity),
+            passed: 0,
+            first_passed: None,
+        };
+        (w, rx)
+    }
+
+    fn queue(affinities: &[u64]) -> VecDeque<Waiter> {
+        affinities.iter().map(|&a| waiter(a).0).collect()
+    }
+
+    fn served(waiters: &mut VecDeque<Waiter>, affinity: u64) -> Option<u64> {
+        take_waiter(waiters, Affinity(affinity)).map(|w| w.affinity.0)
+    }
+
+    #[test]
+    fn a_server_goes_to_the_first_waiter_that_wants_its_settings() {
+        let mut q = queue(&[1, 2, 3, 2]);
+        assert_eq!(served(&mut q, 2), Some(2));
+        assert_eq!(q.iter().map(|w| w.passed).collect::<Vec<_>>(), [1, 0, 0]);
+        assert_eq!(served(&mut q, 9), Some(1), "no taker: the head");
+        assert_eq!(served(&mut q, 0), Some(3), "no preference: the head");
+        assert_eq!(served(&mut q, 2), Some(2));
+        assert_eq!(served(&mut q, 2), None);
+    }
+
+    #[test]
+    fn no_waiter_is_passed_over_more_than_max_passes_times() {
+        // The head wants settings no released server has; everyone behind it wants them.
+        let mut q = queue(&[1]);
+        for _ in 0..10 {
+            q.push_back(waiter(2).0);
+        }
+        let mut order = Vec::new();
+        while let Some(a) = served(&mut q, 2) {
+            order.push(a);
+            q.push_back(waiter(2).0);
+            if a == 1 {
+                break;
+            }
+        }
+        assert_eq!(order.len(), usize::from(MAX_PASSES) + 1, "{order:?}");
+        assert!(q.iter().all(|w| w.passed <= MAX_PASSES));
+    }
+
+    #[test]
+    fn a_waiter_first_passed_over_long_ago_is_served() {
+        let mut q = queue(&[1, 2]);
+        q[0].passed = 1;
+        q[0].first_passed = Some(Instant::now() - MAX_PASS_DELAY);
+        assert_eq!(served(&mut q, 2), Some(1));
+        let mut q = queue(&[1, 2]);
+        q[0].passed = 1;
+        q[0].first_passed = Some(Instant::now());
+        assert_eq!(served(&mut q, 2), Some(2));
+        assert!(q[0].first_passed.is_some() && q[0].passed == 2);
+    }
+
+    #[test]
+    fn waiters_beyond_the_window_are_not_looked_at() {
+        let mut q = queue(&vec![1; AFFINITY_WINDOW]);
+        q.push_back(waiter(2).0);
+        assert_eq!(served(&mut q, 2), Some(1));
+        assert!(q.iter().all(|w| w.passed == 0));
+    }
+
+    #[test]
+    fn affinity_keys_ignore_order_and_tell_tenants_apart() {
+        let s = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = s(&[("app.current_tenant", "acme"), ("TimeZone", "UTC")]);
+        let b = s(&[("TimeZone", "UTC"), ("app.current_tenant", "acme")]);
+        let g = s(&[("app.current_tenant", "globex"), ("TimeZone", "UTC")]);
+        assert_eq!(Affinity::of(&a), Affinity::of(&b));
+        assert_ne!(Affinity::of(&a), Affinity::of(&g));
+        assert_ne!(Affinity::of(&[]), Affinity::NONE);
     }
 }

@@ -130,6 +130,8 @@ pub struct ServerConn {
     pub(crate) statements: ServerStatements,
     /// Database isolation: this server's share of `max_database_connections`.
     pub(crate) slot: Option<crate::tenant_pools::ServerSlot>,
+    /// The key of `session_settings`, set by the pool when the server is released.
+    pub(crate) affinity: crate::pool::Affinity,
 }
 
 impl ServerConn {
@@ -304,6 +306,7 @@ async fn login(
         session_settings: Vec::new(),
         statements: ServerStatements::new(target.max_prepared),
         slot: None,
+        affinity: crate::pool::Affinity::NONE,
     };
     loop {
         let frame = server.conn.read_frame().await?;

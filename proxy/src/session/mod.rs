@@ -17,7 +17,7 @@ use crate::app::{App, UserEntry};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::conn::Framed;
-use crate::pool::{Pool, PoolError, TenantPermit};
+use crate::pool::{Affinity, Pool, PoolError, TenantPermit};
 use crate::protocol::backend;
 use crate::protocol::frame::Frame;
 use crate::protocol::sqlstate;
@@ -397,7 +397,10 @@ async fn start_session(
             });
         }
     }
-    let mut server = pool.acquire().await.map_err(|e| pool_error(&e))?;
+    let mut server = pool
+        .acquire(Affinity::of(startup))
+        .await
+        .map_err(|e| pool_error(&e))?;
     match apply_startup(&mut server, startup, tx_mode).await {
         Ok(desired) => Ok(Start {
             params: server.params.clone(),
@@ -478,7 +481,10 @@ impl Session {
             _ => None,
         };
         let pool = self.id.pool.clone();
-        let mut conn = pool.acquire().await.map_err(|e| pool_error(&e))?;
+        let mut conn = pool
+            .acquire(Affinity::of(&self.desired))
+            .await
+            .map_err(|e| pool_error(&e))?;
         let mut pipelined = None;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
             let setting = &self.app.config().tenancy.setting;

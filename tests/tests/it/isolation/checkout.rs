@@ -40,8 +40,13 @@ async fn assert_simple_sees_only(c: &Client, tenant: &str, what: &str) {
 
 /// A proxy with one server for tenants acme and globex, and a client of each.
 async fn shared_server_proxy() -> (String, TestProxy, Client, Client) {
+    two_tenant_proxy(1).await
+}
+
+/// A proxy with `pool_size` servers for tenants acme and globex, and a client of each.
+async fn two_tenant_proxy(pool_size: usize) -> (String, TestProxy, Client, Client) {
     let db = within(60, "database", tenant_database(true)).await;
-    let mut config = tenant_config(&db, PoolMode::Transaction, 1);
+    let mut config = tenant_config(&db, PoolMode::Transaction, pool_size);
     config.policy.mode = PolicyMode::Off;
     let proxy = TestProxy::start(config).await;
     let a = proxy.connect_acme().await;
@@ -290,6 +295,35 @@ async fn a_tenant_changed_behind_the_proxys_back_is_read_back() {
             .unwrap();
         assert_sees_only(&a2, "acme", "the next acme client").await;
         assert_sees_only(&a, "acme", "the client that changed it").await;
+    })
+    .await;
+}
+
+/// With a server set to each tenant idle, each client's checkouts take the server already set
+/// to its tenant (the pool's affinity), not the one used last: no settings statement runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_servers_already_set_to_the_tenant_are_preferred() {
+    let (_db, _proxy, a, g) = two_tenant_proxy(2).await;
+    async fn pid(c: &Client) -> i32 {
+        c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    within(60, "affinity", async {
+        // Both hold a server at once: two servers, one set to each tenant.
+        a.batch_execute("BEGIN").await.unwrap();
+        g.batch_execute("BEGIN").await.unwrap();
+        let (pid_a, pid_g) = (pid(&a).await, pid(&g).await);
+        assert_ne!(pid_a, pid_g);
+        a.batch_execute("COMMIT").await.unwrap();
+        g.batch_execute("COMMIT").await.unwrap();
+        for round in 0..20 {
+            assert_eq!(pid(&a).await, pid_a, "acme, round {round}");
+            assert_sees_only(&a, "acme", "affinity").await;
+            assert_eq!(pid(&g).await, pid_g, "globex, round {round}");
+            assert_sees_only(&g, "globex", "affinity").await;
+        }
     })
     .await;
 }
