@@ -125,6 +125,9 @@ impl Session {
             self.statements_stale = false;
             self.recheck_statements();
         }
+        if let Some(e) = self.unknown_statement(frame) {
+            return Screened::Reject(e);
+        }
         match frame.tag {
             b'Q' => match self.screen_sql(query_text(frame), true) {
                 Screen::Forward(d) => Screened::Relay(d),
@@ -152,6 +155,38 @@ impl Session {
             },
             _ => Screened::Relay(None),
         }
+    }
+
+    /// Transaction mode: a Bind or Describe of a statement this client has not prepared, which
+    /// Postgres answers with "does not exist". The server may hold a statement of that name all
+    /// the same: the unnamed statement of the last client that used it, or a proxy-global name
+    /// of another client's statement. Neither may run (or be described) for this client, whose
+    /// policy checks at Bind rest on its own Parse.
+    fn unknown_statement(&self, frame: &Frame) -> Option<PgError> {
+        if !self.tx_mode {
+            return None;
+        }
+        let name = match frame.tag {
+            b'B' => bind_statement(frame)?,
+            b'D' => match parse_target(frame)? {
+                (b'S', name) => name,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if name.is_empty() {
+            return self
+                .statements
+                .unnamed_parse
+                .is_none()
+                .then(|| PgError::error("26000", "unnamed prepared statement does not exist"));
+        }
+        (!self.statements.contains(name)).then(|| {
+            PgError::error(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            )
+        })
     }
 
     /// Refuses a client message. With a server attached, a failing statement takes its place

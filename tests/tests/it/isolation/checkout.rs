@@ -4,6 +4,7 @@
 //! tenant on the server shows up as the other tenant's rows.
 
 use super::*;
+use sha2::Digest;
 use tokio_postgres::types::Type;
 
 /// The tenants of the rows `SELECT tenant_id FROM orders` returns.
@@ -326,4 +327,91 @@ async fn idle_servers_already_set_to_the_tenant_are_preferred() {
         }
     })
     .await;
+}
+
+/// The server's statements outlive the client that prepared them: the unnamed one, and the
+/// proxy-global names of named ones. A client that binds a statement it has not prepared must
+/// get Postgres' "does not exist", not run another client's statement: here a read run with a
+/// tenant parameter the policy never saw a Parse for, by a client of the same tenant (no
+/// settings statement in between) and of another. RLS off: the policy is the only wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_of_a_statement_never_prepared_does_not_run_anothers() {
+    let db = within(60, "database", tenant_database(false)).await;
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    let parse_and_read = [
+        pipeline::parse("", read, &[]),
+        pipeline::bind("", "", &[], &[Some(b"acme")]),
+        pipeline::execute("", 0),
+        pipeline::sync(),
+    ]
+    .concat();
+    // The proxy's name for a statement: `tg_` and 128 bits of SHA-256 over text and types.
+    let digest = sha2::Sha256::new()
+        .chain_update(read)
+        .chain_update([0, 0, 0])
+        .finalize();
+    let global: String = std::iter::once("tg_".to_string())
+        .chain(digest[..16].iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let prepare_named = [
+        pipeline::parse("mine", read, &[]),
+        pipeline::bind("", "mine", &[], &[Some(b"acme")]),
+        pipeline::execute("", 0),
+        pipeline::close(b'S', "mine"),
+        pipeline::sync(),
+    ]
+    .concat();
+    let read_globex = |statement: &str| {
+        [
+            pipeline::bind("", statement, &[], &[Some(b"globex")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    for mode in [PolicyMode::Enforce, PolicyMode::Off] {
+        let mut config = tenant_config(&db, PoolMode::Transaction, 1);
+        config.policy.mode = mode;
+        let proxy = TestProxy::start(config).await;
+        let connect = |user: &'static str, password: &'static str| async move {
+            let mut c = RawConn::connect(proxy.addr).await.unwrap();
+            c.startup(user, pg::APP_DB, Some(password)).await.unwrap();
+            c
+        };
+        let mut acme = connect(ACME_USER, ACME_PASSWORD).await;
+        let mut others = [
+            ("acme", connect(ACME_USER, ACME_PASSWORD).await),
+            ("globex", connect(GLOBEX_USER, GLOBEX_PASSWORD).await),
+        ];
+        within(60, "unnamed statement", async {
+            let cases = [(&parse_and_read, ""), (&prepare_named, global.as_str())];
+            for i in 0..others.len() * cases.len() {
+                let (who, other) = &mut others[i / cases.len()];
+                let (prepare, statement) = cases[i % cases.len()];
+                let replies = pipeline::round_trip(&mut acme, prepare, 1).await.unwrap();
+                let seen = pipeline::summarize(&replies);
+                assert_eq!(
+                    seen.iter().filter(|m| m.starts_with("Row")).count(),
+                    3,
+                    "{seen:?}"
+                );
+                let replies = pipeline::round_trip(other, &read_globex(statement), 1)
+                    .await
+                    .unwrap();
+                let seen = pipeline::summarize(&replies);
+                assert!(
+                    !seen.iter().any(|m| m.starts_with("Row")),
+                    "{mode:?}: another {who} client ran acme's statement {statement:?}: {seen:?}"
+                );
+                let (code, message, _) = pipeline::first_error(&replies).expect("an error");
+                assert_eq!(code, "26000", "{mode:?}, {who}, {statement:?}: {message}");
+                // The connection stays usable.
+                let replies = pipeline::round_trip(other, &pipeline::query("SELECT 1"), 1)
+                    .await
+                    .unwrap();
+                assert!(pipeline::first_error(&replies).is_none(), "{mode:?}, {who}");
+            }
+        })
+        .await;
+    }
 }
