@@ -129,6 +129,9 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Prepared statements kept per server connection in transaction mode (LRU, then Close).
     pub max_prepared_statements: usize,
+    /// Transaction mode: keep clients' unnamed statements prepared on the servers too, under
+    /// proxy-global names, so a repeated query is not parsed and planned again.
+    pub cache_unnamed_statements: bool,
     /// Seconds a client has to finish TLS + startup + authentication.
     pub auth_timeout: f64,
     /// Seconds to let sessions finish after SIGTERM/SIGINT before closing them.
@@ -157,6 +160,7 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             max_message_size: 64 * 1024 * 1024,
             max_prepared_statements: 200,
+            cache_unnamed_statements: false,
             auth_timeout: 60.0,
             shutdown_timeout: 30.0,
             metrics_listen: None,

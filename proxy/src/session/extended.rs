@@ -394,12 +394,22 @@ impl ClientStatements {
         self.unnamed_parse = None;
     }
 
+    /// The unnamed statement is gone (closed, or its Parse failed).
+    pub fn forget_unnamed(&mut self) {
+        self.unnamed = ClientStatement::default();
+        self.unnamed_parse = None;
+    }
+
     fn forget_if(&mut self, name: &str, global: Option<&str>) {
         let same = self
-            .named
             .get(name)
             .is_some_and(|s| s.global.as_ref().map(|g| g.global.as_str()) == global);
-        if same {
+        if !same {
+            return;
+        }
+        if name.is_empty() {
+            self.forget_unnamed();
+        } else {
             self.named.remove(name);
         }
     }

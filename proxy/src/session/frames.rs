@@ -404,7 +404,7 @@ impl Session {
         let (name, query) = (msg.name, msg.query);
         let param_types = msg.type_oids();
         self.note_sql(query);
-        if name.is_empty() {
+        if name.is_empty() && !self.app.config().proxy.cache_unnamed_statements {
             self.progress.unnamed_parsed = true;
             self.statements.unnamed_parse = Some(frame.raw.clone());
             self.statements.insert(
@@ -416,15 +416,20 @@ impl Session {
                     param_types,
                 },
             );
+            // A failed Parse drops the unnamed statement: not to be replayed either.
             self.expected.push(Expect::Parse {
                 visible: true,
                 global: None,
-                client_name: None,
+                client_name: Some(String::new()),
             });
             return self.to_server.extend_from_slice(&frame.raw);
         }
         let stmt = Arc::new(global_statement(query, msg.types));
-        if self.statements.contains(name) {
+        if name.is_empty() {
+            // `cache_unnamed_statements`: a new unnamed statement replaces the last one, as on
+            // Postgres; it is prepared under its global name like a named one.
+            self.statements.unnamed_parse = Some(stmt.parse.clone());
+        } else if self.statements.contains(name) {
             // Re-using a name without Close: make the server raise "already exists" (42P05)
             // by preparing the global name twice, as a direct connection would fail.
             self.ensure_prepared(&stmt);
@@ -454,10 +459,6 @@ impl Session {
     fn forward_bind(&mut self, frame: Frame) {
         self.progress.unsynced = true;
         match bind_statement(&frame) {
-            Some("") => {
-                self.ensure_unnamed();
-                self.to_server.extend_from_slice(&frame.raw);
-            }
             Some(name) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {
                     self.ensure_prepared(&stmt);
@@ -465,8 +466,12 @@ impl Session {
                         self.to_server.extend_from_slice(&frame.raw);
                     }
                 }
-                // Unknown to this client: the server answers "does not exist" as Postgres would.
-                None => self.to_server.extend_from_slice(&frame.raw),
+                None => {
+                    if name.is_empty() {
+                        self.ensure_unnamed();
+                    }
+                    self.to_server.extend_from_slice(&frame.raw);
+                }
             },
             None => self.to_server.extend_from_slice(&frame.raw),
         }
@@ -477,16 +482,17 @@ impl Session {
         self.progress.unsynced = true;
         let statement = parse_target(&frame).and_then(|(k, n)| (k == b'S').then(|| n.to_string()));
         match parse_target(&frame) {
-            Some((b'S', "")) => {
-                self.ensure_unnamed();
-                self.to_server.extend_from_slice(&frame.raw);
-            }
             Some((b'S', name)) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {
                     self.ensure_prepared(&stmt);
                     put_target(&mut self.to_server, b'D', b'S', &stmt.global);
                 }
-                None => self.to_server.extend_from_slice(&frame.raw),
+                None => {
+                    if name.is_empty() {
+                        self.ensure_unnamed();
+                    }
+                    self.to_server.extend_from_slice(&frame.raw);
+                }
             },
             _ => self.to_server.extend_from_slice(&frame.raw),
         }
@@ -501,6 +507,16 @@ impl Session {
             Some((b'S', name)) if !name.is_empty() => {
                 self.statements.remove(name);
                 self.expected.push(Expect::Synthetic(empty_message(b'3')));
+            }
+            Some((b'S', "")) if self.statements.unnamed.global.is_some() => {
+                self.statements.forget_unnamed();
+                self.expected.push(Expect::Synthetic(empty_message(b'3')));
+            }
+            Some((b'S', "")) => {
+                // Not to be replayed on the next server.
+                self.statements.forget_unnamed();
+                self.expected.push(Expect::Close { visible: true });
+                self.to_server.extend_from_slice(&frame.raw);
             }
             _ => {
                 self.expected.push(Expect::Close { visible: true });

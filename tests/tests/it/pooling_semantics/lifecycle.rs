@@ -127,6 +127,63 @@ pub(super) fn lifecycle_steps() -> Vec<Step> {
             must_contain: &["Error 22P02", "Row[6]"],
         },
         Step {
+            what: "Describe the unnamed statement",
+            batch: [
+                parse("", "SELECT $1::int8 + 1 AS n", &[]),
+                describe(b'S', ""),
+                sync(),
+            ]
+            .concat(),
+            syncs: 1,
+            must_contain: &["ParseComplete", "Fields[n:20]"],
+        },
+        Step {
+            what: "Close the unnamed statement, then Bind it",
+            batch: [
+                parse("", "SELECT 7", &[]),
+                close(b'S', ""),
+                bind("", "", &[], &[]),
+                execute("", 0),
+                sync(),
+            ]
+            .concat(),
+            syncs: 1,
+            must_contain: &["CloseComplete", "Error 26000"],
+        },
+        Step {
+            what: "a closed unnamed statement stays closed in the next transaction",
+            batch: [bind("", "", &[], &[]), execute("", 0), sync()].concat(),
+            syncs: 1,
+            must_contain: &["Error 26000"],
+        },
+        Step {
+            what: "a failed Parse drops the unnamed statement",
+            batch: [
+                parse("", "SELECT 8", &[]),
+                sync(),
+                parse("", "SELEC 8", &[]),
+                sync(),
+                bind("", "", &[], &[]),
+                execute("", 0),
+                sync(),
+            ]
+            .concat(),
+            syncs: 3,
+            must_contain: &["Error 42601", "Error 26000"],
+        },
+        Step {
+            what: "a failed Parse of the unnamed statement",
+            batch: [parse("", "SELEC 9", &[]), sync()].concat(),
+            syncs: 1,
+            must_contain: &["Error 42601"],
+        },
+        Step {
+            what: "… drops it for later transactions too",
+            batch: [bind("", "", &[], &[]), execute("", 0), sync()].concat(),
+            syncs: 1,
+            must_contain: &["Error 26000"],
+        },
+        Step {
             what: "Close portal, then Describe it",
             batch: [
                 parse("s2", "SELECT 1", &[]),

@@ -248,7 +248,19 @@ async fn fifty_clients_with_prepared_statements_over_three_servers() {
 
 #[tokio::test]
 async fn statement_lifecycle_matches_postgres() {
-    let proxy = TestProxy::start(transaction_mode(1)).await;
+    statement_lifecycle_matches_postgres_with(false).await;
+}
+
+/// The same with `cache_unnamed_statements`: unnamed statements prepared under global names.
+#[tokio::test]
+async fn statement_lifecycle_matches_postgres_with_unnamed_statements_cached() {
+    statement_lifecycle_matches_postgres_with(true).await;
+}
+
+async fn statement_lifecycle_matches_postgres_with(cache_unnamed: bool) {
+    let mut config = transaction_mode(1);
+    config.proxy.cache_unnamed_statements = cache_unnamed;
+    let proxy = TestProxy::start(config).await;
     within(60, "statement lifecycle", async {
         let direct = {
             let mut main = raw_direct().await;
