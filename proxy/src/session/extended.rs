@@ -302,6 +302,10 @@ impl Expected {
 /// The global statements a server has prepared, least recently used first out.
 pub(crate) struct ServerStatements {
     lru: lru::LruCache<String, ()>,
+    /// One of them can no longer run: a schema change altered its result columns, and Postgres
+    /// refuses it ("cached plan must not change result type") until it is prepared again. The
+    /// server's statements are deallocated when it is released.
+    pub stale: bool,
 }
 
 impl ServerStatements {
@@ -310,6 +314,7 @@ impl ServerStatements {
             std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         ServerStatements {
             lru: lru::LruCache::new(cap),
+            stale: false,
         }
     }
 
@@ -330,6 +335,23 @@ impl ServerStatements {
 
     pub fn clear(&mut self) {
         self.lru.clear();
+        self.stale = false;
+    }
+
+    /// Notes an ErrorResponse from the server: is it a prepared statement that went stale?
+    /// Recognized by the routine that raises it, which is not translated (the message may be).
+    pub fn note_error(&mut self, body: &[u8]) {
+        let mut r = BodyReader::new(body);
+        let (mut feature_not_supported, mut revalidate) = (false, false);
+        while let Ok(code) = r.u8() {
+            let Ok(value) = r.cstr_bytes() else { break };
+            match code {
+                b'C' => feature_not_supported = value == b"0A000",
+                b'R' => revalidate = value == b"RevalidateCachedQuery",
+                _ => {}
+            }
+        }
+        self.stale |= feature_not_supported && revalidate && !self.lru.is_empty();
     }
 }
 

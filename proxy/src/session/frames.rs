@@ -600,6 +600,9 @@ impl Session {
                 }
                 continue;
             }
+            if frame.tag == b'E' {
+                conn.statements.note_error(frame.body());
+            }
             if frame.tag == b'E' && self.expected.check_first() {
                 setup::check_failed(&mut self.progress, &frame);
                 return Ok(());

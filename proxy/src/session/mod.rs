@@ -536,9 +536,13 @@ impl Session {
 
     /// Returns the server to the pool, first learning its settings if they may have changed.
     async fn release(&mut self) {
-        if self.progress.settings_dirty {
+        let stale = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.conn.statements.stale);
+        if self.progress.settings_dirty || stale {
             // Boxed: rare, and its state would otherwise be part of every idle session.
-            return Box::pin(self.release_reading_settings()).await;
+            return Box::pin(self.release_slowly()).await;
         }
         let Some(Attached { conn, pool, .. }) = self.server.take() else {
             return;
@@ -552,12 +556,25 @@ impl Session {
         }
     }
 
-    /// [`Session::release`] after statements that may have changed session settings.
-    async fn release_reading_settings(&mut self) {
+    /// [`Session::release`] after statements that may have changed session settings, or when
+    /// one of the server's prepared statements went stale (all are deallocated: the next use
+    /// prepares them again).
+    async fn release_slowly(&mut self) {
         let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
             return;
         };
         self.cancel.slot.set(None);
+        if conn.statements.stale {
+            if let Err(e) = conn.exec_quiet("DEALLOCATE ALL").await {
+                tracing::debug!(server = conn.id, error = %e, "cannot deallocate stale statements; closing server");
+                return finish(&pool, conn, false, false).await;
+            }
+            conn.statements.clear();
+        }
+        if !self.progress.settings_dirty {
+            self.progress = Progress::default();
+            return pool.release(conn);
+        }
         let setting = self.app.config().tenancy.setting.clone();
         let tenant_setting = setting.to_ascii_lowercase();
         let mut custom: Vec<String> = self

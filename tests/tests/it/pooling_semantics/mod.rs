@@ -600,3 +600,53 @@ async fn idle_in_transaction_timeout_disconnects_with_25p03() {
     })
     .await;
 }
+
+/// A schema change that alters a prepared statement's result columns makes Postgres refuse it
+/// ("cached plan must not change result type", 0A000) until it is prepared again. Clients share
+/// statements on the servers, so a client that prepares the same text afresh may still meet that
+/// error once per server; after it the proxy deallocates the server's statements at release, and
+/// the next run works — named statements, and unnamed ones with `cache_unnamed_statements`.
+#[tokio::test]
+async fn a_statement_whose_result_columns_changed_is_prepared_again() {
+    let direct = direct_client(pg::APP_DB).await;
+    for (cache_unnamed, name) in [(false, "q"), (true, ""), (true, "q")] {
+        let mut config = transaction_mode(1);
+        config.proxy.cache_unnamed_statements = cache_unnamed;
+        let proxy = TestProxy::start(config).await;
+        let table = unique_name("stale");
+        direct
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1)"
+            ))
+            .await
+            .unwrap();
+        let sql = format!("SELECT * FROM {table}");
+        let run = [
+            parse(name, &sql, &[]),
+            bind("", name, &[], &[]),
+            execute("", 0),
+            close(b'S', name),
+            sync(),
+        ]
+        .concat();
+        let mut c = raw_proxy(&proxy).await;
+        let what = format!("cache_unnamed_statements = {cache_unnamed}, statement {name:?}");
+        within(60, "stale statement", async {
+            let replies = pipeline::round_trip(&mut c, &run, 1).await.unwrap();
+            assert!(pipeline::first_error(&replies).is_none(), "{what}: before");
+            direct
+                .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN b int DEFAULT 2"))
+                .await
+                .unwrap();
+            // May fail once: the server's statement predates the change.
+            pipeline::round_trip(&mut c, &run, 1).await.unwrap();
+            let replies = pipeline::round_trip(&mut c, &run, 1).await.unwrap();
+            let seen = pipeline::summarize(&replies);
+            assert!(
+                pipeline::first_error(&replies).is_none() && seen.contains(&"Row[1,2]".into()),
+                "{what}: after the change: {seen:?}"
+            );
+        })
+        .await;
+    }
+}
