@@ -30,6 +30,8 @@
 #   POLICY [1]             tenant isolation cost cells (direct vs policy off/enforce/enforce+audit)
 #   POLICY_CLIENTS [1 32]  client counts for those cells
 #   INSTRUCTIONS [0]       1 = also count tenantgate's instructions per transaction (callgrind)
+#   CACHE_UNNAMED [1]      1 = after each extended group, a tenantgate+cache-unnamed cell
+#                          (cache_unnamed_statements = true)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -53,6 +55,7 @@ KEEP_TMP="${KEEP_TMP:-0}"
 POLICY="${POLICY:-1}"
 POLICY_CLIENTS="${POLICY_CLIENTS:-1 32}"
 INSTRUCTIONS="${INSTRUCTIONS:-0}"
+CACHE_UNNAMED="${CACHE_UNNAMED:-1}"
 POOL_SIZE=8
 MIX_TENANTS="t1 t2 t3 t4 t5 t6 t7 t8"   # tenants (and logins) of the isolation cost cells
 PGBENCH_OPTS="-n -S"   # -n: no VACUUM before each cell (the data is read-only; -i vacuumed it)
@@ -521,6 +524,19 @@ if [ "$WARMUP" -gt 0 ]; then
     "$PGBENCH" -n -S -c 2 -j 2 -T "$WARMUP" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >"$TMP/warmup.log" 2>&1 || true
 fi
 
+# The pooling configuration with cache_unnamed_statements (extended mode sends unnamed statements).
+cache_unnamed_cell() {   # cache_unnamed_cell CLIENTS
+    cp "$TMP/tenantgate.toml" "$TMP/tenantgate.pooling.toml"
+    sed 's/^max_prepared_statements = .*/&\ncache_unnamed_statements = true/' \
+        "$TMP/tenantgate.pooling.toml" >"$TMP/tenantgate.toml"
+    stop_tenantgate
+    start_tenantgate
+    run_cell tenantgate+cache-unnamed extended "$1"
+    stop_tenantgate
+    cp "$TMP/tenantgate.pooling.toml" "$TMP/tenantgate.toml"
+    start_tenantgate
+}
+
 RUN_START="$(date +%s)"
 # Cells of one (mode, clients) pair run back to back so that ratios compare neighbours in time.
 for c in $CLIENTS; do
@@ -528,6 +544,9 @@ for c in $CLIENTS; do
         for t in $TARGETS; do
             run_cell "$t" "$m" "$c"
         done
+        if [ "$m" = extended ] && [ "$CACHE_UNNAMED" = 1 ] && [[ " $TARGETS " == *" tenantgate "* ]]; then
+            cache_unnamed_cell "$c"
+        fi
     done
 done
 # ---------------------------------------------------------------------------------------------

@@ -378,6 +378,7 @@ const DENIED: &[&str] = &[
     "pg_create_restore_point",
     "pg_log_backend_memory_contexts",
     "pg_stat_get_activity",
+    "pg_prepared_statement",
     "pg_stat_reset",
     "pg_stat_statements",
     "pg_stat_statements_reset",
@@ -401,6 +402,8 @@ const DENIED_PREFIXES: &[&str] = &[
 /// Catalog relations that expose other sessions, other roles or sampled table contents.
 const DENIED_VIEWS: &[&str] = &[
     "pg_stat_activity",
+    // In transaction mode a server's prepared statements are other clients' (their query text).
+    "pg_prepared_statements",
     "pg_locks",
     "pg_prepared_xacts",
     "pg_stat_statements",
