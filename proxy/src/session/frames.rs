@@ -342,6 +342,9 @@ impl Session {
             b'S' => {
                 self.progress.pending += 1;
                 self.progress.unsynced = false;
+                if std::mem::take(&mut self.progress.unnamed_unsure) {
+                    self.progress.unnamed_parsed = false;
+                }
                 self.progress.gate_closed = self.progress.setup_unconfirmed;
                 self.expected.push(Expect::Ready);
             }
@@ -391,7 +394,7 @@ impl Session {
     }
 
     fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
-        self.progress.unsynced = true;
+        let behind = std::mem::replace(&mut self.progress.unsynced, true);
         let Some(msg) = parse_parse(&frame) else {
             // Malformed: the server reports it.
             self.expected.push(Expect::Parse {
@@ -406,6 +409,7 @@ impl Session {
         self.note_sql(query);
         if name.is_empty() && !self.app.config().proxy.cache_unnamed_statements {
             self.progress.unnamed_parsed = true;
+            self.progress.unnamed_unsure |= behind;
             self.statements.unnamed_parse = Some(frame.raw.clone());
             self.statements.insert(
                 "",
@@ -457,7 +461,7 @@ impl Session {
     }
 
     fn forward_bind(&mut self, frame: Frame) {
-        self.progress.unsynced = true;
+        let behind = std::mem::replace(&mut self.progress.unsynced, true);
         match bind_statement(&frame) {
             Some(name) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {
@@ -468,7 +472,7 @@ impl Session {
                 }
                 None => {
                     if name.is_empty() {
-                        self.ensure_unnamed();
+                        self.ensure_unnamed(behind);
                     }
                     self.to_server.extend_from_slice(&frame.raw);
                 }
@@ -479,7 +483,7 @@ impl Session {
     }
 
     fn forward_describe(&mut self, frame: Frame) {
-        self.progress.unsynced = true;
+        let behind = std::mem::replace(&mut self.progress.unsynced, true);
         let statement = parse_target(&frame).and_then(|(k, n)| (k == b'S').then(|| n.to_string()));
         match parse_target(&frame) {
             Some((b'S', name)) => match self.statements.get(name).and_then(|s| s.global.clone()) {
@@ -489,7 +493,7 @@ impl Session {
                 }
                 None => {
                     if name.is_empty() {
-                        self.ensure_unnamed();
+                        self.ensure_unnamed(behind);
                     }
                     self.to_server.extend_from_slice(&frame.raw);
                 }
@@ -559,8 +563,9 @@ impl Session {
     }
 
     /// A Bind or Describe of the unnamed statement on a server that did not see the client's
-    /// Parse of it (the client parsed it in an earlier transaction): replay that Parse.
-    fn ensure_unnamed(&mut self) {
+    /// Parse of it (the client parsed it in an earlier transaction, or the server may have
+    /// skipped it): replay that Parse. `behind`: other messages of the segment come first.
+    fn ensure_unnamed(&mut self, behind: bool) {
         if self.progress.unnamed_parsed {
             return;
         }
@@ -572,6 +577,7 @@ impl Session {
                 client_name: None,
             });
             self.progress.unnamed_parsed = true;
+            self.progress.unnamed_unsure |= behind;
         }
     }
 

@@ -72,6 +72,10 @@ struct Progress {
     settings_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
+    /// ... behind other messages of its segment: should one of them fail, the server skips
+    /// it and keeps its older unnamed statement. After the Sync the client's is replayed
+    /// before it is used again, so what runs is what the policy checked.
+    unnamed_unsure: bool,
     /// The proxy's settings statement went out with the client's first request and its
     /// outcome is not known yet (see `setup`).
     setup_unconfirmed: bool,

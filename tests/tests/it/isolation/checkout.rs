@@ -415,3 +415,52 @@ async fn a_bind_of_a_statement_never_prepared_does_not_run_anothers() {
         .await;
     }
 }
+
+/// A Parse of the unnamed statement behind a message that fails is skipped by the server, which
+/// keeps its older unnamed statement. A Bind in the next segment is checked by the policy
+/// against the skipped text: it must run that text, not the older statement (here a
+/// tenant-filtered read, run with another tenant's value). RLS off: the policy is the only wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_unnamed_parse_does_not_leave_the_older_statement_to_run() {
+    let db = within(60, "database", tenant_database(false)).await;
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    let batch = [
+        // The client's own tenant-checked read.
+        pipeline::parse("", read, &[]),
+        pipeline::bind("", "", &[], &[Some(b"acme")]),
+        pipeline::execute("", 0),
+        pipeline::sync(),
+        // An error, then a Parse of "" the server skips.
+        pipeline::parse("boom", "SELECT 1/0", &[]),
+        pipeline::bind("", "boom", &[], &[]),
+        pipeline::execute("", 0),
+        pipeline::parse("", "SELECT $1::text", &[]),
+        pipeline::sync(),
+        // A Bind of "" with another tenant's value.
+        pipeline::bind("", "", &[], &[Some(b"globex")]),
+        pipeline::execute("", 0),
+        pipeline::sync(),
+    ]
+    .concat();
+    for cache in [false, true] {
+        let mut config = tenant_config(&db, PoolMode::Transaction, 1);
+        config.proxy.cache_unnamed_statements = cache;
+        let proxy = TestProxy::start(config).await;
+        let mut c = RawConn::connect(proxy.addr).await.unwrap();
+        c.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
+            .await
+            .unwrap();
+        let replies = within(60, "pipeline", pipeline::round_trip(&mut c, &batch, 3))
+            .await
+            .unwrap();
+        let seen = pipeline::summarize(&replies);
+        let rows: Vec<&String> = seen.iter().filter(|m| m.starts_with("Row")).collect();
+        // The client's own `SELECT $1::text` ran (one row), or, with cached unnamed statements,
+        // the server reports the skipped statement missing (26000).
+        let own = ["Row[acme]", "Row[acme]", "Row[acme]", "Row[globex]"];
+        assert!(
+            rows == own || (cache && rows == own[..3] && seen.contains(&"Error 26000".into())),
+            "cache_unnamed_statements = {cache}: the last Bind ran the older statement: {seen:?}"
+        );
+    }
+}
