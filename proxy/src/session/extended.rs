@@ -100,9 +100,19 @@ pub enum Route {
 #[derive(Default)]
 pub struct Expected {
     queue: VecDeque<Expect>,
+    /// An extended-protocol error came before the client's Sync was sent: the server now
+    /// skips every message until that Sync (see [`Expected::take_skipping`]).
+    skipping: bool,
 }
 
 impl Expected {
+    /// Did an error leave the server skipping messages until a Sync the client has not sent
+    /// yet? The client then already has the error (it flushed); what it sends up to its Sync
+    /// is skipped by the server without a reply, so the proxy drops it too.
+    pub fn take_skipping(&mut self) -> bool {
+        std::mem::take(&mut self.skipping)
+    }
+
     pub fn push(&mut self, e: Expect) {
         self.queue.push_back(e);
     }
@@ -275,10 +285,16 @@ impl Expected {
         client: &mut ClientStatements,
     ) -> Route {
         let mut route = Route::Forward;
-        while let Some(front) = self.queue.front() {
+        let mut failing = true;
+        loop {
+            let Some(front) = self.queue.front() else {
+                self.skipping = true;
+                break;
+            };
             match front {
                 Expect::Ready => break,
-                Expect::Reject { error, .. } => route = Route::Replace(error.clone()),
+                // The error is the rejected message's own, not an earlier message's.
+                Expect::Reject { error, .. } if failing => route = Route::Replace(error.clone()),
                 Expect::Parse {
                     global,
                     client_name,
@@ -294,6 +310,7 @@ impl Expected {
                 _ => {}
             }
             self.queue.pop_front();
+            failing = false;
         }
         route
     }

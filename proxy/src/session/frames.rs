@@ -211,12 +211,13 @@ impl Session {
             let _ = frontend::query(FAILING_SQL, &mut self.to_server);
             self.progress.pending += 1;
         } else {
-            // A Bind of a statement that does not exist: it fails without touching the
-            // client's unnamed statement or portal (a failed Parse of "" would drop them).
+            // A Bind that fails without touching the client's unnamed statement or portal (a
+            // failed Parse of "" would drop them): of a statement that does not exist, and
+            // should one of that name exist, with two parameter formats for no parameters.
             put_message(
                 &mut self.to_server,
                 b'B',
-                b"tenantgate_rejected\0tenantgate_rejected\0\0\0\0\0\0\0",
+                b"tenantgate_rejected\0tenantgate_rejected\0\0\x02\0\0\0\0\0\0\0\0",
             );
         }
         self.expected.push(Expect::Reject {
@@ -653,6 +654,9 @@ impl Session {
                 &mut conn.statements,
                 &mut self.statements,
             );
+            if self.expected.take_skipping() {
+                self.skip_until_sync = true;
+            }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),
                 Route::Replace(msg) => self.to_client.extend_from_slice(&msg),

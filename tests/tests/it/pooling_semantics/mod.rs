@@ -650,3 +650,65 @@ async fn a_statement_whose_result_columns_changed_is_prepared_again() {
         .await;
     }
 }
+
+/// After an error the client already received (it sent Flush, not Sync), Postgres skips every
+/// message up to the client's Sync without a reply: a Bind of a known statement, of one that
+/// does not exist, a Parse. The proxy must answer exactly that, keep no expectation for the
+/// skipped messages, and give the server back at the Sync (pool size 1: another client gets
+/// it). Also a rejected Bind behind a failing Parse: the client sees the Parse's error.
+#[tokio::test]
+async fn messages_after_a_flushed_error_are_skipped_up_to_the_sync() {
+    let mut config = transaction_mode(1);
+    config.databases[0].query_wait_timeout = 10.0;
+    let proxy = TestProxy::start(config).await;
+    async fn script(c: &mut RawConn) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let replies = pipeline::round_trip(c, &[parse("ok", "SELECT 1", &[]), sync()].concat(), 1)
+            .await
+            .unwrap();
+        out.push(pipeline::summarize(&replies));
+        for after in [
+            [bind("", "ok", &[], &[]), execute("", 0)].concat(),
+            [bind("", "never_prepared", &[], &[]), execute("", 0)].concat(),
+            [parse("later", "SELECT 2", &[]), describe(b'S', "later")].concat(),
+        ] {
+            c.send(&[parse("bad", "SELEC 1", &[]), pipeline::flush()].concat())
+                .await
+                .unwrap();
+            let error = c.read_message().await.unwrap().unwrap();
+            out.push(pipeline::summarize(&[error]));
+            let replies = pipeline::round_trip(c, &[after, sync()].concat(), 1)
+                .await
+                .unwrap();
+            out.push(pipeline::summarize(&replies));
+        }
+        let batch = [
+            parse("bad", "SELEC 1", &[]),
+            bind("", "never_prepared", &[], &[]),
+            sync(),
+        ];
+        let replies = pipeline::round_trip(c, &batch.concat(), 1).await.unwrap();
+        out.push(pipeline::summarize(&replies));
+        let replies = pipeline::round_trip(c, &pipeline::query("SELECT 1/0"), 1)
+            .await
+            .unwrap();
+        out.push(pipeline::summarize(&replies));
+        out
+    }
+    within(60, "flushed error", async {
+        let direct = script(&mut raw_direct().await).await;
+        let mut main = raw_proxy(&proxy).await;
+        let proxied = script(&mut main).await;
+        assert_eq!(proxied, direct);
+        let mut other = raw_proxy(&proxy).await;
+        let replies = pipeline::round_trip(&mut other, &pipeline::query("SELECT 1"), 1)
+            .await
+            .unwrap();
+        assert!(
+            pipeline::first_error(&replies).is_none(),
+            "the server was not given back: {:?}",
+            pipeline::summarize(&replies)
+        );
+    })
+    .await;
+}
