@@ -609,6 +609,10 @@ impl Session {
             }
             if frame.tag == b'E' {
                 conn.statements.note_error(frame.body());
+                // An error ends the server's COPY; after one in an extended-protocol COPY it
+                // skips to the client's next Sync, which must count again.
+                self.progress.copy_in = false;
+                self.progress.copy_extended = false;
             }
             if frame.tag == b'E' && self.expected.check_first() {
                 setup::check_failed(&mut self.progress, &frame);
@@ -656,6 +660,8 @@ impl Session {
             );
             if self.expected.take_skipping() {
                 self.skip_until_sync = true;
+                // The server is not released before that Sync.
+                self.progress.unsynced = true;
             }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),

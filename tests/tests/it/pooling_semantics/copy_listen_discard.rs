@@ -442,3 +442,112 @@ async fn parse_pipelined_after_discard_all() {
     })
     .await;
 }
+
+/// An error during a COPY FROM STDIN started over the extended protocol; the client ends its
+/// copy (CopyDone) and syncs after it saw the error, which the server skips up to the Sync.
+/// What follows (a failing segment, normal ones, a ROLLBACK inside a block) is answered as by
+/// Postgres, and in transaction mode the server is given back.
+async fn copy_error_then(mode: PoolMode, in_tx: bool) {
+    let mut config = transaction_mode(1);
+    config.databases[0].pool_mode = mode;
+    config.databases[0].query_wait_timeout = 5.0;
+    let proxy = TestProxy::start(config).await;
+    within(90, "extended COPY error", async {
+        let table = unique_name("copy_err");
+        let direct = direct_client(pg::APP_DB).await;
+        direct
+            .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+            .await
+            .unwrap();
+        let mut results = Vec::new();
+        for (through_proxy, mut conn) in
+            [(false, raw_direct().await), (true, raw_proxy(&proxy).await)]
+        {
+            let mut seen = Vec::new();
+            let mut step =
+                |seen: &mut Vec<String>, r: anyhow::Result<Vec<wire::BackendMessage>>| match r {
+                    Ok(m) => seen.extend(pipeline::summarize(&m)),
+                    Err(e) => seen.push(format!("FAILED: {e:#}")),
+                };
+            if in_tx {
+                let r = pipeline::round_trip(&mut conn, &pipeline::query("BEGIN"), 1).await;
+                step(&mut seen, r);
+            }
+            conn.send(
+                &[
+                    parse("", &format!("COPY {table} FROM STDIN"), &[]),
+                    bind("", "", &[], &[]),
+                    execute("", 0),
+                    sync(),
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+            seen.extend(read_until_tag(&mut conn, b'G').await);
+            let mut data = vec![b'd'];
+            data.extend_from_slice(&(4 + 2i32).to_be_bytes());
+            data.extend_from_slice(b"x\n");
+            conn.send(&data).await.unwrap();
+            seen.extend(read_until_tag(&mut conn, b'E').await);
+            // The client ends its copy (CopyDone) and syncs, after it saw the error.
+            let r = pipeline::round_trip(&mut conn, &[vec![b'c', 0, 0, 0, 4], sync()].concat(), 1)
+                .await;
+            step(&mut seen, r);
+            if in_tx {
+                // ROLLBACK through the extended protocol.
+                let r =
+                    pipeline::round_trip(&mut conn, &pipeline::simple_extended("ROLLBACK", &[]), 1)
+                        .await;
+                step(&mut seen, r);
+            }
+            // A segment that fails, Sync sent along.
+            let r =
+                pipeline::round_trip(&mut conn, &pipeline::simple_extended("SELECT 1/0", &[]), 1)
+                    .await;
+            step(&mut seen, r);
+            // Then a normal one.
+            let r = pipeline::round_trip(&mut conn, &pipeline::simple_extended("SELECT 7", &[]), 1)
+                .await;
+            step(&mut seen, r);
+            let r = pipeline::round_trip(&mut conn, &pipeline::simple_extended("SELECT 8", &[]), 1)
+                .await;
+            step(&mut seen, r);
+            if through_proxy && mode == PoolMode::Transaction {
+                let free = tokio::time::timeout(Duration::from_secs(8), async {
+                    let other = proxy
+                        .connect(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, pg::APP_DB)
+                        .await?;
+                    other.simple_query("SELECT 1").await
+                })
+                .await;
+                if !matches!(free, Ok(Ok(_))) {
+                    seen.push(format!("SERVER STILL HELD: {free:?}"));
+                }
+            }
+            results.push(seen);
+            drop(conn);
+        }
+        direct
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+        assert_eq!(results[1], results[0], "proxy vs postgres");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn extended_copy_error_then_more_session_mode() {
+    copy_error_then(PoolMode::Session, false).await;
+}
+
+#[tokio::test]
+async fn extended_copy_error_then_more_transaction_mode() {
+    copy_error_then(PoolMode::Transaction, false).await;
+}
+
+#[tokio::test]
+async fn extended_copy_error_then_more_inside_a_transaction_block() {
+    copy_error_then(PoolMode::Transaction, true).await;
+}
