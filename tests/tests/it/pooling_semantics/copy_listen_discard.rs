@@ -464,7 +464,7 @@ async fn copy_error_then(mode: PoolMode, in_tx: bool) {
             [(false, raw_direct().await), (true, raw_proxy(&proxy).await)]
         {
             let mut seen = Vec::new();
-            let mut step =
+            let step =
                 |seen: &mut Vec<String>, r: anyhow::Result<Vec<wire::BackendMessage>>| match r {
                     Ok(m) => seen.extend(pipeline::summarize(&m)),
                     Err(e) => seen.push(format!("FAILED: {e:#}")),
