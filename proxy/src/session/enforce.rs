@@ -533,8 +533,27 @@ impl Session {
         let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
             return None;
         };
+        // Every statement the policy let through carries its decision. Without one, the
+        // server's statement of that name is not one the policy checked for this client: its
+        // Parse was refused by the server or skipped after an error (the server kept an older
+        // statement), or the client never prepared it.
+        let decision = match self.statements.get(name).and_then(|s| s.decision.as_ref()) {
+            Some(decision) => decision,
+            None if self.app.policy_mode(&self.id.database) == PolicyMode::Audit => return None,
+            None if name.is_empty() => {
+                return Some(PgError::error(
+                    "26000",
+                    "unnamed prepared statement does not exist",
+                ))
+            }
+            None => {
+                return Some(PgError::error(
+                    "26000",
+                    format!("prepared statement \"{name}\" does not exist"),
+                ))
+            }
+        };
         let stmt = self.statements.get(name)?;
-        let decision = stmt.decision.as_ref()?;
         if !decision.is_allowed() {
             // Prepared for another tenant or placement and re-checked since (a statement
             // rejected at Parse is never stored).

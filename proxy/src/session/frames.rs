@@ -275,19 +275,26 @@ impl Session {
             }
             b'P' => {
                 p.unsynced = true;
+                let mut client_name = None;
                 if let Some(msg) = parse_parse(frame) {
-                    let stmt = ClientStatement {
-                        global: None,
-                        sql: decision.as_ref().map(|_| Arc::from(msg.query)),
-                        decision,
-                        param_types: msg.type_oids(),
-                    };
-                    self.statements.insert(msg.name, stmt);
+                    // A name in use: the server refuses the Parse (42P05) and keeps the
+                    // statement. Otherwise the statement is the new one, unless the Parse
+                    // fails or is skipped after an error: then it is forgotten.
+                    if msg.name.is_empty() || !self.statements.contains(msg.name) {
+                        let stmt = ClientStatement {
+                            global: None,
+                            sql: decision.as_ref().map(|_| Arc::from(msg.query)),
+                            decision,
+                            param_types: msg.type_oids(),
+                        };
+                        self.statements.insert(msg.name, stmt);
+                        client_name = Some(msg.name.to_string());
+                    }
                 }
                 self.expected.push(Expect::Parse {
                     visible: true,
                     global: None,
-                    client_name: None,
+                    client_name,
                 });
             }
             b'B' => {

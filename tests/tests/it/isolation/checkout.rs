@@ -464,3 +464,88 @@ async fn a_skipped_unnamed_parse_does_not_leave_the_older_statement_to_run() {
         );
     }
 }
+
+/// A Parse the server skips (behind a failing message) or refuses (the name exists: 42P05)
+/// leaves the server's older statement in place. In either pool mode the proxy must not check
+/// a later Bind against the text the server did not take, then run the older statement (a
+/// tenant-filtered read) with another tenant's value. Sent one segment at a time. RLS off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() {
+    let db = within(60, "database", tenant_database(false)).await;
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    let own = "SELECT $1::text";
+    let prepare = |name: &str| {
+        [
+            pipeline::parse(name, read, &[]),
+            pipeline::bind("", name, &[], &[Some(b"acme")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    let fail_then = |tail: Vec<u8>| {
+        [
+            pipeline::parse("boom", "SELECT 1/0", &[]),
+            pipeline::bind("", "boom", &[], &[]),
+            pipeline::execute("", 0),
+            tail,
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    let read_globex = |name: &str| {
+        [
+            pipeline::bind("", name, &[], &[Some(b"globex")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    let scenarios: [(&str, Vec<Vec<u8>>); 3] = [
+        (
+            "unnamed Parse skipped",
+            vec![
+                prepare(""),
+                fail_then(pipeline::parse("", own, &[])),
+                read_globex(""),
+            ],
+        ),
+        (
+            "Close and Parse of a name skipped",
+            vec![
+                prepare("s"),
+                fail_then([pipeline::close(b'S', "s"), pipeline::parse("s", own, &[])].concat()),
+                read_globex("s"),
+            ],
+        ),
+        (
+            "Parse of an existing name",
+            vec![
+                prepare("s"),
+                [pipeline::parse("s", own, &[]), pipeline::sync()].concat(),
+                read_globex("s"),
+            ],
+        ),
+    ];
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
+        for (what, segments) in &scenarios {
+            let mut c = RawConn::connect(proxy.addr).await.unwrap();
+            c.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            for segment in segments {
+                let replies = within(60, what, pipeline::round_trip(&mut c, segment, 1))
+                    .await
+                    .unwrap();
+                seen.extend(pipeline::summarize(&replies));
+            }
+            let globex = seen.iter().filter(|m| *m == "Row[globex]").count();
+            assert!(
+                globex <= 1,
+                "{mode:?}, {what}: the older read ran with globex: {seen:?}"
+            );
+        }
+    }
+}
