@@ -47,8 +47,11 @@ pub enum Expect {
     Close {
         visible: bool,
     },
-    /// Sync, Query or FunctionCall: answered up to and including ReadyForQuery.
+    /// Sync: answered up to and including ReadyForQuery.
     Ready,
+    /// Query or FunctionCall: the same, but skipped with no reply at all when it comes behind
+    /// an extended-protocol message that failed (the server skips to the Sync).
+    QueryReady,
     /// A message the proxy writes itself when it reaches the head of the queue.
     Synthetic(Bytes),
     /// A request the proxy replaced by one that fails on purpose (so that the server's
@@ -103,6 +106,9 @@ pub struct Expected {
     /// An extended-protocol error came before the client's Sync was sent: the server now
     /// skips every message until that Sync (see [`Expected::take_skipping`]).
     skipping: bool,
+    /// Queries and FunctionCalls the server skipped after such an error: their
+    /// ReadyForQuery will not come (see [`Expected::take_skipped_queries`]).
+    skipped_queries: usize,
 }
 
 impl Expected {
@@ -111,6 +117,12 @@ impl Expected {
     /// is skipped by the server without a reply, so the proxy drops it too.
     pub fn take_skipping(&mut self) -> bool {
         std::mem::take(&mut self.skipping)
+    }
+
+    /// How many Queries or FunctionCalls the server skipped without a ReadyForQuery since
+    /// the last call.
+    pub fn take_skipped_queries(&mut self) -> usize {
+        std::mem::take(&mut self.skipped_queries)
     }
 
     pub fn push(&mut self, e: Expect) {
@@ -261,7 +273,7 @@ impl Expected {
             }
             (Expect::Describe { .. }, b'T' | b'n') => (true, true),
             (Expect::Execute, b'C' | b'I' | b's') => (true, true),
-            (Expect::Ready, b'Z') => (true, true),
+            (Expect::Ready | Expect::QueryReady, b'Z') => (true, true),
             _ => (false, true),
         };
         if done {
@@ -293,6 +305,13 @@ impl Expected {
             };
             match front {
                 Expect::Ready => break,
+                // A simple Query's own error: answered up to its ReadyForQuery as usual.
+                Expect::QueryReady if failing => break,
+                // Messages of the simple protocol behind the failed one: skipped.
+                Expect::QueryReady
+                | Expect::Rewrite { .. }
+                | Expect::Hidden
+                | Expect::Reject { simple: true, .. } => self.skipped_queries += 1,
                 // The error is the rejected message's own, not an earlier message's.
                 Expect::Reject { error, .. } if failing => route = Route::Replace(error.clone()),
                 Expect::Parse {

@@ -270,8 +270,10 @@ impl Session {
                 p.pending += 1;
                 if frame.tag == b'S' {
                     p.unsynced = false;
+                    self.expected.push(Expect::Ready);
+                } else {
+                    self.expected.push(Expect::QueryReady);
                 }
-                self.expected.push(Expect::Ready);
             }
             b'P' => {
                 p.unsynced = true;
@@ -340,11 +342,11 @@ impl Session {
                     self.progress.unsynced = false;
                     self.progress.gate_closed = true;
                 }
-                self.expected.push(Expect::Ready);
+                self.expected.push(Expect::QueryReady);
             }
             b'F' => {
                 self.progress.pending += 1;
-                self.expected.push(Expect::Ready);
+                self.expected.push(Expect::QueryReady);
             }
             b'S' if self.progress.copy_extended => {} // ignored by the server in copy-in mode
             b'S' => {
@@ -665,6 +667,8 @@ impl Session {
                 &mut conn.statements,
                 &mut self.statements,
             );
+            let skipped = self.expected.take_skipped_queries();
+            self.progress.pending = self.progress.pending.saturating_sub(skipped);
             if self.expected.take_skipping() {
                 self.skip_until_sync = true;
                 // The server is not released before that Sync.

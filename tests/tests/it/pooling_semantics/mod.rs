@@ -712,3 +712,50 @@ async fn messages_after_a_flushed_error_are_skipped_up_to_the_sync() {
     })
     .await;
 }
+
+/// A Query or FunctionCall inside an extended-protocol batch, behind a message that fails:
+/// Postgres skips it up to the Sync (no ReadyForQuery of its own). The proxy must not wait for
+/// one: replies stay in step, and the server is given back (pool size 1).
+#[tokio::test]
+async fn a_query_behind_a_failing_unsynced_message_is_skipped() {
+    let mut config = transaction_mode(1);
+    config.databases[0].query_wait_timeout = 10.0;
+    let proxy = TestProxy::start(config).await;
+    async fn script(c: &mut RawConn) -> Vec<Vec<String>> {
+        let batches = [
+            [
+                parse("", "SELECT 1/0", &[]),
+                bind("", "", &[], &[]),
+                execute("", 0),
+                pipeline::query("SELECT 5"),
+                pipeline::function_call(1299, &[]), // now()
+                sync(),
+            ]
+            .concat(),
+            pipeline::query("SELECT 6"),
+            [close(b'S', "nope"), sync()].concat(),
+            pipeline::query("SELECT 9"),
+        ];
+        let mut out = Vec::new();
+        for batch in batches {
+            let replies = pipeline::round_trip(c, &batch, 1).await.unwrap();
+            out.push(pipeline::summarize(&replies));
+        }
+        out
+    }
+    within(60, "query behind a failing message", async {
+        let direct = script(&mut raw_direct().await).await;
+        let proxied = script(&mut raw_proxy(&proxy).await).await;
+        assert_eq!(proxied, direct);
+        let mut other = raw_proxy(&proxy).await;
+        let replies = pipeline::round_trip(&mut other, &pipeline::query("SELECT 1"), 1)
+            .await
+            .unwrap();
+        assert!(
+            pipeline::first_error(&replies).is_none(),
+            "the server was not given back: {:?}",
+            pipeline::summarize(&replies)
+        );
+    })
+    .await;
+}
