@@ -148,20 +148,44 @@ async fn read_until_tag(conn: &mut RawConn, tag: u8) -> Vec<String> {
     }
 }
 
+/// One server in pool mode `mode`.
+fn one_server_in(mode: PoolMode) -> Config {
+    let mut config = transaction_mode(1);
+    config.databases[0].pool_mode = mode;
+    config
+}
+
+/// Whether another client fails to get the single server of `proxy` within `seconds`: the
+/// failure, as a line for the compared replies.
+async fn server_held(proxy: &TestProxy, seconds: u64) -> Option<String> {
+    let free = tokio::time::timeout(Duration::from_secs(seconds), async {
+        let other = proxy
+            .connect(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, pg::APP_DB)
+            .await?;
+        other.simple_query("SELECT 1").await
+    })
+    .await;
+    (!matches!(free, Ok(Ok(_)))).then(|| format!("SERVER STILL HELD: {free:?}"))
+}
+
+/// A direct client and a new table `(id int)` named after `prefix`.
+async fn copy_table(prefix: &str) -> (Client, String) {
+    let table = unique_name(prefix);
+    let direct = direct_client(pg::APP_DB).await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+        .await
+        .unwrap();
+    (direct, table)
+}
+
 /// COPY FROM STDIN the way tokio-postgres sends it: Bind/Execute/Sync, CopyData, CopyDone,
 /// Sync. The server ignores the first Sync (it arrives in copy-in mode) and sends one
 /// ReadyForQuery; the session goes on normally, as on a direct connection.
 async fn extended_copy_in(mode: PoolMode) {
-    let mut config = transaction_mode(1);
-    config.databases[0].pool_mode = mode;
-    let proxy = TestProxy::start(config).await;
+    let proxy = TestProxy::start(one_server_in(mode)).await;
     within(60, "extended COPY", async {
-        let table = unique_name("copy_ext");
-        let direct = direct_client(pg::APP_DB).await;
-        direct
-            .batch_execute(&format!("CREATE TABLE {table} (id int)"))
-            .await
-            .unwrap();
+        let (direct, table) = copy_table("copy_ext").await;
         let mut results = Vec::new();
         for (through_proxy, mut conn) in
             [(false, raw_direct().await), (true, raw_proxy(&proxy).await)]
@@ -215,15 +239,8 @@ async fn extended_copy_in(mode: PoolMode) {
             results.push(seen);
             if through_proxy && mode == PoolMode::Transaction {
                 // The only server is free again while this client stays connected and idle.
-                let free = tokio::time::timeout(Duration::from_secs(3), async {
-                    let other = proxy
-                        .connect(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, pg::APP_DB)
-                        .await?;
-                    other.simple_query("SELECT 1").await
-                })
-                .await;
-                if !matches!(free, Ok(Ok(_))) {
-                    results[1].push(format!("SERVER STILL HELD: {free:?}"));
+                if let Some(held) = server_held(&proxy, 3).await {
+                    results[1].push(held);
                 }
             }
             drop(conn);
@@ -448,17 +465,11 @@ async fn parse_pipelined_after_discard_all() {
 /// What follows (a failing segment, normal ones, a ROLLBACK inside a block) is answered as by
 /// Postgres, and in transaction mode the server is given back.
 async fn copy_error_then(mode: PoolMode, in_tx: bool) {
-    let mut config = transaction_mode(1);
-    config.databases[0].pool_mode = mode;
+    let mut config = one_server_in(mode);
     config.databases[0].query_wait_timeout = 5.0;
     let proxy = TestProxy::start(config).await;
     within(90, "extended COPY error", async {
-        let table = unique_name("copy_err");
-        let direct = direct_client(pg::APP_DB).await;
-        direct
-            .batch_execute(&format!("CREATE TABLE {table} (id int)"))
-            .await
-            .unwrap();
+        let (direct, table) = copy_table("copy_err").await;
         let mut results = Vec::new();
         for (through_proxy, mut conn) in
             [(false, raw_direct().await), (true, raw_proxy(&proxy).await)]
@@ -514,16 +525,7 @@ async fn copy_error_then(mode: PoolMode, in_tx: bool) {
                 .await;
             step(&mut seen, r);
             if through_proxy && mode == PoolMode::Transaction {
-                let free = tokio::time::timeout(Duration::from_secs(8), async {
-                    let other = proxy
-                        .connect(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, pg::APP_DB)
-                        .await?;
-                    other.simple_query("SELECT 1").await
-                })
-                .await;
-                if !matches!(free, Ok(Ok(_))) {
-                    seen.push(format!("SERVER STILL HELD: {free:?}"));
-                }
+                seen.extend(server_held(&proxy, 8).await);
             }
             results.push(seen);
             drop(conn);

@@ -19,6 +19,26 @@ mod lifecycle;
 use lifecycle::*;
 mod copy_listen_discard;
 
+/// [`transaction_mode`] with one server, waited for up to `seconds`.
+fn one_server_waiting(seconds: f64) -> Config {
+    let mut config = transaction_mode(1);
+    config.databases[0].query_wait_timeout = seconds;
+    config
+}
+
+/// Another client gets the single server of `proxy` (so its last client gave it back).
+async fn assert_server_given_back(proxy: &TestProxy) {
+    let mut other = raw_proxy(proxy).await;
+    let replies = pipeline::round_trip(&mut other, &pipeline::query("SELECT 1"), 1)
+        .await
+        .unwrap();
+    assert!(
+        pipeline::first_error(&replies).is_none(),
+        "the server was not given back: {:?}",
+        pipeline::summarize(&replies)
+    );
+}
+
 /// Transaction pooling on database `app` with `pool_size` servers.
 fn transaction_mode(pool_size: usize) -> Config {
     let mut config = base_config(PgServer::shared());
@@ -658,9 +678,7 @@ async fn a_statement_whose_result_columns_changed_is_prepared_again() {
 /// it). Also a rejected Bind behind a failing Parse: the client sees the Parse's error.
 #[tokio::test]
 async fn messages_after_a_flushed_error_are_skipped_up_to_the_sync() {
-    let mut config = transaction_mode(1);
-    config.databases[0].query_wait_timeout = 10.0;
-    let proxy = TestProxy::start(config).await;
+    let proxy = TestProxy::start(one_server_waiting(10.0)).await;
     async fn script(c: &mut RawConn) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         let replies = pipeline::round_trip(c, &[parse("ok", "SELECT 1", &[]), sync()].concat(), 1)
@@ -700,15 +718,7 @@ async fn messages_after_a_flushed_error_are_skipped_up_to_the_sync() {
         let mut main = raw_proxy(&proxy).await;
         let proxied = script(&mut main).await;
         assert_eq!(proxied, direct);
-        let mut other = raw_proxy(&proxy).await;
-        let replies = pipeline::round_trip(&mut other, &pipeline::query("SELECT 1"), 1)
-            .await
-            .unwrap();
-        assert!(
-            pipeline::first_error(&replies).is_none(),
-            "the server was not given back: {:?}",
-            pipeline::summarize(&replies)
-        );
+        assert_server_given_back(&proxy).await;
     })
     .await;
 }
@@ -718,9 +728,7 @@ async fn messages_after_a_flushed_error_are_skipped_up_to_the_sync() {
 /// one: replies stay in step, and the server is given back (pool size 1).
 #[tokio::test]
 async fn a_query_behind_a_failing_unsynced_message_is_skipped() {
-    let mut config = transaction_mode(1);
-    config.databases[0].query_wait_timeout = 10.0;
-    let proxy = TestProxy::start(config).await;
+    let proxy = TestProxy::start(one_server_waiting(10.0)).await;
     async fn script(c: &mut RawConn) -> Vec<Vec<String>> {
         let batches = [
             [
@@ -747,15 +755,7 @@ async fn a_query_behind_a_failing_unsynced_message_is_skipped() {
         let direct = script(&mut raw_direct().await).await;
         let proxied = script(&mut raw_proxy(&proxy).await).await;
         assert_eq!(proxied, direct);
-        let mut other = raw_proxy(&proxy).await;
-        let replies = pipeline::round_trip(&mut other, &pipeline::query("SELECT 1"), 1)
-            .await
-            .unwrap();
-        assert!(
-            pipeline::first_error(&replies).is_none(),
-            "the server was not given back: {:?}",
-            pipeline::summarize(&replies)
-        );
+        assert_server_given_back(&proxy).await;
     })
     .await;
 }
