@@ -258,6 +258,32 @@ impl Session {
 
     /// Session commands the proxy owns, whatever the policy mode.
     fn intercept(&mut self, kind: &StatementKind, sql: &str, simple: bool) -> Option<Screen> {
+        if simple && self.progress.unsynced && self.is_session_command(kind) {
+            // The proxy applies these when it reads them; behind an extended-protocol message
+            // that fails, the server would skip them (up to the Sync) and the two disagree.
+            return Some(Screen::Reject(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "tenantgate: a tenant switch, RESET ALL, DISCARD ALL or DEALLOCATE cannot follow \
+                 extended-protocol messages before their Sync; send the Sync first",
+            )));
+        }
+        self.intercept_now(kind, sql, simple)
+    }
+
+    /// Statements [`Session::intercept_now`] applies itself.
+    fn is_session_command(&self, kind: &StatementKind) -> bool {
+        match kind {
+            StatementKind::Set { name, .. } | StatementKind::Reset { name: Some(name) } => {
+                name.eq_ignore_ascii_case(SWITCH_SETTING)
+            }
+            StatementKind::Reset { name: None } => self.tenant.is_some(),
+            StatementKind::Discard => self.tenant.is_some() || self.tx_mode,
+            StatementKind::Deallocate => self.tx_mode,
+            _ => false,
+        }
+    }
+
+    fn intercept_now(&mut self, kind: &StatementKind, sql: &str, simple: bool) -> Option<Screen> {
         match kind {
             StatementKind::Set { name, local } if name.eq_ignore_ascii_case(SWITCH_SETTING) => {
                 Some(self.switch_tenant(set_value(sql), *local, simple))

@@ -374,6 +374,15 @@ impl ServerStatements {
         self.stale = false;
     }
 
+    /// The server is sent a command that drops its statements (DISCARD ALL, DEALLOCATE):
+    /// forget them now, so that a Parse pipelined behind it is sent. Should the server not
+    /// run it (skipped after an error, or failed), it still holds them: they are deallocated
+    /// when it is released.
+    pub fn clear_ahead(&mut self) {
+        self.lru.clear();
+        self.stale = true;
+    }
+
     /// Notes an ErrorResponse from the server: is it a prepared statement that went stale?
     /// Recognized by the routine that raises it, which is not translated (the message may be).
     pub fn note_error(&mut self, body: &[u8]) {

@@ -63,6 +63,7 @@ impl Session {
                 if frame.tag == b'S' {
                     self.skip_until_sync = false;
                     if self.server.is_none() {
+                        self.progress.unsynced = false;
                         backend::ready_for_query(b'I', &mut self.to_client);
                         continue;
                     }
@@ -244,7 +245,7 @@ impl Session {
             // The server drops its prepared statements now: a Parse pipelined behind this
             // must really be sent.
             if let Some(s) = self.server.as_mut() {
-                s.conn.statements.clear();
+                s.conn.statements.clear_ahead();
             }
         }
         let _ = frontend::query(&sql, &mut self.to_server);
@@ -273,6 +274,18 @@ impl Session {
                     self.expected.push(Expect::Ready);
                 } else {
                     self.expected.push(Expect::QueryReady);
+                }
+                if frame.tag == b'Q' {
+                    let fx = self
+                        .screened_effects
+                        .take()
+                        .unwrap_or_else(|| settings::scan_session_effects(query_text(frame)));
+                    if fx.statements {
+                        // DEALLOCATE / DISCARD (policy off or audit): the statements the
+                        // proxy recorded may be gone; a Bind of one gets 26000 where the
+                        // policy applies, and a new Parse of the name is recorded anew.
+                        self.statements.clear();
+                    }
                 }
             }
             b'P' => {
@@ -391,7 +404,7 @@ impl Session {
             // DISCARD / DEALLOCATE on the server: forget what it had prepared right away, so a
             // Parse pipelined behind it is not skipped, and the client's names with it.
             if let Some(s) = self.server.as_mut() {
-                s.conn.statements.clear();
+                s.conn.statements.clear_ahead();
             }
             self.statements.clear();
         }

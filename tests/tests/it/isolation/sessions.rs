@@ -448,3 +448,96 @@ async fn audit_mode_allows_but_rls_still_isolates() {
     })
     .await;
 }
+
+/// Commands the proxy applies itself (a tenant switch, DISCARD ALL) inside an extended-protocol
+/// batch, behind a message that fails: the server would skip them, so the proxy refuses them
+/// there instead of applying what never ran. Otherwise a skipped DISCARD ALL made the proxy
+/// forget the statements the shared server still held, and every client of every tenant got
+/// 42P05 for them; a skipped switch moved the policy to a tenant the server never got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_commands_behind_a_failing_unsynced_message_change_nothing() {
+    let db = within(60, "database", tenant_database(true)).await;
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    let raw = |proxy: &TestProxy, user: &'static str, password: &'static str| {
+        let addr = proxy.addr;
+        async move {
+            let mut c = RawConn::connect(addr).await.unwrap();
+            c.startup(user, pg::APP_DB, Some(password)).await.unwrap();
+            c
+        }
+    };
+    let run = |name: &str, tenant: &[u8]| {
+        [
+            pipeline::parse(name, read, &[]),
+            pipeline::bind("", name, &[], &[Some(tenant)]),
+            pipeline::execute("", 0),
+            pipeline::close(b'S', name),
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    let behind_failure = |sql: &str| {
+        [
+            pipeline::parse("", "SELECT 1/0", &[]),
+            pipeline::bind("", "", &[], &[]),
+            pipeline::execute("", 0),
+            pipeline::query(sql),
+            pipeline::sync(),
+        ]
+        .concat()
+    };
+    let rows = |replies: &[wire::BackendMessage]| {
+        pipeline::summarize(replies)
+            .into_iter()
+            .filter(|m| m.starts_with("Row"))
+            .count()
+    };
+    within(60, "session commands", async {
+        // DISCARD ALL, transaction mode, one shared server.
+        let proxy = TestProxy::start(tenant_config(&db, PoolMode::Transaction, 1)).await;
+        let mut acme = raw(&proxy, ACME_USER, ACME_PASSWORD).await;
+        let mut globex = raw(&proxy, GLOBEX_USER, GLOBEX_PASSWORD).await;
+        let replies = pipeline::round_trip(&mut acme, &run("a", b"acme"), 1)
+            .await
+            .unwrap();
+        assert_eq!(rows(&replies), 3);
+        let replies = pipeline::round_trip(&mut acme, &behind_failure("DISCARD ALL"), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            pipeline::summarize(&replies),
+            ["ParseComplete", "Error 22012", "Ready I"]
+        );
+        for round in 0..3 {
+            let replies = pipeline::round_trip(&mut globex, &run("g", b"globex"), 1)
+                .await
+                .unwrap();
+            let seen = pipeline::summarize(&replies);
+            assert_eq!(rows(&replies), 3, "globex, round {round}: {seen:?}");
+        }
+        // A tenant switch, both pool modes.
+        for mode in [PoolMode::Transaction, PoolMode::Session] {
+            let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
+            let mut switch = raw(&proxy, SWITCH_USER, SWITCH_PASSWORD).await;
+            let set = |t: &str| pipeline::query(&format!("SET tenantgate.tenant = '{t}'"));
+            let replies = pipeline::round_trip(&mut switch, &set("acme"), 1)
+                .await
+                .unwrap();
+            assert!(pipeline::first_error(&replies).is_none(), "{mode:?}");
+            let sql = "SET tenantgate.tenant = 'globex'";
+            let replies = pipeline::round_trip(&mut switch, &behind_failure(sql), 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                pipeline::summarize(&replies),
+                ["ParseComplete", "Error 22012", "Ready I"]
+            );
+            let replies = pipeline::round_trip(&mut switch, &run("s", b"acme"), 1)
+                .await
+                .unwrap();
+            let seen = pipeline::summarize(&replies);
+            assert_eq!(rows(&replies), 3, "{mode:?}: still acme: {seen:?}");
+        }
+    })
+    .await;
+}
