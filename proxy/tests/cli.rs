@@ -115,7 +115,8 @@ fn serve_runs_with_one_or_several_workers() {
             .unwrap();
         let version = rt.block_on(async {
             let conninfo = format!("host=127.0.0.1 port={port} user=admin dbname=tenantgate");
-            for _ in 0..100 {
+            // Generous: a loaded 2-core machine may take a while to start the process.
+            for _ in 0..300 {
                 if let Ok((client, conn)) =
                     tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
                 {
