@@ -12,7 +12,6 @@
 
 use crate::server::{self, ServerConn, ServerError, ServerTarget};
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -102,11 +101,14 @@ impl Affinity {
     pub const NONE: Affinity = Affinity(0);
 
     pub fn of(settings: &[(String, String)]) -> Affinity {
+        // FNV-1a per setting, summed: cheap (it runs at every checkout and release), and a
+        // collision only costs a settings statement.
         let key = settings.iter().fold(0u64, |key, (k, v)| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            k.hash(&mut h);
-            v.hash(&mut h);
-            key.wrapping_add(h.finish())
+            let bytes = k.bytes().chain([0]).chain(v.bytes());
+            let h = bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            key.wrapping_add(h)
         });
         Affinity(key.max(1))
     }
