@@ -680,9 +680,14 @@ impl Session {
                 &mut conn.statements,
                 &mut self.statements,
             );
-            let skipped = self.expected.take_skipped_queries();
+            // Only an error changes what the server skips.
+            let skipped = if frame.tag == b'E' {
+                self.expected.take_skipped_queries()
+            } else {
+                0
+            };
             self.progress.pending = self.progress.pending.saturating_sub(skipped);
-            if self.expected.take_skipping() {
+            if frame.tag == b'E' && self.expected.take_skipping() {
                 self.skip_until_sync = true;
                 // The server is not released before that Sync.
                 self.progress.unsynced = true;
