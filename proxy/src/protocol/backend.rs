@@ -51,6 +51,17 @@ impl PgError {
         }
     }
 
+    /// Postgres' answer to a Bind, Describe or DEALLOCATE of a prepared statement it does not
+    /// have (`""` = the unnamed statement).
+    pub fn no_such_statement(name: &str) -> Self {
+        let message = if name.is_empty() {
+            "unnamed prepared statement does not exist".to_string()
+        } else {
+            format!("prepared statement \"{name}\" does not exist")
+        };
+        Self::error(super::sqlstate::INVALID_SQL_STATEMENT_NAME, message)
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self

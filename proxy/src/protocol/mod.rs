@@ -23,4 +23,5 @@ pub mod sqlstate {
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 }

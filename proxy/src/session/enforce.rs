@@ -348,10 +348,7 @@ impl Session {
                         "DEALLOCATE"
                     }
                     Some(Some(name)) => {
-                        return Some(Screen::Reject(PgError::error(
-                            "26000",
-                            format!("prepared statement \"{name}\" does not exist"),
-                        )))
+                        return Some(Screen::Reject(PgError::no_such_statement(&name)))
                     }
                     None => return None,
                 };
@@ -566,18 +563,7 @@ impl Session {
         let decision = match self.statements.get(name).and_then(|s| s.decision.as_ref()) {
             Some(decision) => decision,
             None if self.app.policy_mode(&self.id.database) == PolicyMode::Audit => return None,
-            None if name.is_empty() => {
-                return Some(PgError::error(
-                    "26000",
-                    "unnamed prepared statement does not exist",
-                ))
-            }
-            None => {
-                return Some(PgError::error(
-                    "26000",
-                    format!("prepared statement \"{name}\" does not exist"),
-                ))
-            }
+            None => return Some(PgError::no_such_statement(name)),
         };
         let stmt = self.statements.get(name)?;
         if !decision.is_allowed() {

@@ -175,19 +175,12 @@ impl Session {
             },
             _ => return None,
         };
-        if name.is_empty() {
-            return self
-                .statements
-                .unnamed_parse
-                .is_none()
-                .then(|| PgError::error("26000", "unnamed prepared statement does not exist"));
-        }
-        (!self.statements.contains(name)).then(|| {
-            PgError::error(
-                "26000",
-                format!("prepared statement \"{name}\" does not exist"),
-            )
-        })
+        let known = if name.is_empty() {
+            self.statements.unnamed_parse.is_some()
+        } else {
+            self.statements.contains(name)
+        };
+        (!known).then(|| PgError::no_such_statement(name))
     }
 
     /// Refuses a client message. With a server attached, a failing statement takes its place
@@ -681,16 +674,14 @@ impl Session {
                 &mut self.statements,
             );
             // Only an error changes what the server skips.
-            let skipped = if frame.tag == b'E' {
-                self.expected.take_skipped_queries()
-            } else {
-                0
-            };
-            self.progress.pending = self.progress.pending.saturating_sub(skipped);
-            if frame.tag == b'E' && self.expected.take_skipping() {
-                self.skip_until_sync = true;
-                // The server is not released before that Sync.
-                self.progress.unsynced = true;
+            if frame.tag == b'E' {
+                let skipped = self.expected.take_skipped_queries();
+                self.progress.pending = self.progress.pending.saturating_sub(skipped);
+                if self.expected.take_skipping() {
+                    self.skip_until_sync = true;
+                    // The server is not released before that Sync.
+                    self.progress.unsynced = true;
+                }
             }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),
