@@ -217,10 +217,7 @@ async fn transaction_control_in_the_first_request_keeps_the_tenant() {
     let db = within(60, "database", tenant_database(true)).await;
     let proxy = TestProxy::start(tenant_config(&db, PoolMode::Transaction, 1)).await;
     let a = proxy.connect_acme().await;
-    let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-    raw.startup(GLOBEX_USER, pg::APP_DB, Some(GLOBEX_PASSWORD))
-        .await
-        .unwrap();
+    let mut raw = raw_login(&proxy, GLOBEX_USER, GLOBEX_PASSWORD).await;
     let read =
         "SELECT tenant_id FROM orders WHERE tenant_id = current_setting('app.current_tenant')";
     within(60, "transaction control", async {
@@ -373,15 +370,13 @@ async fn a_bind_of_a_statement_never_prepared_does_not_run_anothers() {
         let mut config = tenant_config(&db, PoolMode::Transaction, 1);
         config.policy.mode = mode;
         let proxy = TestProxy::start(config).await;
-        let connect = |user: &'static str, password: &'static str| async move {
-            let mut c = RawConn::connect(proxy.addr).await.unwrap();
-            c.startup(user, pg::APP_DB, Some(password)).await.unwrap();
-            c
-        };
-        let mut acme = connect(ACME_USER, ACME_PASSWORD).await;
+        let mut acme = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
         let mut others = [
-            ("acme", connect(ACME_USER, ACME_PASSWORD).await),
-            ("globex", connect(GLOBEX_USER, GLOBEX_PASSWORD).await),
+            ("acme", raw_login(&proxy, ACME_USER, ACME_PASSWORD).await),
+            (
+                "globex",
+                raw_login(&proxy, GLOBEX_USER, GLOBEX_PASSWORD).await,
+            ),
         ];
         within(60, "unnamed statement", async {
             let cases = [(&parse_and_read, ""), (&prepare_named, global.as_str())];
@@ -446,10 +441,7 @@ async fn a_skipped_unnamed_parse_does_not_leave_the_older_statement_to_run() {
         let mut config = tenant_config(&db, PoolMode::Transaction, 1);
         config.proxy.cache_unnamed_statements = cache;
         let proxy = TestProxy::start(config).await;
-        let mut c = RawConn::connect(proxy.addr).await.unwrap();
-        c.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
-            .await
-            .unwrap();
+        let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
         let replies = within(60, "pipeline", pipeline::round_trip(&mut c, &batch, 3))
             .await
             .unwrap();
@@ -530,10 +522,7 @@ async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() 
     for mode in [PoolMode::Session, PoolMode::Transaction] {
         let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
         for (what, segments) in &scenarios {
-            let mut c = RawConn::connect(proxy.addr).await.unwrap();
-            c.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
-                .await
-                .unwrap();
+            let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
             let mut seen = Vec::new();
             for segment in segments {
                 let replies = within(60, what, pipeline::round_trip(&mut c, segment, 1))

@@ -107,6 +107,13 @@ async fn tenant_database(rls: bool) -> String {
 
 /// The harness config with database `app` pointed at `db` (logging in as the NOBYPASSRLS,
 /// non-owner role `app_rw`), a globex user, a switch user and `plans` as shared table.
+/// A raw protocol connection through `proxy`, logged in to the app database as `user`.
+async fn raw_login(proxy: &TestProxy, user: &str, password: &str) -> RawConn {
+    let mut c = RawConn::connect(proxy.addr).await.unwrap();
+    c.startup(user, pg::APP_DB, Some(password)).await.unwrap();
+    c
+}
+
 fn tenant_config(db: &str, mode: PoolMode, pool_size: usize) -> Config {
     let pg = PgServer::shared();
     let text = format!(
@@ -591,10 +598,7 @@ async fn unnamed_statement_survives_a_refused_bind() {
     within(60, "unnamed statement after a refused Bind", async {
         let db = tenant_database(false).await;
         let proxy = TestProxy::start(tenant_config(&db, PoolMode::Transaction, 2)).await;
-        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-        raw.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
-            .await
-            .unwrap();
+        let mut raw = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
         let sql = "SELECT id FROM orders WHERE tenant_id = $1 ORDER BY id";
         let batch = [
             pipeline::parse("", sql, &[]),

@@ -458,14 +458,6 @@ async fn audit_mode_allows_but_rls_still_isolates() {
 async fn session_commands_behind_a_failing_unsynced_message_change_nothing() {
     let db = within(60, "database", tenant_database(true)).await;
     let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
-    let raw = |proxy: &TestProxy, user: &'static str, password: &'static str| {
-        let addr = proxy.addr;
-        async move {
-            let mut c = RawConn::connect(addr).await.unwrap();
-            c.startup(user, pg::APP_DB, Some(password)).await.unwrap();
-            c
-        }
-    };
     let run = |name: &str, tenant: &[u8]| {
         [
             pipeline::parse(name, read, &[]),
@@ -495,8 +487,8 @@ async fn session_commands_behind_a_failing_unsynced_message_change_nothing() {
     within(60, "session commands", async {
         // DISCARD ALL, transaction mode, one shared server.
         let proxy = TestProxy::start(tenant_config(&db, PoolMode::Transaction, 1)).await;
-        let mut acme = raw(&proxy, ACME_USER, ACME_PASSWORD).await;
-        let mut globex = raw(&proxy, GLOBEX_USER, GLOBEX_PASSWORD).await;
+        let mut acme = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
+        let mut globex = raw_login(&proxy, GLOBEX_USER, GLOBEX_PASSWORD).await;
         let replies = pipeline::round_trip(&mut acme, &run("a", b"acme"), 1)
             .await
             .unwrap();
@@ -518,7 +510,7 @@ async fn session_commands_behind_a_failing_unsynced_message_change_nothing() {
         // A tenant switch, both pool modes.
         for mode in [PoolMode::Transaction, PoolMode::Session] {
             let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
-            let mut switch = raw(&proxy, SWITCH_USER, SWITCH_PASSWORD).await;
+            let mut switch = raw_login(&proxy, SWITCH_USER, SWITCH_PASSWORD).await;
             let set = |t: &str| pipeline::query(&format!("SET tenantgate.tenant = '{t}'"));
             let replies = pipeline::round_trip(&mut switch, &set("acme"), 1)
                 .await
