@@ -32,6 +32,8 @@
 #   INSTRUCTIONS [0]       1 = also count tenantgate's instructions per transaction (callgrind)
 #   CACHE_UNNAMED [1]      1 = after each extended group, a tenantgate+cache-unnamed cell
 #                          (cache_unnamed_statements = true)
+#   SERVER_SOCKET [tcp]    how both poolers reach Postgres: tcp (127.0.0.1) or unix (its
+#                          Unix-domain socket; pgbench reaches every target over TCP either way)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -56,6 +58,7 @@ POLICY="${POLICY:-1}"
 POLICY_CLIENTS="${POLICY_CLIENTS:-1 32}"
 INSTRUCTIONS="${INSTRUCTIONS:-0}"
 CACHE_UNNAMED="${CACHE_UNNAMED:-1}"
+SERVER_SOCKET="${SERVER_SOCKET:-tcp}"
 POOL_SIZE=8
 MIX_TENANTS="t1 t2 t3 t4 t5 t6 t7 t8"   # tenants (and logins) of the isolation cost cells
 PGBENCH_OPTS="-n -S"   # -n: no VACUUM before each cell (the data is read-only; -i vacuumed it)
@@ -225,6 +228,11 @@ wait_port() {   # wait_port PORT SECONDS
 
 PW="bench-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
 PG_PORT="$(free_port)"
+case "$SERVER_SOCKET" in
+    tcp) SERVER_HOST=127.0.0.1 ;;
+    unix) SERVER_HOST="$TMP/sock" ;;
+    *) die "SERVER_SOCKET must be tcp or unix, not '$SERVER_SOCKET'" ;;
+esac
 PGB_PORT="$(free_port)"
 TG_PORT="$(free_port)"
 while [ "$PGB_PORT" = "$PG_PORT" ]; do PGB_PORT="$(free_port)"; done
@@ -275,7 +283,7 @@ log "PgBouncer $PGB_VERSION on 127.0.0.1:$PGB_PORT (prepared statements in trans
 printf '"bench" "%s"\n' "$PW" >"$TMP/pgbouncer/userlist.txt"
 cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+bench = host=$SERVER_HOST port=$PG_PORT dbname=bench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -314,7 +322,7 @@ workers = $TG_WORKERS
 
 [[databases]]
 name = "bench"
-host = "127.0.0.1"
+host = "$SERVER_HOST"
 port = $PG_PORT
 dbname = "bench"
 user = "bench"
@@ -708,6 +716,7 @@ META="$TMP/meta.tsv"
     printf 'scale\t%s\n' "$SCALE"
     printf 'jobs\t%s\n' "$JOBS"
     printf 'pool_size\t%s\n' "$POOL_SIZE"
+    printf 'server_socket\t%s\n' "$SERVER_SOCKET"
     printf 'clients\t%s\n' "$CLIENTS"
     printf 'modes\t%s\n' "$MODES"
     printf 'targets\t%s\n' "$TARGETS"

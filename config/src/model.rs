@@ -1,7 +1,7 @@
 //! The configuration schema. Field names are the public interface (`tenantgate.example.toml`).
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -229,6 +229,13 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     pub fn server_dbname(&self) -> &str {
         self.dbname.as_deref().unwrap_or(&self.name)
+    }
+    /// The server's Unix-domain socket when `host` is a directory (starts with `/`), named as
+    /// libpq and PgBouncer name it: `{host}/.s.PGSQL.{port}`.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
     }
     pub fn server_idle_timeout(&self) -> Duration {
         secs(self.server_idle_timeout)

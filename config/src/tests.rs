@@ -246,3 +246,42 @@ fn placements_never_share_a_schema_or_database_with_someone_else() {
         Placement::Database("acme".into())
     );
 }
+
+#[test]
+fn a_host_starting_with_a_slash_is_a_unix_socket_directory() {
+    let c = Config::from_toml(&GOOD.replace(
+        "name = \"app\"\n",
+        "name = \"app\"\nhost = \"/run/postgresql\"\nport = 5433\n",
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    let db = c.database("app").unwrap();
+    assert_eq!(
+        db.unix_socket(),
+        Some(std::path::PathBuf::from("/run/postgresql/.s.PGSQL.5433"))
+    );
+    let tcp = Config::from_toml(GOOD).unwrap();
+    assert_eq!(tcp.database("app").unwrap().unix_socket(), None);
+}
+
+#[test]
+fn unix_socket_hosts_refuse_required_tls_and_overlong_paths() {
+    let tls = Config::from_toml(&GOOD.replace(
+        "name = \"app\"\n",
+        "name = \"app\"\nhost = \"/run/postgresql\"\nserver_tls = \"require\"\n",
+    ))
+    .unwrap();
+    let text = tls.validate().unwrap_err().to_string();
+    assert!(text.contains("databases[0].server_tls"), "{text}");
+    assert!(text.contains("Unix-domain socket"), "{text}");
+
+    let long = format!("/{}", "d".repeat(120));
+    let long = Config::from_toml(&GOOD.replace(
+        "name = \"app\"\n",
+        &format!("name = \"app\"\nhost = \"{long}\"\n"),
+    ))
+    .unwrap();
+    let text = long.validate().unwrap_err().to_string();
+    assert!(text.contains("databases[0].host"), "{text}");
+    assert!(text.contains("the limit is 107"), "{text}");
+}

@@ -1,6 +1,9 @@
 //! Every rule a configuration must satisfy, each reported with its field path.
 
-use crate::{Config, ConfigError, DatabaseConfig, TablesSpec, TenantSource, TlsMode, UserConfig};
+use crate::{
+    Config, ConfigError, DatabaseConfig, ServerTlsMode, TablesSpec, TenantSource, TlsMode,
+    UserConfig,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -180,6 +183,27 @@ fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
         format!("{path}.server_connect_timeout"),
         "must be > 0 seconds",
     );
+    if let Some(socket) = db.unix_socket() {
+        // sun_path holds 108 bytes including the terminating NUL.
+        let len = socket.as_os_str().len();
+        e.check(
+            len < 108,
+            format!("{path}.host"),
+            &format!(
+                "Unix socket path {} is {len} bytes; the limit is 107",
+                socket.display()
+            ),
+        );
+        e.check(
+            matches!(
+                db.server_tls,
+                ServerTlsMode::Disable | ServerTlsMode::Prefer
+            ),
+            format!("{path}.server_tls"),
+            "TLS is not used on a Unix-domain socket (host starts with '/'); \
+             use \"disable\" or \"prefer\", or a TCP host",
+        );
+    }
     if let Some(ca) = &db.server_tls_ca {
         e.check(
             ca.is_file(),

@@ -237,8 +237,10 @@ async fn check(path: &std::path::Path, config: Config, connect: bool) -> ExitCod
             };
             match tenantgate::server::connect(&target, &[]).await {
                 Ok(_) => println!(
-                    "databases {:?}: connected to {}:{} as {}",
-                    db.name, db.host, db.port, db.user
+                    "databases {:?}: connected to {} as {}",
+                    db.name,
+                    target.addr(),
+                    db.user
                 ),
                 Err(e) => {
                     eprintln!("databases {:?}: {e}", db.name);

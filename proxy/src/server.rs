@@ -8,17 +8,20 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tenantgate_config::{DatabaseConfig, ServerTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Where and how to log in to a server; built from a `[[databases]]` entry.
 #[derive(Clone)]
 pub struct ServerTarget {
     pub host: String,
     pub port: u16,
+    /// Set when `host` is a directory: the server's Unix-domain socket in it.
+    pub unix_socket: Option<PathBuf>,
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
@@ -39,6 +42,7 @@ impl ServerTarget {
         Ok(ServerTarget {
             host: db.host.clone(),
             port: db.port,
+            unix_socket: db.unix_socket(),
             dbname: db.server_dbname().to_string(),
             user: db.user.clone(),
             password: db.password.clone(),
@@ -48,6 +52,32 @@ impl ServerTarget {
             max_message,
             max_prepared,
         })
+    }
+
+    /// Where the server is, for messages: `host:port` or the socket's path.
+    pub fn addr(&self) -> String {
+        match &self.unix_socket {
+            Some(path) => path.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// A new connection to the server, TLS negotiated as configured.
+    async fn open(&self) -> Result<Stream, ServerError> {
+        let connect_error = |source| ServerError::Connect {
+            addr: self.addr(),
+            source,
+        };
+        if let Some(path) = &self.unix_socket {
+            // Like libpq, no TLS on a local socket: validation refuses a mode that requires it.
+            let unix = UnixStream::connect(path).await.map_err(connect_error)?;
+            return Ok(Stream::Unix(unix));
+        }
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(connect_error)?;
+        tcp.set_nodelay(true).ok();
+        negotiate_tls(tcp, self).await
     }
 }
 
@@ -231,16 +261,8 @@ pub async fn connect(
     target: &ServerTarget,
     startup_params: &[(&str, &str)],
 ) -> Result<ServerConn, ServerError> {
-    let addr = format!("{}:{}", target.host, target.port);
     let fut = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|source| ServerError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        tcp.set_nodelay(true).ok();
-        let stream = negotiate_tls(tcp, target).await?;
+        let stream = target.open().await?;
         login(
             Framed::new(stream, target.max_message),
             target,
@@ -250,7 +272,7 @@ pub async fn connect(
     };
     tokio::time::timeout(target.connect_timeout, fut)
         .await
-        .map_err(|_| ServerError::Timeout(addr.clone()))?
+        .map_err(|_| ServerError::Timeout(target.addr()))?
 }
 
 async fn negotiate_tls(mut tcp: TcpStream, target: &ServerTarget) -> Result<Stream, ServerError> {
@@ -397,15 +419,8 @@ async fn authenticate(conn: &mut Framed, target: &ServerTarget) -> Result<(), Se
 
 /// Sends a CancelRequest for `pid`/`secret` on a new connection to the target.
 pub async fn send_cancel(target: &ServerTarget, pid: i32, secret: i32) -> Result<(), ServerError> {
-    let addr = format!("{}:{}", target.host, target.port);
     let fut = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|source| ServerError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let mut stream = negotiate_tls(tcp, target).await?;
+        let mut stream = target.open().await?;
         let mut out = BytesMut::new();
         frontend::cancel_request(pid, secret, &mut out);
         stream.write_all(&out).await.map_err(ConnError::Io)?;
@@ -417,5 +432,5 @@ pub async fn send_cancel(target: &ServerTarget, pid: i32, secret: i32) -> Result
     };
     tokio::time::timeout(target.connect_timeout, fut)
         .await
-        .map_err(|_| ServerError::Timeout(addr.clone()))?
+        .map_err(|_| ServerError::Timeout(target.addr()))?
 }

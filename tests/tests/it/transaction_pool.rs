@@ -177,3 +177,88 @@ async fn tenant_setting_follows_the_client_across_a_shared_server() {
     })
     .await;
 }
+
+/// `host` naming a directory puts the servers on Postgres' Unix-domain socket in it, as in libpq
+/// and PgBouncer: pooling, prepared statements and cancel requests all go over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_on_a_unix_socket_are_pooled_and_cancelled() {
+    let pg = PgServer::shared();
+    let mut config = one_server_transaction_mode();
+    for db in &mut config.databases {
+        db.host = pg.socket_dir().display().to_string();
+    }
+    let proxy = TestProxy::start(config).await;
+    within(30, "servers on a unix socket", async {
+        let a = proxy.connect_service().await;
+        let b = proxy.connect_service().await;
+        // Postgres reports client_port -1 for a session on its Unix-domain socket.
+        let local: bool = a
+            .query_one(
+                "SELECT client_addr IS NULL AND client_port = -1 \
+                 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(local, "the server connection is not on the unix socket");
+        let sa = a.prepare("SELECT $1::int4 * 2").await.unwrap();
+        let sb = b.prepare("SELECT $1::int4 * 3").await.unwrap();
+        for i in 0..5i32 {
+            assert_eq!(
+                a.query_one(&sa, &[&i]).await.unwrap().get::<_, i32>(0),
+                i * 2
+            );
+            assert_eq!(
+                b.query_one(&sb, &[&i]).await.unwrap().get::<_, i32>(0),
+                i * 3
+            );
+        }
+
+        let token = a.cancel_token();
+        let query = tokio::spawn(async move {
+            let r = a.simple_query("SELECT pg_sleep(30)").await;
+            (r, a)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let (result, a) = tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .expect("cancelled query did not return")
+            .unwrap();
+        let err = result.expect_err("pg_sleep(30) finished instead of being cancelled");
+        assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
+        a.simple_query("SELECT 1").await.unwrap();
+        b.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_unix_socket_is_named_in_the_error() {
+    let mut config = one_server_transaction_mode();
+    let dir = format!("/nonexistent-{}", unique_name("sock"));
+    for db in &mut config.databases {
+        db.host = dir.clone();
+        db.server_connect_timeout = 5.0;
+    }
+    let proxy = TestProxy::start(config).await;
+    within(30, "missing unix socket", async {
+        let text =
+            match connect(&proxy.client_config(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, "app"))
+                .await
+            {
+                Err(e) => format!("{e:?}"),
+                Ok(client) => {
+                    let e = client.simple_query("SELECT 1").await.unwrap_err();
+                    format!("{e:?}")
+                }
+            };
+        let socket = format!("{dir}/.s.PGSQL.");
+        assert!(
+            text.contains(&socket),
+            "error does not name {socket}: {text}"
+        );
+    })
+    .await;
+}
