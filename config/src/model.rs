@@ -118,6 +118,11 @@ pub enum LogFormat {
 pub struct ProxyConfig {
     /// Address clients connect to.
     pub listen: String,
+    /// Directory of a Unix-domain socket clients may connect to as well:
+    /// `{unix_socket_dir}/.s.PGSQL.{listen port}`, PgBouncer's key and libpq's file name.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Permission bits of that socket file (TOML: `0o777`).
+    pub unix_socket_mode: u32,
     pub tls_mode: TlsMode,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -164,6 +169,8 @@ impl Default for ProxyConfig {
             auth_timeout: 60.0,
             shutdown_timeout: 30.0,
             metrics_listen: None,
+            unix_socket_dir: None,
+            unix_socket_mode: 0o777,
             metrics_tenant_labels: false,
             metrics_max_tenants: 100,
             admin_users: Vec::new(),

@@ -285,3 +285,29 @@ fn unix_socket_hosts_refuse_required_tls_and_overlong_paths() {
     assert!(text.contains("databases[0].host"), "{text}");
     assert!(text.contains("the limit is 107"), "{text}");
 }
+
+#[test]
+fn unix_socket_dir_must_be_an_existing_short_directory() {
+    let with = |extra: &str| {
+        let text = GOOD.replace("admin_users", &format!("{extra}\nadmin_users"));
+        Config::from_toml(&text).unwrap().validate()
+    };
+    assert!(with("unix_socket_dir = \"/tmp\"\nunix_socket_mode = 0o770").is_ok());
+    for (extra, expect) in [
+        (
+            "unix_socket_dir = \"/nonexistent-tg-dir\"",
+            "not an existing directory",
+        ),
+        ("unix_socket_dir = \"tmp\"", "not an existing directory"),
+        ("unix_socket_mode = 0o1777", "at most 0o777"),
+    ] {
+        let text = with(extra).unwrap_err().to_string();
+        assert!(text.contains("proxy.unix_socket_"), "{extra}: {text}");
+        assert!(text.contains(expect), "{extra}: {text}");
+    }
+    let long = format!("/tmp/{}", "d".repeat(100));
+    let text = with(&format!("unix_socket_dir = \"{long}\""))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("107-byte limit"), "{text}");
+}

@@ -67,6 +67,28 @@ fn proxy(config: &Config, e: &mut Errors) {
         "proxy.listen",
         "must be an address like 127.0.0.1:6432",
     );
+    if let Some(dir) = &p.unix_socket_dir {
+        e.check(
+            dir.is_absolute() && dir.is_dir(),
+            "proxy.unix_socket_dir",
+            &format!(
+                "{} is not an existing directory (absolute path)",
+                dir.display()
+            ),
+        );
+        // sun_path holds 108 bytes including the NUL; ".s.PGSQL.65535" and a '/' take 15.
+        let len = dir.as_os_str().len();
+        e.check(
+            len <= 92,
+            "proxy.unix_socket_dir",
+            &format!("is {len} bytes; with the socket's file name the path would pass the 107-byte limit of Unix socket paths (use at most 92)"),
+        );
+    }
+    e.check(
+        p.unix_socket_mode <= 0o777,
+        "proxy.unix_socket_mode",
+        "must be permission bits, at most 0o777",
+    );
     if let Some(m) = &p.metrics_listen {
         e.check(
             m.parse::<SocketAddr>().is_ok(),

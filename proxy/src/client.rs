@@ -3,18 +3,16 @@
 use crate::app::{App, ClientGuard};
 use crate::auth::{self, AuthError};
 use crate::conn::Framed;
-use crate::io::Stream;
+use crate::io::{Peer, Stream};
 use crate::protocol::backend;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::PgError;
 use crate::session::{self, ClientIdentity};
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tenantgate_config::TlsMode;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// What the handshake produced: a (possibly TLS) stream and the startup parameters.
 struct Startup {
@@ -34,13 +32,12 @@ enum Handshake {
     Done,
 }
 
-pub async fn handle(app: Arc<App>, tcp: TcpStream, peer: SocketAddr, _guard: ClientGuard) {
-    tcp.set_nodelay(true).ok();
+pub async fn handle(app: Arc<App>, stream: Stream, peer: Peer, _guard: ClientGuard) {
     let timeout = app.config().proxy.auth_timeout();
     // Boxed: the handshake's and authentication's state is freed once the client is logged
     // in, instead of staying part of the task for the session's lifetime (session::run).
     let login = Box::pin(tokio::time::timeout(timeout, async {
-        match handshake(&app, tcp).await {
+        match handshake(&app, stream).await {
             Ok(Handshake::Startup(s)) => login(&app, s, peer).await,
             Ok(Handshake::Done) => None,
             Err((stream, e)) => {
@@ -76,8 +73,10 @@ async fn send_fatal(stream: &mut Stream, err: PgError) {
 }
 
 /// SSLRequest / GSSENCRequest / CancelRequest / StartupMessage, in any legal order.
-async fn handshake(app: &App, tcp: TcpStream) -> Result<Handshake, (Option<Stream>, StartupError)> {
-    let mut stream = Stream::Plain(tcp);
+async fn handshake(
+    app: &App,
+    mut stream: Stream,
+) -> Result<Handshake, (Option<Stream>, StartupError)> {
     let mut gss_refused = false;
     loop {
         let packet = match read_startup(&mut stream).await {
@@ -132,7 +131,8 @@ async fn handshake(app: &App, tcp: TcpStream) -> Result<Handshake, (Option<Strea
 }
 
 async fn upgrade_tls(app: &App, mut stream: Stream) -> std::io::Result<Stream> {
-    let Some(acceptor) = app.tls_acceptor() else {
+    // Like Postgres, no TLS on a Unix-domain socket.
+    let (Some(acceptor), Stream::Plain(_)) = (app.tls_acceptor(), &stream) else {
         stream.write_all(b"N").await?;
         return Ok(stream);
     };
@@ -152,7 +152,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Checks limits and credentials; on success the client has received AuthenticationOk.
-async fn login(app: &Arc<App>, startup: Startup, peer: SocketAddr) -> Option<LoggedIn> {
+async fn login(app: &Arc<App>, startup: Startup, peer: Peer) -> Option<LoggedIn> {
     let config = app.config();
     let mut conn = Framed::new(startup.stream, config.proxy.max_message_size);
     let params = startup.params;
@@ -171,7 +171,8 @@ async fn login(app: &Arc<App>, startup: Startup, peer: SocketAddr) -> Option<Log
         .await;
         return None;
     }
-    if config.proxy.tls_mode == TlsMode::Require && !conn.stream.is_tls() {
+    // A local client on the Unix socket is exempt, as PgBouncer does (no TLS there).
+    if config.proxy.tls_mode == TlsMode::Require && !conn.stream.is_tls() && peer != Peer::Unix {
         send_fatal(
             &mut conn.stream,
             reject(sqlstate::INVALID_AUTHORIZATION, "SSL required".into()),
@@ -282,7 +283,7 @@ async fn admin_login(
     app: &Arc<App>,
     mut conn: Framed,
     user: String,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Option<LoggedIn> {
     if !app.config().proxy.admin_users.contains(&user) {
         tracing::info!(%peer, %user, "admin console refused: not in admin_users");

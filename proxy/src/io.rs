@@ -1,6 +1,9 @@
 //! A connection that may or may not have been upgraded to TLS, on either side of the proxy.
 
+use std::fmt;
 use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -8,12 +11,47 @@ use tokio::net::{TcpStream, UnixStream};
 
 pub enum Stream {
     Plain(TcpStream),
-    /// Our connection to a Postgres server on its Unix-domain socket.
+    /// A Unix-domain socket: a local client on `unix_socket_dir`, or our connection to a
+    /// server whose `host` is a directory. Never TLS, as in Postgres.
     Unix(UnixStream),
     /// A client that upgraded with SSLRequest.
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// Our connection to a Postgres server over TLS.
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// The proxy's Unix-domain socket (`unix_socket_dir`).
+    Unix,
+}
+
+impl Peer {
+    /// The address column of SHOW CLIENTS: the IP, or `unix` as PgBouncer shows it.
+    pub fn addr(&self) -> String {
+        match self {
+            Peer::Tcp(a) => a.ip().to_string(),
+            Peer::Unix => "unix".into(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Peer::Tcp(a) => a.port(),
+            Peer::Unix => 0,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
 }
 
 impl Stream {
@@ -105,5 +143,55 @@ impl AsyncWrite for Stream {
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// The Unix-domain socket clients on this host may use: `{unix_socket_dir}/.s.PGSQL.{port}`,
+/// the file libpq looks for with `host=<dir> port=<port>`. The file is removed on drop.
+pub struct LocalSocket {
+    listener: tokio::net::UnixListener,
+    pub path: PathBuf,
+}
+
+impl LocalSocket {
+    pub fn bind(dir: &Path, port: u16, mode: u32) -> anyhow::Result<LocalSocket> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        let context = |what: &str| format!("proxy.unix_socket_dir: {what} {}", path.display());
+        // A socket file left by a process that died is replaced; a live one is not stolen.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                anyhow::bail!("{} (exists and is not a socket)", context("cannot use"));
+            }
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                anyhow::bail!(
+                    "{} (another process is listening on it)",
+                    context("cannot use")
+                );
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot remove stale socket")))?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot listen on")))?;
+        let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot set the mode of")));
+        // Built before `chmod` is checked, so that the file is removed on that error too.
+        let socket = LocalSocket { listener, path };
+        chmod.map(|()| socket)
+    }
+
+    /// The next client, or never when there is no socket.
+    pub async fn accept(socket: Option<&LocalSocket>) -> std::io::Result<tokio::net::UnixStream> {
+        match socket {
+            Some(s) => s.listener.accept().await.map(|(stream, _)| stream),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LocalSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -66,6 +66,15 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "tenantgate listening");
     }
+    let unix = match &config.proxy.unix_socket_dir {
+        Some(dir) => {
+            let port = listener.local_addr()?.port();
+            let socket = io::LocalSocket::bind(dir, port, config.proxy.unix_socket_mode)?;
+            tracing::info!(path = %socket.path.display(), "tenantgate listening");
+            Some(socket)
+        }
+        None => None,
+    };
     let tracker = TaskTracker::new();
     // From here on `shutdown` is also cancelled by the admin console's SHUTDOWN.
     let shutdown = {
@@ -90,22 +99,30 @@ pub async fn serve(
         tracker.spawn(on_sighup(app.clone(), shutdown.clone()));
     }
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let guard = app.client_guard();
-                    tracker.spawn(client::handle(app.clone(), tcp, peer, guard));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            tcp = listener.accept() => tcp.map(|(tcp, peer)| {
+                tcp.set_nodelay(true).ok();
+                (io::Stream::Plain(tcp), io::Peer::Tcp(peer))
+            }),
+            local = io::LocalSocket::accept(unix.as_ref()) => {
+                local.map(|s| (io::Stream::Unix(s), io::Peer::Unix))
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let guard = app.client_guard();
+                tracker.spawn(client::handle(app.clone(), stream, peer, guard));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     drop(listener);
+    drop(unix);
     let stop = app.shutdown_token();
     stop.start_drain();
     // Checkouts held back by an admin PAUSE would otherwise outlast the drain.

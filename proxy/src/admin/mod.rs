@@ -16,7 +16,6 @@ use crate::protocol::frame::BodyReader;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
@@ -27,7 +26,7 @@ pub const DATABASE: &str = "tenantgate";
 pub struct AdminIdentity {
     pub conn_id: u64,
     pub user: String,
-    pub peer: SocketAddr,
+    pub peer: crate::io::Peer,
 }
 
 /// What SHOW can show.

@@ -166,7 +166,7 @@ fn clients(app: &App) -> Table {
             c.user.clone().into(),
             c.database.clone().into(),
             if server.is_some() { "active" } else { "idle" }.into(),
-            c.peer.ip().to_string().into(),
+            c.peer.addr().into(),
             i64::from(c.peer.port()).into(),
             listen.map_or(String::new(), |a| a.ip().to_string()).into(),
             listen.map_or(0, |a| i64::from(a.port())).into(),

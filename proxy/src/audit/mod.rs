@@ -82,7 +82,6 @@ pub fn log_files(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathB
     Ok(found)
 }
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -131,7 +130,7 @@ impl AuditKind {
 pub struct AuditEvent {
     pub kind: AuditKind,
     pub conn: u64,
-    pub client_addr: SocketAddr,
+    pub client_addr: crate::io::Peer,
     pub user: String,
     pub database: String,
     pub tenant: Option<String>,

@@ -39,7 +39,7 @@ fn event(kind: AuditKind) -> AuditEvent {
     AuditEvent {
         kind,
         conn: 7,
-        client_addr: "127.0.0.1:40000".parse().unwrap(),
+        client_addr: crate::io::Peer::Tcp("127.0.0.1:40000".parse().unwrap()),
         user: "acme_app".into(),
         database: "app".into(),
         tenant: Some("acme".into()),

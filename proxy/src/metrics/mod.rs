@@ -21,7 +21,6 @@ use crate::cancel::{CancelSlot, CancelTarget};
 use crate::pool::Pool;
 use dashmap::DashMap;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -340,7 +339,7 @@ pub struct ClientInfo {
     pub conn_id: u64,
     pub user: String,
     pub database: String,
-    pub peer: SocketAddr,
+    pub peer: crate::io::Peer,
     pub tls: bool,
     pub application_name: String,
     pub connected: SystemTime,

@@ -28,7 +28,6 @@ pub(crate) use extended::ServerStatements;
 use extended::{ClientStatements, Expected};
 pub use relay::Shutdown;
 use relay::{RelayEnd, Waits};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tenantgate_config::{PoolMode, TenantSource};
@@ -38,7 +37,7 @@ use tokio::io::AsyncWriteExt;
 pub struct ClientIdentity {
     /// Connection number, for logs and the audit trail.
     pub conn_id: u64,
-    pub peer: SocketAddr,
+    pub peer: crate::io::Peer,
     pub user: String,
     pub database: String,
     pub user_config: Arc<UserEntry>,

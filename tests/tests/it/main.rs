@@ -23,3 +23,4 @@ mod restart;
 mod strategies;
 mod tls;
 mod transaction_pool;
+mod unix_socket;

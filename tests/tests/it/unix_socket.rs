@@ -1,0 +1,330 @@
+//! Unix-domain sockets on both sides, as libpq and PgBouncer name them (`{dir}/.s.PGSQL.{port}`):
+//! clients on the proxy's `unix_socket_dir`, and servers whose `host` is a directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tenantgate_config::{Config, PoolMode};
+use tenantgate_tests::pg::{self, PgServer};
+use tenantgate_tests::proxy::*;
+use tenantgate_tests::{tools, unique_name, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::SimpleQueryMessage;
+
+const ADMIN: &str = "tg_admin";
+
+/// Transaction mode with a single server connection: any sharing bug shows up at once.
+fn one_server_transaction_mode() -> Config {
+    let mut config = base_config(PgServer::shared());
+    for db in &mut config.databases {
+        db.pool_mode = PoolMode::Transaction;
+        db.pool_size = 1;
+        db.query_wait_timeout = 10.0;
+    }
+    config
+}
+
+/// The base config listening on a Unix socket in `dir` too, with an admin console user.
+fn local_socket_config(dir: &Path) -> Config {
+    let mut config = base_config(PgServer::shared());
+    config.proxy.unix_socket_dir = Some(dir.to_path_buf());
+    let mut admin = config.users[0].clone();
+    admin.name = ADMIN.into();
+    admin.tenant = None;
+    admin.bypass_policy = true;
+    config.users.push(admin);
+    config.proxy.admin_users = vec![ADMIN.into()];
+    config
+}
+
+fn local_client_config(
+    dir: &Path,
+    port: u16,
+    user: &str,
+    password: &str,
+) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host_path(dir)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(pg::APP_DB)
+        .connect_timeout(Duration::from_secs(10));
+    c
+}
+
+/// The proxy binds its Unix socket as it starts, after the TCP listener the test bound.
+async fn wait_for_socket(path: &Path) {
+    within(10, "the proxy's unix socket", async {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+fn first_row(msgs: &[SimpleQueryMessage]) -> Vec<Option<String>> {
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test]
+async fn clients_on_the_unix_socket_log_in_and_are_shown_as_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start(local_socket_config(dir.path())).await;
+    let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
+    wait_for_socket(&socket).await;
+    within(60, "clients on the unix socket", async {
+        // The tenant's login works as over TCP: the policy still applies.
+        let acme = connect(&local_client_config(
+            dir.path(),
+            proxy.port(),
+            ACME_USER,
+            ACME_PASSWORD,
+        ))
+        .await
+        .unwrap();
+        let tenant = first_row(
+            &acme
+                .simple_query("SELECT current_setting('app.current_tenant')")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(tenant[0].as_deref(), Some(ACME_TENANT));
+        let err = acme
+            .simple_query("SELECT set_config('app.current_tenant', 'globex', false)")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), Some("42501"), "{err:?}");
+
+        // psql finds the socket from host=<dir> port=<port>.
+        let conninfo = format!(
+            "host={} port={} user={ACME_USER} dbname={}",
+            dir.path().display(),
+            proxy.port(),
+            pg::APP_DB
+        );
+        let out = tools::psql(&conninfo, Some(ACME_PASSWORD), "select 40 + 2")
+            .await
+            .unwrap();
+        assert!(out.success, "psql failed: {}", out.stderr);
+        assert_eq!(out.stdout.trim(), "42");
+
+        // SHOW CLIENTS gives the address as PgBouncer does for local clients.
+        let admin = connect(&local_client_config(
+            dir.path(),
+            proxy.port(),
+            ADMIN,
+            ACME_PASSWORD,
+        ))
+        .await
+        .unwrap();
+        let mut admin_config = local_client_config(dir.path(), proxy.port(), ADMIN, ACME_PASSWORD);
+        admin_config.dbname("tenantgate");
+        let console = connect(&admin_config).await.unwrap();
+        let rows = console.simple_query("SHOW CLIENTS").await.unwrap();
+        let addrs: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get("addr").map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            addrs.iter().any(|a| a == "unix"),
+            "SHOW CLIENTS addr column: {addrs:?}"
+        );
+        drop(admin);
+
+        // No TLS on a Unix socket, as in Postgres: SSLRequest is answered 'N'.
+        let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .unwrap();
+        let mut answer = [0u8; 1];
+        raw.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N");
+    })
+    .await;
+    proxy.shutdown().await.unwrap();
+    assert!(!socket.exists(), "the socket file outlived the proxy");
+}
+
+#[tokio::test]
+async fn tls_required_still_admits_local_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = tenantgate_tests::tls::TestCa::new().unwrap();
+    let files = ca.write_server_files(certs.path()).unwrap();
+    let mut config = local_socket_config(dir.path());
+    config.proxy.tls_mode = tenantgate_config::TlsMode::Require;
+    config.proxy.tls_cert = Some(files.cert.clone());
+    config.proxy.tls_key = Some(files.key.clone());
+    let proxy = TestProxy::start(config).await;
+    wait_for_socket(&dir.path().join(format!(".s.PGSQL.{}", proxy.port()))).await;
+    within(30, "tls_mode = require and the unix socket", async {
+        let tcp = proxy.connect(ACME_USER, ACME_PASSWORD, pg::APP_DB).await;
+        assert!(
+            tcp.is_err(),
+            "plaintext TCP must be refused when tls_mode = require"
+        );
+        let local = connect(&local_client_config(
+            dir.path(),
+            proxy.port(),
+            ACME_USER,
+            ACME_PASSWORD,
+        ))
+        .await
+        .unwrap();
+        local.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = dir.path().join(format!(".s.PGSQL.{port}"));
+    let mut config = local_socket_config(dir.path());
+    config.proxy.listen = format!("127.0.0.1:{port}");
+    let config = Arc::new(config);
+
+    // Someone is listening on the socket: the proxy refuses to start, naming it.
+    let live = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let err = within(
+        10,
+        "refusing a live socket",
+        tenantgate::run(config.clone(), listener, token),
+    )
+    .await
+    .expect_err("started on a socket another process listens on");
+    let text = format!("{err:#}");
+    assert!(text.contains("another process is listening"), "{text}");
+    assert!(text.contains(&socket.display().to_string()), "{text}");
+    assert!(socket.exists(), "the other process's socket was removed");
+
+    // That process died and left its file: the proxy replaces it.
+    drop(live);
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(tenantgate::run(config.clone(), listener, token.clone()));
+    within(30, "replacing a stale socket", async {
+        let client = loop {
+            match connect(&local_client_config(
+                dir.path(),
+                port,
+                SERVICE_CLIENT,
+                SERVICE_CLIENT_PASSWORD,
+            ))
+            .await
+            {
+                Ok(c) => break c,
+                Err(_) if !task.is_finished() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("proxy did not start on a stale socket: {e:?}"),
+            }
+        };
+        client.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+    token.cancel();
+    within(30, "shutdown", task).await.unwrap().unwrap();
+    assert!(!socket.exists(), "the socket file outlived the proxy");
+}
+
+/// `host` naming a directory puts the servers on Postgres' Unix-domain socket in it, as in libpq
+/// and PgBouncer: pooling, prepared statements and cancel requests all go over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_on_a_unix_socket_are_pooled_and_cancelled() {
+    let pg = PgServer::shared();
+    let mut config = one_server_transaction_mode();
+    for db in &mut config.databases {
+        db.host = pg.socket_dir().display().to_string();
+    }
+    let proxy = TestProxy::start(config).await;
+    within(30, "servers on a unix socket", async {
+        let a = proxy.connect_service().await;
+        let b = proxy.connect_service().await;
+        // Postgres reports client_port -1 for a session on its Unix-domain socket.
+        let local: bool = a
+            .query_one(
+                "SELECT client_addr IS NULL AND client_port = -1 \
+                 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(local, "the server connection is not on the unix socket");
+        let sa = a.prepare("SELECT $1::int4 * 2").await.unwrap();
+        let sb = b.prepare("SELECT $1::int4 * 3").await.unwrap();
+        for i in 0..5i32 {
+            assert_eq!(
+                a.query_one(&sa, &[&i]).await.unwrap().get::<_, i32>(0),
+                i * 2
+            );
+            assert_eq!(
+                b.query_one(&sb, &[&i]).await.unwrap().get::<_, i32>(0),
+                i * 3
+            );
+        }
+
+        let token = a.cancel_token();
+        let query = tokio::spawn(async move {
+            let r = a.simple_query("SELECT pg_sleep(30)").await;
+            (r, a)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let (result, a) = tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .expect("cancelled query did not return")
+            .unwrap();
+        let err = result.expect_err("pg_sleep(30) finished instead of being cancelled");
+        assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
+        a.simple_query("SELECT 1").await.unwrap();
+        b.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_unix_socket_is_named_in_the_error() {
+    let mut config = one_server_transaction_mode();
+    let dir = format!("/nonexistent-{}", unique_name("sock"));
+    for db in &mut config.databases {
+        db.host = dir.clone();
+        db.server_connect_timeout = 5.0;
+    }
+    let proxy = TestProxy::start(config).await;
+    within(30, "missing unix socket", async {
+        let text =
+            match connect(&proxy.client_config(SERVICE_CLIENT, SERVICE_CLIENT_PASSWORD, "app"))
+                .await
+            {
+                Err(e) => format!("{e:?}"),
+                Ok(client) => {
+                    let e = client.simple_query("SELECT 1").await.unwrap_err();
+                    format!("{e:?}")
+                }
+            };
+        let socket = format!("{dir}/.s.PGSQL.");
+        assert!(
+            text.contains(&socket),
+            "error does not name {socket}: {text}"
+        );
+    })
+    .await;
+}
