@@ -111,7 +111,7 @@ def main():
     lines = []
     lines.append(f"pgbench -S, {meta.get('duration_s', '?')} s per cell (+{meta.get('connect_allowance_s_per_1000_clients', '?')} s per 1000 clients), scale {meta.get('scale', '?')}, "
                  f"-j {meta.get('jobs', '?')}, {meta.get('nproc', '?')} CPUs, pool size "
-                 f"{meta.get('pool_size', '?')} (both poolers; to Postgres over {meta.get('server_socket', 'tcp')}), commit {meta.get('git_commit', '?')}"
+                 f"{meta.get('pool_size', '?')} (both poolers; clients over {meta.get('client_socket', 'tcp')}, poolers to Postgres over {meta.get('server_socket', 'tcp')}), commit {meta.get('git_commit', '?')}"
                  f" — {meta.get('timestamp', '')}")
     lines.append("")
     lines.append("| target | mode | clients | tps | latency ms | failed txns | vs direct | vs pgbouncer | pooler CPU µs/txn (user + sys) | connect ms | status |")
@@ -159,7 +159,7 @@ def main():
     machine_keys = ["hostname", "nproc", "cpu_model", "mem_total_kb", "kernel", "os",
                     "pgbench_version", "pgbouncer_version", "postgres_version",
                     "tenantgate_version", "git_commit", "git_dirty"]
-    param_keys = ["duration_s", "scale", "jobs", "pool_size", "server_socket", "clients", "modes", "targets",
+    param_keys = ["duration_s", "scale", "jobs", "pool_size", "server_socket", "client_socket", "clients", "modes", "targets",
                   "direct_max_clients", "cell_timeout_s",
                   "connect_allowance_s_per_1000_clients", "warmup_s", "idle_clients",
                   "pgbouncer_prepared", "audit", "enforce", "pgbench_options"]
