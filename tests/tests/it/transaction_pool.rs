@@ -8,7 +8,7 @@ use tenantgate_tests::proxy::*;
 use tenantgate_tests::{unique_name, within};
 
 /// Transaction mode with a single server connection: any sharing bug shows up at once.
-fn one_server_transaction_mode() -> Config {
+pub(crate) fn one_server_transaction_mode() -> Config {
     let mut config = base_config(PgServer::shared());
     for db in &mut config.databases {
         db.pool_mode = PoolMode::Transaction;

@@ -4,25 +4,16 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tenantgate_config::{Config, PoolMode};
+use tenantgate_config::Config;
 use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::proxy::*;
 use tenantgate_tests::{tools, unique_name, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::transaction_pool::one_server_transaction_mode;
 
 const ADMIN: &str = "tg_admin";
-
-/// Transaction mode with a single server connection: any sharing bug shows up at once.
-fn one_server_transaction_mode() -> Config {
-    let mut config = base_config(PgServer::shared());
-    for db in &mut config.databases {
-        db.pool_mode = PoolMode::Transaction;
-        db.pool_size = 1;
-        db.query_wait_timeout = 10.0;
-    }
-    config
-}
 
 /// The base config listening on a Unix socket in `dir` too, with an admin console user.
 fn local_socket_config(dir: &Path) -> Config {
@@ -51,6 +42,13 @@ fn local_client_config(
         .dbname(pg::APP_DB)
         .connect_timeout(Duration::from_secs(10));
     c
+}
+
+/// A client of the proxy's Unix socket in `dir` (the proxy listens on TCP `port`).
+async fn connect_local(dir: &Path, port: u16, user: &str, password: &str) -> Client {
+    connect(&local_client_config(dir, port, user, password))
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot connect on the unix socket: {e:?}"))
 }
 
 /// The proxy binds its Unix socket as it starts, after the TCP listener the test bound.
@@ -82,14 +80,7 @@ async fn clients_on_the_unix_socket_log_in_and_are_shown_as_local() {
     wait_for_socket(&socket).await;
     within(60, "clients on the unix socket", async {
         // The tenant's login works as over TCP: the policy still applies.
-        let acme = connect(&local_client_config(
-            dir.path(),
-            proxy.port(),
-            ACME_USER,
-            ACME_PASSWORD,
-        ))
-        .await
-        .unwrap();
+        let acme = connect_local(dir.path(), proxy.port(), ACME_USER, ACME_PASSWORD).await;
         let tenant = first_row(
             &acme
                 .simple_query("SELECT current_setting('app.current_tenant')")
@@ -117,14 +108,6 @@ async fn clients_on_the_unix_socket_log_in_and_are_shown_as_local() {
         assert_eq!(out.stdout.trim(), "42");
 
         // SHOW CLIENTS gives the address as PgBouncer does for local clients.
-        let admin = connect(&local_client_config(
-            dir.path(),
-            proxy.port(),
-            ADMIN,
-            ACME_PASSWORD,
-        ))
-        .await
-        .unwrap();
         let mut admin_config = local_client_config(dir.path(), proxy.port(), ADMIN, ACME_PASSWORD);
         admin_config.dbname("tenantgate");
         let console = connect(&admin_config).await.unwrap();
@@ -140,7 +123,6 @@ async fn clients_on_the_unix_socket_log_in_and_are_shown_as_local() {
             addrs.iter().any(|a| a == "unix"),
             "SHOW CLIENTS addr column: {addrs:?}"
         );
-        drop(admin);
 
         // No TLS on a Unix socket, as in Postgres: SSLRequest is answered 'N'.
         let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
@@ -174,14 +156,7 @@ async fn tls_required_still_admits_local_clients() {
             tcp.is_err(),
             "plaintext TCP must be refused when tls_mode = require"
         );
-        let local = connect(&local_client_config(
-            dir.path(),
-            proxy.port(),
-            ACME_USER,
-            ACME_PASSWORD,
-        ))
-        .await
-        .unwrap();
+        let local = connect_local(dir.path(), proxy.port(), ACME_USER, ACME_PASSWORD).await;
         local.simple_query("SELECT 1").await.unwrap();
     })
     .await;
