@@ -560,9 +560,21 @@ impl Session {
         // server's statement of that name is not one the policy checked for this client: its
         // Parse was refused by the server or skipped after an error (the server kept an older
         // statement), or the client never prepared it.
-        let decision = match self.statements.get(name).and_then(|s| s.decision.as_ref()) {
+        let stmt = self.statements.get(name);
+        let decision = match stmt.and_then(|s| s.decision.as_ref()) {
             Some(decision) => decision,
             None if self.app.policy_mode(&self.id.database) == PolicyMode::Audit => return None,
+            // Recorded without a decision: prepared while the policy was off (then reloaded).
+            None if stmt.is_some() => {
+                return Some(
+                    PgError::no_such_statement(name)
+                        .with_detail(
+                            "The statement was prepared before the tenant policy applied \
+                             to this connection, so it was never checked.",
+                        )
+                        .with_hint("Prepare it again."),
+                )
+            }
             None => return Some(PgError::no_such_statement(name)),
         };
         let stmt = self.statements.get(name)?;

@@ -117,3 +117,40 @@ async fn reload_under_load_keeps_clients_and_applies_changes() {
     })
     .await;
 }
+
+/// A statement prepared while the policy was off was never checked. After a reload to enforce,
+/// a Bind of it is refused (26000, with a hint to prepare it again) in both pool modes, and
+/// preparing it again works.
+#[tokio::test]
+async fn statements_prepared_before_the_policy_applied_must_be_prepared_again() {
+    for mode in [
+        tenantgate_config::PoolMode::Session,
+        tenantgate_config::PoolMode::Transaction,
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tenantgate.toml");
+        let mut cfg = config();
+        cfg.databases[0].pool_mode = mode;
+        cfg.policy.mode = tenantgate_config::PolicyMode::Off;
+        write(&path, &cfg);
+        let proxy = TestProxy::start_with_path(cfg.clone(), Some(path.clone())).await;
+        within(30, "policy turned on under a prepared statement", async {
+            let acme = proxy.connect_acme().await;
+            let old = acme.prepare("SELECT $1::int4 + 1").await.unwrap();
+            cfg.policy.mode = tenantgate_config::PolicyMode::Enforce;
+            write(&path, &cfg);
+            reload(&proxy).await.unwrap();
+
+            let err = acme.query_one(&old, &[&1i32]).await.unwrap_err();
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+            assert_eq!(db.code().code(), "26000", "{mode:?}: {db:?}");
+            let hint = db.hint().unwrap_or_default();
+            assert!(hint.contains("Prepare it again"), "{mode:?}: {db:?}");
+
+            let new = acme.prepare("SELECT $1::int4 + 1").await.unwrap();
+            let n: i32 = acme.query_one(&new, &[&1i32]).await.unwrap().get(0);
+            assert_eq!(n, 2);
+        })
+        .await;
+    }
+}
