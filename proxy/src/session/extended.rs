@@ -31,11 +31,11 @@ pub struct Statement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Parse; `global` is the server-side name it creates (None for the unnamed statement),
-    /// `client_name` the client's name to forget if it fails.
+    /// `client_name` the client's name and the record this Parse made, forgotten if it fails.
     Parse {
         visible: bool,
         global: Option<String>,
-        client_name: Option<String>,
+        client_name: Option<(String, u64)>,
     },
     Bind,
     /// Describe; for a statement, the client's name (`""` = unnamed) to record its parameter
@@ -322,8 +322,8 @@ impl Expected {
                     if let Some(g) = global {
                         server_stmts.forget(g);
                     }
-                    if let Some(name) = client_name {
-                        client.forget_if(name, global.as_deref());
+                    if let Some((name, record)) = client_name {
+                        client.forget_if(name, *record);
                     }
                 }
                 _ => {}
@@ -412,12 +412,17 @@ pub struct ClientStatement {
     /// The statement text, kept while the policy applies so the decision can be re-made
     /// when the tenant or its placement changes.
     pub sql: Option<Arc<str>>,
+    /// Which Parse recorded it (set by [`ClientStatements::insert`]): the error of an earlier
+    /// Parse of the name, pipelined before this one, must not drop it.
+    pub record: u64,
 }
 
 /// A client's named statements, and its last unnamed Parse.
 #[derive(Default)]
 pub struct ClientStatements {
     named: HashMap<String, ClientStatement>,
+    /// The last record number given out.
+    records: u64,
     pub unnamed: ClientStatement,
     /// The last Parse of the unnamed statement, to replay on another server.
     pub unnamed_parse: Option<Bytes>,
@@ -436,12 +441,16 @@ impl ClientStatements {
         self.named.contains_key(name)
     }
 
-    pub fn insert(&mut self, name: &str, stmt: ClientStatement) {
+    /// Records the statement a Parse of `name` makes; returns its record number.
+    pub fn insert(&mut self, name: &str, mut stmt: ClientStatement) -> u64 {
+        self.records += 1;
+        stmt.record = self.records;
         if name.is_empty() {
             self.unnamed = stmt;
         } else {
             self.named.insert(name.to_string(), stmt);
         }
+        self.records
     }
 
     pub fn remove(&mut self, name: &str) -> Option<ClientStatement> {
@@ -467,11 +476,9 @@ impl ClientStatements {
         self.unnamed_parse = None;
     }
 
-    fn forget_if(&mut self, name: &str, global: Option<&str>) {
-        let same = self
-            .get(name)
-            .is_some_and(|s| s.global.as_ref().map(|g| g.global.as_str()) == global);
-        if !same {
+    /// Forgets `name` if it is still what the failed Parse recorded.
+    fn forget_if(&mut self, name: &str, record: u64) {
+        if self.get(name).is_none_or(|s| s.record != record) {
             return;
         }
         if name.is_empty() {
@@ -679,7 +686,7 @@ mod tests {
         let mut server = ServerStatements::new(4);
         let mut client = ClientStatements::default();
         let st = Arc::new(global_statement("bad sql", &[0, 0]));
-        client.insert(
+        let record = client.insert(
             "s1",
             ClientStatement {
                 global: Some(st.clone()),
@@ -690,7 +697,7 @@ mod tests {
         q.push(Expect::Parse {
             visible: true,
             global: Some(st.global.clone()),
-            client_name: Some("s1".into()),
+            client_name: Some(("s1".into(), record)),
         });
         q.push(Expect::Synthetic(msg(b'1').raw));
         q.push(Expect::Bind);

@@ -294,9 +294,10 @@ impl Session {
                             sql: decision.as_ref().map(|_| Arc::from(msg.query)),
                             decision,
                             param_types: msg.type_oids(),
+                            record: 0,
                         };
-                        self.statements.insert(msg.name, stmt);
-                        client_name = Some(msg.name.to_string());
+                        let record = self.statements.insert(msg.name, stmt);
+                        client_name = Some((msg.name.to_string(), record));
                     }
                 }
                 self.expected.push(Expect::Parse {
@@ -427,20 +428,21 @@ impl Session {
             self.progress.unnamed_parsed = true;
             self.progress.unnamed_unsure |= behind;
             self.statements.unnamed_parse = Some(frame.raw.clone());
-            self.statements.insert(
+            let record = self.statements.insert(
                 "",
                 ClientStatement {
                     global: None,
                     sql: decision.as_ref().map(|_| Arc::from(query)),
                     decision,
                     param_types,
+                    record: 0,
                 },
             );
             // A failed Parse drops the unnamed statement: not to be replayed either.
             self.expected.push(Expect::Parse {
                 visible: true,
                 global: None,
-                client_name: Some(String::new()),
+                client_name: Some((String::new(), record)),
             });
             return self.to_server.extend_from_slice(&frame.raw);
         }
@@ -460,19 +462,20 @@ impl Session {
             });
             return self.to_server.extend_from_slice(&stmt.parse);
         }
-        self.statements.insert(
+        let record = self.statements.insert(
             name,
             ClientStatement {
                 global: Some(stmt.clone()),
                 sql: decision.as_ref().map(|_| Arc::from(query)),
                 decision,
                 param_types,
+                record: 0,
             },
         );
         if self.server_has(&stmt.global) {
             self.expected.push(Expect::Synthetic(empty_message(b'1')));
         } else {
-            self.prepare(&stmt, true, Some(name.to_string()));
+            self.prepare(&stmt, true, Some((name.to_string(), record)));
         }
     }
 
@@ -560,7 +563,7 @@ impl Session {
 
     /// Sends the Parse for a global statement, closing the least recently used one if the
     /// server's statement cache is full.
-    fn prepare(&mut self, stmt: &Statement, visible: bool, client_name: Option<String>) {
+    fn prepare(&mut self, stmt: &Statement, visible: bool, client_name: Option<(String, u64)>) {
         tracing::trace!(global = %stmt.global, visible, ?client_name, "prepare on server");
         let evicted = self
             .server

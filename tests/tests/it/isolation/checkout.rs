@@ -538,3 +538,46 @@ async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() 
         }
     }
 }
+
+/// `P("", bad) S P("", read) S` pipelined, then `B("") E S`: on Postgres the second Parse
+/// replaced the failed one and the Bind runs it. The proxy learns of the first Parse's error
+/// after it recorded the second; that error must not drop the second (a false 26000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_unnamed_parse_does_not_drop_the_one_pipelined_after_it() {
+    let db = within(60, "database", tenant_database(false)).await;
+    let bad = "SELECT no_such_column FROM orders WHERE tenant_id = $1";
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
+        let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
+        let parses = [
+            pipeline::parse("", bad, &[]),
+            pipeline::sync(),
+            pipeline::parse("", read, &[]),
+            pipeline::sync(),
+        ]
+        .concat();
+        let replies = within(60, "two parses", pipeline::round_trip(&mut c, &parses, 2))
+            .await
+            .unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(
+            seen.iter().any(|m| m.contains("42703")) && seen.iter().any(|m| m == "ParseComplete"),
+            "{mode:?}: {seen:?}"
+        );
+        let run = [
+            pipeline::bind("", "", &[], &[Some(b"acme")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat();
+        let replies = within(60, "bind", pipeline::round_trip(&mut c, &run, 1))
+            .await
+            .unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(
+            seen.iter().any(|m| m == "Row[acme]"),
+            "{mode:?}: the second Parse was dropped: {seen:?}"
+        );
+    }
+}
