@@ -651,7 +651,13 @@ impl Session {
             let mut conn = conn;
             // A server whose settings statement has no known outcome is never reused.
             let reusable = !self.progress.setup_unconfirmed
-                && relay::settle(&mut conn, &mut self.progress, &mut self.to_server).await;
+                && relay::settle(
+                    &mut conn,
+                    &mut self.progress,
+                    &mut self.to_server,
+                    (&mut self.expected, &mut self.statements),
+                )
+                .await;
             finish(&pool, conn, reusable, !self.tx_mode).await;
         }
         self.audit_pending.push(AuditKind::Disconnect);

@@ -5,6 +5,7 @@
 //! [`HIGH_WATER`]. Neither side can block the other's progress, so a client that pipelines
 //! large batches cannot deadlock against a server streaming large results.
 
+use super::extended::{ClientStatements, Expect, Expected};
 use super::{setup, Progress, Session};
 use crate::app::App;
 use crate::protocol::frame::put_message;
@@ -458,12 +459,17 @@ impl Session {
     }
 }
 
+/// What the server's replies to the client's messages will be, and the client's statements:
+/// the settle reads an error's consequences from them as the session does.
+type Outstanding<'a> = (&'a mut Expected, &'a mut ClientStatements);
+
 /// After the client is gone: finish or abort what it left running, so that the server is at
 /// ReadyForQuery with nothing outstanding. Returns whether the server can be reused.
 pub(super) async fn settle(
     conn: &mut ServerConn,
     p: &mut Progress,
     to_server: &mut BytesMut,
+    outstanding: Outstanding<'_>,
 ) -> bool {
     if p.copy_in {
         put_message(to_server, b'f', b"client disconnected during COPY\0");
@@ -471,14 +477,16 @@ pub(super) async fn settle(
     }
     if p.unsynced {
         put_message(to_server, b'S', b"");
+        outstanding.0.push(Expect::Ready);
         p.pending += 1;
         p.unsynced = false;
     }
     if p.pending == 0 && to_server.is_empty() {
         return true;
     }
+    let drain = drain_server(conn, p, to_server, outstanding);
     matches!(
-        tokio::time::timeout(SETTLE_TIMEOUT, drain_server(conn, p, to_server)).await,
+        tokio::time::timeout(SETTLE_TIMEOUT, drain).await,
         Ok(Ok(()))
     )
 }
@@ -487,16 +495,25 @@ async fn drain_server(
     conn: &mut ServerConn,
     p: &mut Progress,
     to_server: &mut BytesMut,
+    (expected, statements): Outstanding<'_>,
 ) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
     conn.conn.stream.write_all(to_server).await?;
     to_server.clear();
+    let mut ignored = BytesMut::new();
     while p.pending > 0 {
         let frame = conn
             .conn
             .read_frame()
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
+        // An error makes the server skip to the next Sync, Queries included, which then
+        // produce no ReadyForQuery.
+        expected.route(&frame, &mut ignored, &mut conn.statements, statements);
+        ignored.clear();
+        if frame.tag == b'E' {
+            p.pending = p.pending.saturating_sub(expected.take_skipped_queries());
+        }
         match frame.tag {
             b'Z' => {
                 p.pending -= 1;

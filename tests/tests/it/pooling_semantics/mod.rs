@@ -17,6 +17,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 #[macro_use]
 mod lifecycle;
 use lifecycle::*;
+mod abandoned;
 mod copy_listen_discard;
 
 /// [`transaction_mode`] with one server, waited for up to `seconds`.
