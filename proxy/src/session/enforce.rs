@@ -1,10 +1,11 @@
 //! Screening client statements: the tenant policy, tenant switching, and the session commands
 //! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
 
+use super::extended::bind_statement;
 use super::settings::{set_config_call, set_sql, Keywords, SessionEffects};
 use super::Session;
 use crate::audit::AuditKind;
-use crate::protocol::frame::BodyReader;
+use crate::protocol::frame::{BodyReader, Frame};
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use std::sync::Arc;
@@ -548,6 +549,22 @@ impl Session {
         Some(err)
     }
 
+    /// Session mode: a Bind of a statement whose Parse went out in an earlier segment (a Sync
+    /// came between) and is not answered yet. Should that Parse fail or be skipped after an
+    /// error, the server runs whatever it held under the name before, which the policy did
+    /// not check for this Bind: the Bind waits until the server has answered what came before
+    /// it, as it would wait behind those messages at the server anyway.
+    pub(super) fn bind_must_wait(&self, frame: &Frame) -> bool {
+        if self.tx_mode || !self.policy_applies() {
+            return false;
+        }
+        bind_statement(frame).is_some_and(|name| {
+            self.statements
+                .get(name)
+                .is_some_and(|s| s.pending && s.segment != self.progress.segments)
+        })
+    }
+
     fn check_bind(&self, body: &[u8]) -> Option<PgError> {
         if !self.policy_applies() {
             return None;
@@ -565,14 +582,15 @@ impl Session {
             Some(decision) => decision,
             None if self.app.policy_mode(&self.id.database) == PolicyMode::Audit => return None,
             // Recorded without a decision: prepared while the policy was off (then reloaded).
-            None if stmt.is_some() => {
+            // (The unnamed statement always has an entry; record 0 means never prepared.)
+            None if stmt.is_some_and(|s| s.record != 0) => {
                 return Some(
                     PgError::no_such_statement(name)
                         .with_detail(
                             "The statement was prepared before the tenant policy applied \
                              to this connection, so it was never checked.",
                         )
-                        .with_hint("Prepare it again."),
+                        .with_hint("Close it (DEALLOCATE) and prepare it again."),
                 )
             }
             None => return Some(PgError::no_such_statement(name)),

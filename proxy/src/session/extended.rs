@@ -258,6 +258,16 @@ impl Expected {
         if tag == b'E' {
             return self.extended_error(to_client, server_stmts, client);
         }
+        if let (
+            b'1',
+            Some(Expect::Parse {
+                client_name: Some((name, record)),
+                ..
+            }),
+        ) = (tag, self.queue.front())
+        {
+            client.confirm(name, *record);
+        }
         let Some(front) = self.queue.front() else {
             return Route::Forward;
         };
@@ -415,6 +425,10 @@ pub struct ClientStatement {
     /// Which Parse recorded it (set by [`ClientStatements::insert`]): the error of an earlier
     /// Parse of the name, pipelined before this one, must not drop it.
     pub record: u64,
+    /// Session mode: its Parse has not been answered yet, and it was sent in the client's
+    /// segment number `segment` (counted by Syncs, Queries and FunctionCalls).
+    pub pending: bool,
+    pub segment: u64,
 }
 
 /// A client's named statements, and its last unnamed Parse.
@@ -474,6 +488,18 @@ impl ClientStatements {
     pub fn forget_unnamed(&mut self) {
         self.unnamed = ClientStatement::default();
         self.unnamed_parse = None;
+    }
+
+    /// The Parse that recorded `name` as `record` succeeded.
+    fn confirm(&mut self, name: &str, record: u64) {
+        let stmt = if name.is_empty() {
+            Some(&mut self.unnamed)
+        } else {
+            self.named.get_mut(name)
+        };
+        if let Some(s) = stmt.filter(|s| s.record == record) {
+            s.pending = false;
+        }
     }
 
     /// Forgets `name` if it is still what the failed Parse recorded.

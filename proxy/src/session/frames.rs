@@ -41,11 +41,16 @@ impl Session {
         // One allocation for what this batch forwards, instead of growing message by message.
         self.to_server.reserve(self.client.rbuf.len());
         loop {
-            if self.progress.gate_closed {
-                // Until the settings statement sent with this request is known to have worked.
+            if self.progress.gate() {
+                // Until the settings statement sent with this request is known to have worked,
+                // or the server has answered what came before a held Bind.
                 return None;
             }
-            let frame = match next_frame(&mut self.client.rbuf, max) {
+            let next = match self.held.take() {
+                Some(held) => Ok(Some(held)),
+                None => next_frame(&mut self.client.rbuf, max),
+            };
+            let frame = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
                 Err(e) => {
@@ -76,6 +81,11 @@ impl Session {
                 if let Err(e) = self.refresh_placement() {
                     return Some(RelayEnd::Fatal(e));
                 }
+            }
+            if frame.tag == b'B' && self.bind_must_wait(&frame) {
+                self.held = Some(frame);
+                self.progress.holding = true;
+                return None;
             }
             let screened = self.screen(&frame);
             let tag = frame.tag;
@@ -262,6 +272,7 @@ impl Session {
             b'S' if p.copy_extended => {} // ignored by the server in copy-in mode
             b'Q' | b'F' | b'S' => {
                 p.pending += 1;
+                p.segments += 1;
                 if frame.tag == b'S' {
                     p.unsynced = false;
                     self.expected.push(Expect::Ready);
@@ -295,6 +306,8 @@ impl Session {
                             decision,
                             param_types: msg.type_oids(),
                             record: 0,
+                            pending: true,
+                            segment: p.segments,
                         };
                         let record = self.statements.insert(msg.name, stmt);
                         client_name = Some((msg.name.to_string(), record));
@@ -435,7 +448,7 @@ impl Session {
                     sql: decision.as_ref().map(|_| Arc::from(query)),
                     decision,
                     param_types,
-                    record: 0,
+                    ..Default::default()
                 },
             );
             // A failed Parse drops the unnamed statement: not to be replayed either.
@@ -469,7 +482,7 @@ impl Session {
                 sql: decision.as_ref().map(|_| Arc::from(query)),
                 decision,
                 param_types,
-                record: 0,
+                ..Default::default()
             },
         );
         if self.server_has(&stmt.global) {

@@ -89,6 +89,18 @@ struct Progress {
     setup_undone: bool,
     /// The settings statement failed: the session ends with this error.
     setup_failed: Option<PgError>,
+    /// Session mode: Syncs, Queries and FunctionCalls sent, i.e. the client's segment number.
+    segments: u64,
+    /// Session mode: a Bind waits (in `held`) until the server has answered what was sent
+    /// before it, see `Session::bind_must_wait`.
+    holding: bool,
+}
+
+impl Progress {
+    /// Client messages wait in the read buffer (or `held`) until the server has answered.
+    fn gate(&self) -> bool {
+        self.gate_closed || self.holding
+    }
 }
 
 pub struct Session {
@@ -128,6 +140,8 @@ pub struct Session {
     screened_effects: Option<settings::SessionEffects>,
     /// After a rejected extended-protocol message: drop client messages until Sync.
     skip_until_sync: bool,
+    /// The client message held while `progress.holding`.
+    held: Option<Frame>,
     /// `desired` holds the values as the client wrote them: read them back, as the server
     /// normalizes them, after the first transaction.
     settings_unnormalized: bool,
@@ -340,6 +354,7 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         custom_settings: startup_custom,
         screened_effects: None,
         skip_until_sync: false,
+        held: None,
         settings_unnormalized: false,
         audit_pending: vec![AuditKind::Connect],
         cancel,

@@ -242,7 +242,7 @@ impl Session {
                     self.drop_read_buffer();
                 }
                 Event::Server => {
-                    let gated = self.progress.gate_closed;
+                    let gated = self.progress.gate();
                     if let Err(e) = self.server_frames() {
                         tracing::warn!(error = %e, "invalid message from server");
                         return Box::pin(self.server_lost()).await;
@@ -255,7 +255,10 @@ impl Session {
                     }
                     // Messages held until the settings' outcome was known go on now, after
                     // a release: an undone tenant is then set again at the next checkout.
-                    let resume = gated && !self.progress.gate_closed;
+                    if self.progress.holding && self.progress.pending == 0 {
+                        self.progress.holding = false;
+                    }
+                    let resume = gated && !self.progress.gate();
                     if self.releasable() {
                         // The reply first (one non-blocking write, nearly always complete),
                         // then the server to the next client: its task runs once this one
@@ -371,7 +374,7 @@ impl Session {
             ..
         } = self;
         // Messages wait behind the closed gate: read no more until it opens.
-        let read_client = !progress.gate_closed;
+        let read_client = !progress.gate();
         let mut server = server.as_mut().map(|s| &mut s.conn.conn);
         poll_fn(|cx| {
             // Once per wake-up: the shutdown and timer futures keep this task's waker.

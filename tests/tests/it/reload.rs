@@ -145,7 +145,7 @@ async fn statements_prepared_before_the_policy_applied_must_be_prepared_again() 
             let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
             assert_eq!(db.code().code(), "26000", "{mode:?}: {db:?}");
             let hint = db.hint().unwrap_or_default();
-            assert!(hint.contains("Prepare it again"), "{mode:?}: {db:?}");
+            assert!(hint.contains("prepare it again"), "{mode:?}: {db:?}");
 
             let new = acme.prepare("SELECT $1::int4 + 1").await.unwrap();
             let n: i32 = acme.query_one(&new, &[&1i32]).await.unwrap().get(0);

@@ -460,7 +460,8 @@ async fn a_skipped_unnamed_parse_does_not_leave_the_older_statement_to_run() {
 /// A Parse the server skips (behind a failing message) or refuses (the name exists: 42P05)
 /// leaves the server's older statement in place. In either pool mode the proxy must not check
 /// a later Bind against the text the server did not take, then run the older statement (a
-/// tenant-filtered read) with another tenant's value. Sent one segment at a time. RLS off.
+/// tenant-filtered read) with another tenant's value. Sent one segment at a time, then all in
+/// one write (the Binds are then screened before any reply). RLS off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() {
     let db = within(60, "database", tenant_database(false)).await;
@@ -535,6 +536,19 @@ async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() 
                 globex <= 1,
                 "{mode:?}, {what}: the older read ran with globex: {seen:?}"
             );
+            // The same segments in one write: the Bind is screened before any reply.
+            drop(c);
+            let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
+            let all = segments.concat();
+            let replies = within(60, what, pipeline::round_trip(&mut c, &all, segments.len()))
+                .await
+                .unwrap();
+            let seen = pipeline::summarize(&replies);
+            let globex = seen.iter().filter(|m| *m == "Row[globex]").count();
+            assert!(
+                globex <= 1,
+                "{mode:?}, {what}, pipelined: the older read ran with globex: {seen:?}"
+            );
         }
     }
 }
@@ -578,6 +592,65 @@ async fn a_failed_unnamed_parse_does_not_drop_the_one_pipelined_after_it() {
         assert!(
             seen.iter().any(|m| m == "Row[acme]"),
             "{mode:?}: the second Parse was dropped: {seen:?}"
+        );
+    }
+}
+
+/// `P(s, A) S P(s, B) S B(s) E S` in one write, where A passes the policy but fails on the
+/// server: Postgres then holds B under `s` and runs it. The Bind is screened when it is sent,
+/// before the server's replies are read, so it must not be checked against A alone: here A
+/// binds `$1` to no tenant column and B compares it with `tenant_id`. RLS off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_pipelined_behind_a_failing_parse_is_checked_against_what_may_run() {
+    let db = within(60, "database", tenant_database(false)).await;
+    let fails = "SELECT tenant_id FROM orders \
+                 WHERE tenant_id = current_setting('app.current_tenant') AND no_such_column = $1";
+    let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
+        let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
+        let batch = [
+            pipeline::parse("s", fails, &[]),
+            pipeline::sync(),
+            pipeline::parse("s", read, &[]),
+            pipeline::sync(),
+            pipeline::bind("", "s", &[], &[Some(b"globex")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat();
+        let replies = within(60, "pipelined", pipeline::round_trip(&mut c, &batch, 3))
+            .await
+            .unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(
+            !seen.iter().any(|m| m == "Row[globex]"),
+            "{mode:?}: another tenant's rows: {seen:?}"
+        );
+        // The same pipeline with a Parse that works: the Bind waits for its answer, then runs.
+        let batch = [
+            pipeline::parse("t", read, &[]),
+            pipeline::sync(),
+            pipeline::bind("", "t", &[], &[Some(b"acme")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+            pipeline::bind("", "t", &[], &[Some(b"globex")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat();
+        let replies = within(
+            60,
+            "pipelined, working",
+            pipeline::round_trip(&mut c, &batch, 3),
+        )
+        .await
+        .unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(seen.iter().any(|m| m == "Row[acme]"), "{mode:?}: {seen:?}");
+        assert!(
+            !seen.iter().any(|m| m == "Row[globex]") && pipeline::first_error(&replies).is_some(),
+            "{mode:?}: the globex Bind must be refused: {seen:?}"
         );
     }
 }
