@@ -33,9 +33,10 @@
 #   CACHE_UNNAMED [1]      1 = after each extended group, a tenantgate+cache-unnamed cell
 #                          (cache_unnamed_statements = true)
 #   SERVER_SOCKET [tcp]    how both poolers reach Postgres: tcp (127.0.0.1) or unix (its
-#                          Unix-domain socket; pgbench reaches every target over TCP either way)
+#                          Unix-domain socket)
 #   CLIENT_SOCKET [tcp]    how pgbench reaches every target: tcp, or unix (Postgres' socket for
-#                          direct, each pooler's unix_socket_dir for the poolers)
+#                          direct, where local logins are trust, not SCRAM; each pooler's
+#                          unix_socket_dir). The idle-client and callgrind runs use TCP always.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -365,6 +366,10 @@ start_tenantgate() {
     TG_PID=$!
     echo "$TG_PID" >"$TMP/tenantgate.pid"
     wait_port "$TG_PORT" 20 || { tail -n 30 "$TMP/tenantgate.log" >&2; die "tenantgate is not listening"; }
+    # The Unix socket is bound just after the TCP listener.
+    if [ "$CLIENT_SOCKET" = unix ]; then
+        for _ in $(seq 100); do [ -S "$TMP/clientsock/.s.PGSQL.$TG_PORT" ] && break; sleep 0.1; done
+    fi
 }
 log "tenantgate ($BIN) on 127.0.0.1:$TG_PORT"
 start_tenantgate

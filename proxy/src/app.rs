@@ -152,8 +152,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     check("proxy.listen", old.proxy.listen != new.proxy.listen);
     check(
         "proxy.unix_socket_dir",
-        old.proxy.unix_socket_dir != new.proxy.unix_socket_dir
-            || old.proxy.unix_socket_mode != new.proxy.unix_socket_mode,
+        old.proxy.unix_socket_dir != new.proxy.unix_socket_dir,
+    );
+    check(
+        "proxy.unix_socket_mode",
+        old.proxy.unix_socket_mode != new.proxy.unix_socket_mode,
     );
     check(
         "proxy.metrics_listen",

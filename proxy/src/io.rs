@@ -3,7 +3,6 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -143,55 +142,5 @@ impl AsyncWrite for Stream {
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-/// The Unix-domain socket clients on this host may use: `{unix_socket_dir}/.s.PGSQL.{port}`,
-/// the file libpq looks for with `host=<dir> port=<port>`. The file is removed on drop.
-pub struct LocalSocket {
-    listener: tokio::net::UnixListener,
-    pub path: PathBuf,
-}
-
-impl LocalSocket {
-    pub fn bind(dir: &Path, port: u16, mode: u32) -> anyhow::Result<LocalSocket> {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        let path = dir.join(format!(".s.PGSQL.{port}"));
-        let context = |what: &str| format!("proxy.unix_socket_dir: {what} {}", path.display());
-        // A socket file left by a process that died is replaced; a live one is not stolen.
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if !meta.file_type().is_socket() {
-                anyhow::bail!("{} (exists and is not a socket)", context("cannot use"));
-            }
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                anyhow::bail!(
-                    "{} (another process is listening on it)",
-                    context("cannot use")
-                );
-            }
-            std::fs::remove_file(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot remove stale socket")))?;
-        }
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot listen on")))?;
-        let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", context("cannot set the mode of")));
-        // Built before `chmod` is checked, so that the file is removed on that error too.
-        let socket = LocalSocket { listener, path };
-        chmod.map(|()| socket)
-    }
-
-    /// The next client, or never when there is no socket.
-    pub async fn accept(socket: Option<&LocalSocket>) -> std::io::Result<tokio::net::UnixStream> {
-        match socket {
-            Some(s) => s.listener.accept().await.map(|(stream, _)| stream),
-            None => std::future::pending().await,
-        }
-    }
-}
-
-impl Drop for LocalSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

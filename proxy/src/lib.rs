@@ -13,6 +13,7 @@ mod client;
 pub mod conn;
 pub mod discovery;
 pub mod io;
+mod local_socket;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
@@ -69,7 +70,8 @@ pub async fn serve(
     let unix = match &config.proxy.unix_socket_dir {
         Some(dir) => {
             let port = listener.local_addr()?.port();
-            let socket = io::LocalSocket::bind(dir, port, config.proxy.unix_socket_mode)?;
+            let socket =
+                local_socket::LocalSocket::bind(dir, port, config.proxy.unix_socket_mode).await?;
             tracing::info!(path = %socket.path.display(), "tenantgate listening");
             Some(socket)
         }
@@ -105,7 +107,7 @@ pub async fn serve(
                 tcp.set_nodelay(true).ok();
                 (io::Stream::Plain(tcp), io::Peer::Tcp(peer))
             }),
-            local = io::LocalSocket::accept(unix.as_ref()) => {
+            local = local_socket::LocalSocket::accept(unix.as_ref()) => {
                 local.map(|s| (io::Stream::Unix(s), io::Peer::Unix))
             }
         };

@@ -168,7 +168,11 @@ fn clients(app: &App) -> Table {
             if server.is_some() { "active" } else { "idle" }.into(),
             c.peer.addr().into(),
             i64::from(c.peer.port()).into(),
-            listen.map_or(String::new(), |a| a.ip().to_string()).into(),
+            match c.peer {
+                crate::io::Peer::Unix => "unix".to_string(),
+                crate::io::Peer::Tcp(_) => listen.map_or(String::new(), |a| a.ip().to_string()),
+            }
+            .into(),
             listen.map_or(0, |a| i64::from(a.port())).into(),
             connected.clone().into(),
             connected.into(),
@@ -241,7 +245,13 @@ fn server_row(
         target.user.clone().into(),
         database.into(),
         state.into(),
-        target.host.clone().into(),
+        // As PgBouncer shows a server on a Unix-domain socket.
+        if target.unix_socket.is_some() {
+            "unix".to_string()
+        } else {
+            target.host.clone()
+        }
+        .into(),
         i64::from(target.port).into(),
         "".into(),
         0i64.into(),

@@ -172,6 +172,22 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
     config.proxy.listen = format!("127.0.0.1:{port}");
     let config = Arc::new(config);
 
+    // Some other file has the socket's name: the proxy refuses to start, naming it.
+    std::fs::write(&socket, b"not a socket").unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let err = within(
+        10,
+        "refusing a file",
+        tenantgate::run(config.clone(), listener, token),
+    )
+    .await
+    .expect_err("started on a path that is not a socket");
+    assert!(format!("{err:#}").contains("is not a socket"), "{err:#}");
+    std::fs::remove_file(&socket).unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+
     // Someone is listening on the socket: the proxy refuses to start, naming it.
     let live = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let token = tokio_util::sync::CancellationToken::new();
