@@ -555,7 +555,7 @@ impl Session {
     /// not check for this Bind: the Bind waits until the server has answered what came before
     /// it, as it would wait behind those messages at the server anyway.
     pub(super) fn bind_must_wait(&self, frame: &Frame) -> bool {
-        if self.tx_mode || !self.policy_applies() {
+        if self.tx_mode || self.progress.copy_in || !self.policy_applies() {
             return false;
         }
         bind_statement(frame).is_some_and(|name| {

@@ -255,7 +255,11 @@ impl Session {
                     }
                     // Messages held until the settings' outcome was known go on now, after
                     // a release: an undone tenant is then set again at the next checkout.
-                    if self.progress.holding && self.progress.pending == 0 {
+                    // Or the server started a COPY from the client: it waits for CopyData
+                    // behind the held Bind (which then fails the COPY, running nothing).
+                    if self.progress.holding
+                        && (self.progress.pending == 0 || self.progress.copy_in)
+                    {
                         self.progress.holding = false;
                     }
                     let resume = gated && !self.progress.gate();
