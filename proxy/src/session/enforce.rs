@@ -558,11 +558,13 @@ impl Session {
         if self.tx_mode || self.progress.copy_in || !self.policy_applies() {
             return false;
         }
-        bind_statement(frame).is_some_and(|name| {
-            self.statements
-                .get(name)
-                .is_some_and(|s| s.pending && s.segment != self.progress.segments)
-        })
+        // Nothing outstanding: the Parse can no longer be answered; check_bind refuses.
+        self.progress.pending > 0
+            && bind_statement(frame).is_some_and(|name| {
+                self.statements
+                    .get(name)
+                    .is_some_and(|s| s.pending && s.segment != self.progress.segments)
+            })
     }
 
     fn check_bind(&self, body: &[u8]) -> Option<PgError> {
@@ -595,6 +597,12 @@ impl Session {
             }
             None => return Some(PgError::no_such_statement(name)),
         };
+        if !self.tx_mode && stmt.is_some_and(|s| s.pending && s.segment != self.progress.segments) {
+            // See bind_must_wait: what the server holds under the name is not known.
+            return Some(PgError::no_such_statement(name).with_detail(
+                "The server has not answered the Parse of this statement, sent before a Sync.",
+            ));
+        }
         let stmt = self.statements.get(name)?;
         if !decision.is_allowed() {
             // Prepared for another tenant or placement and re-checked since (a statement

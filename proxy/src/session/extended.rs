@@ -429,7 +429,14 @@ pub struct ClientStatement {
     /// segment number `segment` (counted by Syncs, Queries and FunctionCalls).
     pub pending: bool,
     pub segment: u64,
+    /// Session mode: a later Parse of the same name, sent while this one was unanswered. It
+    /// takes this one's place if this Parse fails; if this one succeeds, the server refuses
+    /// it (42P05).
+    pub successor: Option<Box<ClientStatement>>,
 }
+
+/// Parses of one name that may wait, unanswered, behind each other (session mode).
+const MAX_SUCCESSORS: usize = 8;
 
 /// A client's named statements, and its last unnamed Parse.
 #[derive(Default)]
@@ -490,7 +497,27 @@ impl ClientStatements {
         self.unnamed_parse = None;
     }
 
-    /// The Parse that recorded `name` as `record` succeeded.
+    /// Session mode: a Parse of `name` while the name's statement is still unanswered is
+    /// queued behind it (see [`ClientStatement::successor`]); returns its record number.
+    /// None when the name's statement is answered (the server refuses the Parse: 42P05), or
+    /// too many wait already (the Parse is then not tracked: a later Bind gets 26000).
+    pub fn queue_successor(&mut self, name: &str, mut stmt: ClientStatement) -> Option<u64> {
+        let mut last = self.named.get_mut(name).filter(|s| s.pending)?;
+        for _ in 0..MAX_SUCCESSORS {
+            match last.successor {
+                Some(ref mut next) => last = next,
+                None => {
+                    self.records += 1;
+                    stmt.record = self.records;
+                    last.successor = Some(Box::new(stmt));
+                    return Some(self.records);
+                }
+            }
+        }
+        None
+    }
+
+    /// The Parse that recorded `name` as `record` succeeded: Parses queued behind it fail.
     fn confirm(&mut self, name: &str, record: u64) {
         let stmt = if name.is_empty() {
             Some(&mut self.unnamed)
@@ -499,18 +526,25 @@ impl ClientStatements {
         };
         if let Some(s) = stmt.filter(|s| s.record == record) {
             s.pending = false;
+            s.successor = None;
         }
     }
 
-    /// Forgets `name` if it is still what the failed Parse recorded.
+    /// The Parse that recorded `name` as `record` failed: if that is still the name's
+    /// statement, the next Parse queued behind it takes its place, or the name is forgotten.
     fn forget_if(&mut self, name: &str, record: u64) {
         if self.get(name).is_none_or(|s| s.record != record) {
             return;
         }
         if name.is_empty() {
             self.forget_unnamed();
-        } else {
-            self.named.remove(name);
+        } else if let Some(s) = self.named.get_mut(name) {
+            match s.successor.take() {
+                Some(next) => *s = *next,
+                None => {
+                    self.named.remove(name);
+                }
+            }
         }
     }
 

@@ -181,3 +181,42 @@ fn lru_evicts_least_recent() {
     assert!(s.contains("a"));
     assert_eq!(s.insert("c"), Some("b".to_string()));
 }
+
+#[test]
+fn parses_queued_behind_an_unanswered_one_take_its_place_in_order() {
+    let mut client = ClientStatements::default();
+    let stmt = |sql: &str| ClientStatement {
+        sql: Some(Arc::from(sql)),
+        pending: true,
+        ..Default::default()
+    };
+    let sql_of = |c: &ClientStatements| c.get("s").and_then(|s| s.sql.clone());
+    let a = client.insert("s", stmt("a"));
+    let b = client.queue_successor("s", stmt("b")).unwrap();
+    let c = client.queue_successor("s", stmt("c")).unwrap();
+    // a failed: b is what the server takes next; b failed too: c.
+    client.forget_if("s", a);
+    assert_eq!(sql_of(&client).as_deref(), Some("b"));
+    client.forget_if("s", b);
+    assert_eq!(sql_of(&client).as_deref(), Some("c"));
+    // c succeeded: a Parse queued now would be refused by the server, so none is.
+    client.confirm("s", c);
+    assert!(client.queue_successor("s", stmt("d")).is_none());
+    assert_eq!(sql_of(&client).as_deref(), Some("c"));
+
+    // The first succeeds: those behind it fail (42P05) and change nothing.
+    let mut client = ClientStatements::default();
+    let a = client.insert("s", stmt("a"));
+    let b = client.queue_successor("s", stmt("b")).unwrap();
+    client.confirm("s", a);
+    client.forget_if("s", b);
+    assert_eq!(sql_of(&client).as_deref(), Some("a"));
+
+    // Bounded: past MAX_SUCCESSORS a Parse is not tracked.
+    let mut client = ClientStatements::default();
+    client.insert("s", stmt("a"));
+    for _ in 0..MAX_SUCCESSORS {
+        assert!(client.queue_successor("s", stmt("x")).is_some());
+    }
+    assert!(client.queue_successor("s", stmt("y")).is_none());
+}

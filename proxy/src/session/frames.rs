@@ -296,22 +296,25 @@ impl Session {
                 p.unsynced = true;
                 let mut client_name = None;
                 if let Some(msg) = parse_parse(frame) {
-                    // A name in use: the server refuses the Parse (42P05) and keeps the
-                    // statement. Otherwise the statement is the new one, unless the Parse
-                    // fails or is skipped after an error: then it is forgotten.
-                    if msg.name.is_empty() || !self.statements.contains(msg.name) {
-                        let stmt = ClientStatement {
-                            global: None,
-                            sql: decision.as_ref().map(|_| Arc::from(msg.query)),
-                            decision,
-                            param_types: msg.type_oids(),
-                            record: 0,
-                            pending: true,
-                            segment: p.segments,
-                        };
-                        let record = self.statements.insert(msg.name, stmt);
-                        client_name = Some((msg.name.to_string(), record));
-                    }
+                    // The statement is the new one, unless the Parse fails or is skipped
+                    // after an error: then it is forgotten. A name in use: the server refuses
+                    // the Parse (42P05) and keeps the statement, unless that statement's own
+                    // Parse is unanswered yet and fails: then the server takes this one.
+                    let stmt = ClientStatement {
+                        global: None,
+                        sql: decision.as_ref().map(|_| Arc::from(msg.query)),
+                        decision,
+                        param_types: msg.type_oids(),
+                        pending: true,
+                        segment: p.segments,
+                        ..Default::default()
+                    };
+                    let record = if msg.name.is_empty() || !self.statements.contains(msg.name) {
+                        Some(self.statements.insert(msg.name, stmt))
+                    } else {
+                        self.statements.queue_successor(msg.name, stmt)
+                    };
+                    client_name = record.map(|r| (msg.name.to_string(), r));
                 }
                 self.expected.push(Expect::Parse {
                     visible: true,

@@ -155,8 +155,13 @@ impl Session {
             schema: placement.schema(),
         };
         for stmt in self.statements.all_mut() {
-            if let Some(sql) = &stmt.sql {
-                stmt.decision = Some(policy.check(sql, &ctx));
+            // Parses queued behind an unanswered one of the same name too.
+            let mut next = Some(stmt);
+            while let Some(s) = next {
+                if let Some(sql) = &s.sql {
+                    s.decision = Some(policy.check(sql, &ctx));
+                }
+                next = s.successor.as_deref_mut();
             }
         }
     }

@@ -553,21 +553,27 @@ async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() 
     }
 }
 
-/// `P("", bad) S P("", read) S` pipelined, then `B("") E S`: on Postgres the second Parse
-/// replaced the failed one and the Bind runs it. The proxy learns of the first Parse's error
-/// after it recorded the second; that error must not drop the second (a false 26000).
+/// `P(n, bad) S P(n, read) S` pipelined, then `B(n) E S`: on Postgres the second Parse took
+/// the name (the failed one made nothing) and the Bind runs it. The proxy learns of the first
+/// Parse's error after it sent the second; that error must not drop the second (a false 26000).
+/// For the unnamed statement in both pool modes, for a named one in session mode (transaction
+/// mode answers the second named Parse with 42P05: see README Limitations).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_unnamed_parse_does_not_drop_the_one_pipelined_after_it() {
+async fn a_failed_parse_does_not_drop_the_one_pipelined_after_it() {
     let db = within(60, "database", tenant_database(false)).await;
     let bad = "SELECT no_such_column FROM orders WHERE tenant_id = $1";
     let read = "SELECT tenant_id FROM orders WHERE tenant_id = $1";
-    for mode in [PoolMode::Session, PoolMode::Transaction] {
+    for (mode, name) in [
+        (PoolMode::Session, ""),
+        (PoolMode::Transaction, ""),
+        (PoolMode::Session, "s"),
+    ] {
         let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
         let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
         let parses = [
-            pipeline::parse("", bad, &[]),
+            pipeline::parse(name, bad, &[]),
             pipeline::sync(),
-            pipeline::parse("", read, &[]),
+            pipeline::parse(name, read, &[]),
             pipeline::sync(),
         ]
         .concat();
@@ -577,10 +583,10 @@ async fn a_failed_unnamed_parse_does_not_drop_the_one_pipelined_after_it() {
         let seen = pipeline::summarize(&replies);
         assert!(
             seen.iter().any(|m| m.contains("42703")) && seen.iter().any(|m| m == "ParseComplete"),
-            "{mode:?}: {seen:?}"
+            "{mode:?} {name:?}: {seen:?}"
         );
         let run = [
-            pipeline::bind("", "", &[], &[Some(b"acme")]),
+            pipeline::bind("", name, &[], &[Some(b"acme")]),
             pipeline::execute("", 0),
             pipeline::sync(),
         ]
@@ -591,7 +597,7 @@ async fn a_failed_unnamed_parse_does_not_drop_the_one_pipelined_after_it() {
         let seen = pipeline::summarize(&replies);
         assert!(
             seen.iter().any(|m| m == "Row[acme]"),
-            "{mode:?}: the second Parse was dropped: {seen:?}"
+            "{mode:?} {name:?}: the second Parse was dropped: {seen:?}"
         );
     }
 }
@@ -626,6 +632,30 @@ async fn a_bind_pipelined_behind_a_failing_parse_is_checked_against_what_may_run
         assert!(
             !seen.iter().any(|m| m == "Row[globex]"),
             "{mode:?}: another tenant's rows: {seen:?}"
+        );
+        // The first Parse works and the second gets 42P05: the Bind runs the first, so it is
+        // checked against the first (a tenant read: globex is refused), not the echo.
+        let batch = [
+            pipeline::parse("u", read, &[]),
+            pipeline::sync(),
+            pipeline::parse("u", "SELECT $1::text", &[]),
+            pipeline::sync(),
+            pipeline::bind("", "u", &[], &[Some(b"globex")]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+        ]
+        .concat();
+        let replies = within(
+            60,
+            "first parse works",
+            pipeline::round_trip(&mut c, &batch, 3),
+        )
+        .await
+        .unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(
+            seen.iter().any(|m| m.contains("42P05")) && !seen.iter().any(|m| m == "Row[globex]"),
+            "{mode:?}: {seen:?}"
         );
         // The same pipeline with a Parse that works: the Bind waits for its answer, then runs.
         let batch = [
