@@ -479,8 +479,7 @@ pub(super) async fn settle(
     outstanding: Outstanding<'_>,
 ) -> bool {
     if p.copy_in {
-        put_message(to_server, b'f', b"client disconnected during COPY\0");
-        p.copy_in = false;
+        abort_copy(to_server, p, p.copy_extended, outstanding.0);
     }
     if p.unsynced {
         put_message(to_server, b'S', b"");
@@ -496,6 +495,19 @@ pub(super) async fn settle(
         tokio::time::timeout(SETTLE_TIMEOUT, drain).await,
         Ok(Ok(()))
     )
+}
+
+/// CopyFail for a COPY FROM STDIN the client left. After one started by an extended-protocol
+/// Execute the server skips to a Sync (those sent during the COPY were ignored): send one.
+fn abort_copy(out: &mut BytesMut, p: &mut Progress, extended: bool, expected: &mut Expected) {
+    put_message(out, b'f', b"client disconnected during COPY\0");
+    p.copy_in = false;
+    p.copy_extended = false;
+    if extended {
+        put_message(out, b'S', b"");
+        expected.push(Expect::Ready);
+        p.pending += 1;
+    }
 }
 
 async fn drain_server(
@@ -528,8 +540,12 @@ async fn drain_server(
             }
             b'G' | b'W' => {
                 // A COPY FROM STDIN the client queued before leaving: abort it.
+                let ignored = expected.copy_in_started();
+                if ignored.extended {
+                    p.pending = p.pending.saturating_sub(ignored.syncs);
+                }
                 let mut out = BytesMut::new();
-                put_message(&mut out, b'f', b"client disconnected during COPY\0");
+                abort_copy(&mut out, p, ignored.extended, expected);
                 conn.conn.stream.write_all(&out).await?;
             }
             _ => {}

@@ -169,7 +169,7 @@ async fn server_held(proxy: &TestProxy, seconds: u64) -> Option<String> {
 }
 
 /// A direct client and a new table `(id int)` named after `prefix`.
-async fn copy_table(prefix: &str) -> (Client, String) {
+pub(super) async fn copy_table(prefix: &str) -> (Client, String) {
     let table = unique_name(prefix);
     let direct = direct_client(pg::APP_DB).await;
     direct
