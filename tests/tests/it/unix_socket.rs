@@ -172,33 +172,29 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
     config.proxy.listen = format!("127.0.0.1:{port}");
     let config = Arc::new(config);
 
-    // Some other file has the socket's name: the proxy refuses to start, naming it.
+    // The proxy refuses to start where the socket's name is taken, naming the path.
+    let refused = |listener: tokio::net::TcpListener| {
+        let token = tokio_util::sync::CancellationToken::new();
+        let run = tenantgate::run(config.clone(), listener, token);
+        async move {
+            let err = within(10, "refusing the socket path", run)
+                .await
+                .expect_err("started where the socket's name is taken");
+            format!("{err:#}")
+        }
+    };
+    // By some other file.
     std::fs::write(&socket, b"not a socket").unwrap();
-    let token = tokio_util::sync::CancellationToken::new();
-    let err = within(
-        10,
-        "refusing a file",
-        tenantgate::run(config.clone(), listener, token),
-    )
-    .await
-    .expect_err("started on a path that is not a socket");
-    assert!(format!("{err:#}").contains("is not a socket"), "{err:#}");
+    let text = refused(listener).await;
+    assert!(text.contains("is not a socket"), "{text}");
     std::fs::remove_file(&socket).unwrap();
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
         .await
         .unwrap();
 
-    // Someone is listening on the socket: the proxy refuses to start, naming it.
+    // By a socket someone is listening on.
     let live = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let token = tokio_util::sync::CancellationToken::new();
-    let err = within(
-        10,
-        "refusing a live socket",
-        tenantgate::run(config.clone(), listener, token),
-    )
-    .await
-    .expect_err("started on a socket another process listens on");
-    let text = format!("{err:#}");
+    let text = refused(listener).await;
     assert!(text.contains("another process is listening"), "{text}");
     assert!(text.contains(&socket.display().to_string()), "{text}");
     assert!(socket.exists(), "the other process's socket was removed");
