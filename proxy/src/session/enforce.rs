@@ -1,7 +1,7 @@
 //! Screening client statements: the tenant policy, tenant switching, and the session commands
 //! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
 
-use super::extended::bind_statement;
+use super::extended::{bind_statement, ClientStatement};
 use super::settings::{set_config_call, set_sql, Keywords, SessionEffects};
 use super::Session;
 use crate::audit::AuditKind;
@@ -560,11 +560,14 @@ impl Session {
         }
         // Nothing outstanding: the Parse can no longer be answered; check_bind refuses.
         self.progress.pending > 0
-            && bind_statement(frame).is_some_and(|name| {
-                self.statements
-                    .get(name)
-                    .is_some_and(|s| s.pending && s.segment != self.progress.segments)
-            })
+            && bind_statement(frame)
+                .and_then(|name| self.statements.get(name))
+                .is_some_and(|s| self.unanswered_before(s))
+    }
+
+    /// Session mode: the statement's Parse is unanswered and went out before the last Sync.
+    fn unanswered_before(&self, stmt: &ClientStatement) -> bool {
+        !self.tx_mode && stmt.pending && stmt.segment != self.progress.segments
     }
 
     fn check_bind(&self, body: &[u8]) -> Option<PgError> {
@@ -597,13 +600,13 @@ impl Session {
             }
             None => return Some(PgError::no_such_statement(name)),
         };
-        if !self.tx_mode && stmt.is_some_and(|s| s.pending && s.segment != self.progress.segments) {
+        let stmt = stmt?;
+        if self.unanswered_before(stmt) {
             // See bind_must_wait: what the server holds under the name is not known.
             return Some(PgError::no_such_statement(name).with_detail(
                 "The server has not answered the Parse of this statement, sent before a Sync.",
             ));
         }
-        let stmt = self.statements.get(name)?;
         if !decision.is_allowed() {
             // Prepared for another tenant or placement and re-checked since (a statement
             // rejected at Parse is never stored).
