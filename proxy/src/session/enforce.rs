@@ -565,7 +565,23 @@ impl Session {
                 .is_some_and(|s| self.unanswered_before(s))
     }
 
+    /// Transaction mode: a Parse of a name whose own Parse went out in an earlier segment and
+    /// is not answered yet. The server refuses it (42P05) if that one succeeds, and takes it
+    /// if that one fails; which, the proxy (which prepares global names, not the client's)
+    /// can only tell from the answer: the Parse waits for it. In session mode the server sees
+    /// the client's names itself (see `ClientStatements::queue_successor`).
+    pub(super) fn parse_must_wait(&self, frame: &Frame) -> bool {
+        if !self.tx_mode || self.progress.copy_in || self.progress.pending == 0 {
+            return false;
+        }
+        super::extended::parse_parse(frame)
+            .filter(|msg| !msg.name.is_empty())
+            .and_then(|msg| self.statements.get(msg.name))
+            .is_some_and(|s| s.pending && s.segment != self.progress.segments)
+    }
+
     /// Session mode: the statement's Parse is unanswered and went out before the last Sync.
+    /// (In transaction mode Binds name the statement's text, so they need not wait.)
     fn unanswered_before(&self, stmt: &ClientStatement) -> bool {
         !self.tx_mode && stmt.pending && stmt.segment != self.progress.segments
     }

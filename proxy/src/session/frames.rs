@@ -82,7 +82,9 @@ impl Session {
                     return Some(RelayEnd::Fatal(e));
                 }
             }
-            if frame.tag == b'B' && self.bind_must_wait(&frame) {
+            if (frame.tag == b'B' && self.bind_must_wait(&frame))
+                || (frame.tag == b'P' && self.parse_must_wait(&frame))
+            {
                 self.held = Some(frame);
                 self.progress.holding = true;
                 return None;
@@ -359,6 +361,7 @@ impl Session {
             b'Q' => {
                 self.note_sql(query_text(&frame));
                 self.progress.pending += 1;
+                self.progress.segments += 1;
                 if self.progress.setup_unconfirmed {
                     // The settings statement's messages before it need no Sync: the Query's
                     // ReadyForQuery ends their implicit transaction too.
@@ -369,11 +372,13 @@ impl Session {
             }
             b'F' => {
                 self.progress.pending += 1;
+                self.progress.segments += 1;
                 self.expected.push(Expect::QueryReady);
             }
             b'S' if self.progress.copy_extended => {} // ignored by the server in copy-in mode
             b'S' => {
                 self.progress.pending += 1;
+                self.progress.segments += 1;
                 self.progress.unsynced = false;
                 if std::mem::take(&mut self.progress.unnamed_unsure) {
                     self.progress.unnamed_parsed = false;
@@ -478,6 +483,7 @@ impl Session {
             });
             return self.to_server.extend_from_slice(&stmt.parse);
         }
+        let known = self.server_has(&stmt.global);
         let record = self.statements.insert(
             name,
             ClientStatement {
@@ -485,10 +491,12 @@ impl Session {
                 sql: decision.as_ref().map(|_| Arc::from(query)),
                 decision,
                 param_types,
+                pending: !known,
+                segment: self.progress.segments,
                 ..Default::default()
             },
         );
-        if self.server_has(&stmt.global) {
+        if known {
             self.expected.push(Expect::Synthetic(empty_message(b'1')));
         } else {
             self.prepare(&stmt, true, Some((name.to_string(), record)));

@@ -556,8 +556,7 @@ async fn a_parse_the_server_did_not_take_does_not_let_the_older_statement_run() 
 /// `P(n, bad) S P(n, read) S` pipelined, then `B(n) E S`: on Postgres the second Parse took
 /// the name (the failed one made nothing) and the Bind runs it. The proxy learns of the first
 /// Parse's error after it sent the second; that error must not drop the second (a false 26000).
-/// For the unnamed statement in both pool modes, for a named one in session mode (transaction
-/// mode answers the second named Parse with 42P05: see README Limitations).
+/// For the unnamed statement and a named one, in both pool modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_parse_does_not_drop_the_one_pipelined_after_it() {
     let db = within(60, "database", tenant_database(false)).await;
@@ -567,6 +566,7 @@ async fn a_failed_parse_does_not_drop_the_one_pipelined_after_it() {
         (PoolMode::Session, ""),
         (PoolMode::Transaction, ""),
         (PoolMode::Session, "s"),
+        (PoolMode::Transaction, "s"),
     ] {
         let proxy = TestProxy::start(tenant_config(&db, mode, 1)).await;
         let mut c = raw_login(&proxy, ACME_USER, ACME_PASSWORD).await;
