@@ -315,3 +315,45 @@ async fn a_missing_unix_socket_is_named_in_the_error() {
     })
     .await;
 }
+
+/// Malformed startup packets on the local socket get what they get over TCP: an ErrorResponse
+/// or a close, within a timeout, and the socket keeps serving.
+#[tokio::test]
+async fn malformed_startups_on_the_unix_socket_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start(local_socket_config(dir.path())).await;
+    let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
+    wait_for_socket(&socket).await;
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("oversize length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
+        ("unknown protocol", vec![0, 0, 0, 8, 0, 9, 0, 0]),
+        ("length below the header", vec![0, 0, 0, 2, 0, 3, 0, 0]),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let _ = raw.write_all(&bytes).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "{what}: neither answered nor closed within 10 s"
+        );
+        if let Some(&first) = got.first() {
+            assert_eq!(
+                first, b'E',
+                "{what}: expected ErrorResponse or close: {got:?}"
+            );
+        }
+    }
+    within(30, "a good client after the bad ones", async {
+        let c = connect_local(
+            dir.path(),
+            proxy.port(),
+            SERVICE_CLIENT,
+            SERVICE_CLIENT_PASSWORD,
+        )
+        .await;
+        c.simple_query("SELECT 1").await.unwrap();
+    })
+    .await;
+}
