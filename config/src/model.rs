@@ -233,16 +233,23 @@ pub struct DatabaseConfig {
     pub policy_mode: Option<PolicyMode>,
 }
 
+/// A Postgres Unix-domain socket, named as libpq and PgBouncer name it: `{dir}/.s.PGSQL.{port}`.
+pub fn unix_socket_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
+}
+
+/// Longest Unix-domain socket path: `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_UNIX_SOCKET_PATH: usize = 107;
+
 impl DatabaseConfig {
     pub fn server_dbname(&self) -> &str {
         self.dbname.as_deref().unwrap_or(&self.name)
     }
-    /// The server's Unix-domain socket when `host` is a directory (starts with `/`), named as
-    /// libpq and PgBouncer name it: `{host}/.s.PGSQL.{port}`.
+    /// The server's Unix-domain socket when `host` is a directory (starts with `/`).
     pub fn unix_socket(&self) -> Option<PathBuf> {
         self.host
             .starts_with('/')
-            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+            .then(|| unix_socket_path(Path::new(&self.host), self.port))
     }
     pub fn server_idle_timeout(&self) -> Duration {
         secs(self.server_idle_timeout)

@@ -1,8 +1,8 @@
 //! Every rule a configuration must satisfy, each reported with its field path.
 
 use crate::{
-    Config, ConfigError, DatabaseConfig, ServerTlsMode, TablesSpec, TenantSource, TlsMode,
-    UserConfig,
+    unix_socket_path, Config, ConfigError, DatabaseConfig, ServerTlsMode, TablesSpec, TenantSource,
+    TlsMode, UserConfig, MAX_UNIX_SOCKET_PATH,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -76,13 +76,12 @@ fn proxy(config: &Config, e: &mut Errors) {
                 dir.display()
             ),
         );
-        // sun_path holds 108 bytes including the NUL; ".s.PGSQL.65535" and a '/' take 15.
-        let len = dir.as_os_str().len();
-        e.check(
-            len <= 92,
-            "proxy.unix_socket_dir",
-            &format!("is {len} bytes; with the socket's file name the path would pass the 107-byte limit of Unix socket paths (use at most 92)"),
-        );
+        // The listen port names the socket; the longest port when `listen` is invalid.
+        let port = p
+            .listen
+            .parse::<SocketAddr>()
+            .map_or(u16::MAX, |a| a.port());
+        socket_path_fits(&unix_socket_path(dir, port), "proxy.unix_socket_dir", e);
     }
     e.check(
         p.unix_socket_mode <= 0o777,
@@ -159,6 +158,20 @@ fn proxy(config: &Config, e: &mut Errors) {
     }
 }
 
+/// A Unix-domain socket path within the length the kernel accepts.
+fn socket_path_fits(socket: &std::path::Path, key: impl Into<String>, e: &mut Errors) {
+    let len = socket.as_os_str().len();
+    e.check(
+        len <= MAX_UNIX_SOCKET_PATH,
+        key,
+        &format!(
+            "Unix socket path {} is {len} bytes; the limit is {MAX_UNIX_SOCKET_PATH} \
+             (the kernel's {MAX_UNIX_SOCKET_PATH}-byte limit on socket paths)",
+            socket.display()
+        ),
+    );
+}
+
 fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
     e.check(
         ident_ok(&db.name),
@@ -206,16 +219,7 @@ fn database(path: &str, db: &DatabaseConfig, e: &mut Errors) {
         "must be > 0 seconds",
     );
     if let Some(socket) = db.unix_socket() {
-        // sun_path holds 108 bytes including the terminating NUL.
-        let len = socket.as_os_str().len();
-        e.check(
-            len < 108,
-            format!("{path}.host"),
-            &format!(
-                "Unix socket path {} is {len} bytes; the limit is 107",
-                socket.display()
-            ),
-        );
+        socket_path_fits(&socket, format!("{path}.host"), e);
         e.check(
             matches!(
                 db.server_tls,

@@ -20,7 +20,7 @@ pub struct LocalSocket {
 
 impl LocalSocket {
     pub async fn bind(dir: &Path, port: u16, mode: u32) -> anyhow::Result<LocalSocket> {
-        let path = dir.join(format!(".s.PGSQL.{port}"));
+        let path = tenantgate_config::unix_socket_path(dir, port);
         let context = |what: &str| format!("proxy.unix_socket_dir: {what} {}", path.display());
         remove_if_stale(&path)
             .await
