@@ -1,7 +1,7 @@
 //! Unix-domain sockets on both sides, as libpq and PgBouncer name them (`{dir}/.s.PGSQL.{port}`):
 //! clients on the proxy's `unix_socket_dir`, and servers whose `host` is a directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tenantgate_config::Config;
@@ -51,14 +51,23 @@ async fn connect_local(dir: &Path, port: u16, user: &str, password: &str) -> Cli
         .unwrap_or_else(|e| panic!("{user} cannot connect on the unix socket: {e:?}"))
 }
 
-/// The proxy binds its Unix socket as it starts, after the TCP listener the test bound.
-async fn wait_for_socket(path: &Path) {
+/// Starts the proxy with `config` and returns it with its Unix socket's path, once that exists
+/// (the proxy binds it as it starts, after the TCP listener the test bound).
+async fn start_local(config: Config) -> (TestProxy, PathBuf) {
+    let dir = config
+        .proxy
+        .unix_socket_dir
+        .clone()
+        .expect("unix_socket_dir");
+    let proxy = TestProxy::start(config).await;
+    let socket = tenantgate_config::unix_socket_path(&dir, proxy.port());
     within(10, "the proxy's unix socket", async {
-        while !path.exists() {
+        while !socket.exists() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+    (proxy, socket)
 }
 
 fn first_row(msgs: &[SimpleQueryMessage]) -> Vec<Option<String>> {
@@ -75,9 +84,7 @@ fn first_row(msgs: &[SimpleQueryMessage]) -> Vec<Option<String>> {
 #[tokio::test]
 async fn clients_on_the_unix_socket_log_in_and_are_shown_as_local() {
     let dir = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::start(local_socket_config(dir.path())).await;
-    let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
-    wait_for_socket(&socket).await;
+    let (proxy, socket) = start_local(local_socket_config(dir.path())).await;
     within(60, "clients on the unix socket", async {
         // The tenant's login works as over TCP: the policy still applies.
         let acme = connect_local(dir.path(), proxy.port(), ACME_USER, ACME_PASSWORD).await;
@@ -148,8 +155,7 @@ async fn tls_required_still_admits_local_clients() {
     config.proxy.tls_mode = tenantgate_config::TlsMode::Require;
     config.proxy.tls_cert = Some(files.cert.clone());
     config.proxy.tls_key = Some(files.key.clone());
-    let proxy = TestProxy::start(config).await;
-    wait_for_socket(&dir.path().join(format!(".s.PGSQL.{}", proxy.port()))).await;
+    let (proxy, _socket) = start_local(config).await;
     within(30, "tls_mode = require and the unix socket", async {
         let tcp = proxy.connect(ACME_USER, ACME_PASSWORD, pg::APP_DB).await;
         assert!(
@@ -167,7 +173,7 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let socket = dir.path().join(format!(".s.PGSQL.{port}"));
+    let socket = tenantgate_config::unix_socket_path(dir.path(), port);
     let mut config = local_socket_config(dir.path());
     config.proxy.listen = format!("127.0.0.1:{port}");
     let config = Arc::new(config);
@@ -321,9 +327,7 @@ async fn a_missing_unix_socket_is_named_in_the_error() {
 #[tokio::test]
 async fn malformed_startups_on_the_unix_socket_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::start(local_socket_config(dir.path())).await;
-    let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
-    wait_for_socket(&socket).await;
+    let (proxy, socket) = start_local(local_socket_config(dir.path())).await;
     let cases: [(&str, Vec<u8>); 3] = [
         ("oversize length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
         ("unknown protocol", vec![0, 0, 0, 8, 0, 9, 0, 0]),
