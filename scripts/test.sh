@@ -58,7 +58,7 @@ install_rust() {
     log "cargo not found: installing Rust with rustup (https://rustup.rs)"
     if ! command -v curl >/dev/null 2>&1 ||
         ! curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; then
-        die "could not install Rust automatically; install it from https://rustup.rs (Rust >= 1.85) and re-run"
+        die "could not install Rust automatically; install it from https://rustup.rs (Rust >= 1.89) and re-run"
     fi
     export PATH="$HOME/.cargo/bin:$PATH"
     command -v cargo >/dev/null 2>&1 || die "cargo still not found after installing Rust"

@@ -204,6 +204,11 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
     assert!(text.contains("another process is listening"), "{text}");
     assert!(text.contains(&socket.display().to_string()), "{text}");
     assert!(socket.exists(), "the other process's socket was removed");
+    let lock = PathBuf::from(format!("{}.lock", socket.display()));
+    assert!(
+        !lock.exists(),
+        "a proxy that did not start left its lock file"
+    );
 
     // That process died and left its file: the proxy replaces it.
     drop(live);
@@ -235,6 +240,72 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
     token.cancel();
     within(30, "shutdown", task).await.unwrap().unwrap();
     assert!(!socket.exists(), "the socket file outlived the proxy");
+}
+
+/// `{socket}.lock` is held while the socket is in use, as Postgres holds `.s.PGSQL.{port}.lock`:
+/// a second process starting on the same path is refused before it probes or binds, and the
+/// file goes at shutdown.
+#[tokio::test]
+async fn the_socket_is_locked_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, socket) = start_local(local_socket_config(dir.path())).await;
+    let lock = PathBuf::from(format!("{}.lock", socket.display()));
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    assert_eq!(holder.trim(), std::process::id().to_string(), "{holder}");
+    // A lock is per open file: this one, taken by another open, is refused as another process.
+    let other = std::fs::File::open(&lock).unwrap();
+    assert!(
+        matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        "the lock file is not locked"
+    );
+    drop(other);
+    proxy.shutdown().await.unwrap();
+    assert!(!lock.exists(), "the lock file outlived the proxy");
+
+    // Someone else holds the lock of the path a proxy is about to use: it does not start, and
+    // leaves their files alone.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = tenantgate_config::unix_socket_path(dir.path(), port);
+    let lock = PathBuf::from(format!("{}.lock", socket.display()));
+    let held = std::fs::File::create(&lock).unwrap();
+    held.lock().unwrap();
+    let mut config = local_socket_config(dir.path());
+    config.proxy.listen = format!("127.0.0.1:{port}");
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tenantgate::run(Arc::new(config), listener, token);
+    let err = within(10, "refusing a locked socket path", run)
+        .await
+        .expect_err("started on a locked socket path");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("another process holds the lock file"),
+        "{text}"
+    );
+    assert!(text.contains(&lock.display().to_string()), "{text}");
+    assert!(lock.exists() && !socket.exists(), "{text}");
+
+    // A symbolic link in its place is not followed.
+    drop(held);
+    std::fs::remove_file(&lock).unwrap();
+    let target = dir.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut config = local_socket_config(dir.path());
+    config.proxy.listen = format!("127.0.0.1:{port}");
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tenantgate::run(Arc::new(config), listener, token);
+    let err = within(10, "refusing a linked lock file", run)
+        .await
+        .expect_err("followed a symbolic link as its lock file");
+    assert!(
+        format!("{err:#}").contains("cannot open the lock file"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 }
 
 /// `host` naming a directory puts the servers on Postgres' Unix-domain socket in it, as in libpq
