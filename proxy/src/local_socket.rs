@@ -20,7 +20,7 @@ pub struct LocalSocket {
     /// `{path}.lock`, locked for as long as the socket is ours (as Postgres keeps
     /// `.s.PGSQL.{port}.lock`): a second process starting on the same path waits for no probe
     /// to tell it the socket is taken, and cannot replace it between its probe and its bind.
-    lock: Lock,
+    _lock: Lock,
 }
 
 struct Lock {
@@ -45,7 +45,7 @@ impl LocalSocket {
             listener,
             path,
             file: (meta.dev(), meta.ino()),
-            lock,
+            _lock: lock,
         })
     }
 
