@@ -2,7 +2,8 @@
 //! the proxy answers itself (`RESET ALL`, `DISCARD ALL`, `DEALLOCATE`).
 
 use super::extended::{bind_statement, ClientStatement};
-use super::settings::{set_config_call, set_sql, Keywords, SessionEffects};
+use super::settings::{set_config_call, set_sql};
+use super::sqlscan::{Keywords, SessionEffects};
 use super::Session;
 use crate::audit::AuditKind;
 use crate::protocol::frame::{BodyReader, Frame};
@@ -201,7 +202,7 @@ impl Session {
             let fx = if words & SESSION_EFFECT_WORDS == 0 {
                 SessionEffects::default()
             } else {
-                super::settings::scan_session_effects(sql)
+                super::sqlscan::scan_session_effects(sql)
             };
             if !fx.settings && !fx.statements {
                 self.screened_effects = Some(fx);

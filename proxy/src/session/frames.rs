@@ -7,7 +7,7 @@ use super::extended::{
     ClientStatement, Expect, Route, Statement,
 };
 use super::relay::RelayEnd;
-use super::{settings, setup, Session};
+use super::{setup, sqlscan, Session};
 use crate::protocol::backend;
 use crate::protocol::frame::{next_frame, put_message, Frame};
 use crate::protocol::sqlstate;
@@ -285,7 +285,7 @@ impl Session {
                     let fx = self
                         .screened_effects
                         .take()
-                        .unwrap_or_else(|| settings::scan_session_effects(query_text(frame)));
+                        .unwrap_or_else(|| sqlscan::scan_session_effects(query_text(frame)));
                     if fx.statements {
                         // DEALLOCATE / DISCARD (policy off or audit): the statements the
                         // proxy recorded may be gone; a Bind of one gets 26000 where the
@@ -413,7 +413,7 @@ impl Session {
         let fx = self
             .screened_effects
             .take()
-            .unwrap_or_else(|| settings::scan_session_effects(sql));
+            .unwrap_or_else(|| sqlscan::scan_session_effects(sql));
         self.progress.settings_dirty |= fx.settings;
         if fx.statements {
             // DISCARD / DEALLOCATE on the server: forget what it had prepared right away, so a

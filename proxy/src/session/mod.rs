@@ -12,6 +12,7 @@ mod placement;
 mod relay;
 pub mod settings;
 mod setup;
+mod sqlscan;
 
 use crate::app::{App, UserEntry};
 use crate::audit::{AuditEvent, AuditKind};
@@ -137,7 +138,7 @@ pub struct Session {
     custom_settings: Vec<String>,
     /// What `screen_sql` found the statement being screened does to session state, for
     /// `note_sql` when it is forwarded (set per message, so never stale).
-    screened_effects: Option<settings::SessionEffects>,
+    screened_effects: Option<sqlscan::SessionEffects>,
     /// After a rejected extended-protocol message: drop client messages until Sync.
     skip_until_sync: bool,
     /// The client message held while `progress.holding`.

@@ -20,7 +20,7 @@
 //! applied first and waited for.
 
 use super::extended::Expect;
-use super::{settings, Progress, Session};
+use super::{settings, sqlscan, Progress, Session};
 use crate::protocol::frame::{self, put_message, Frame, Peek};
 use crate::protocol::{sqlstate, BodyReader, PgError};
 use crate::server::{ServerConn, ServerMessage};
@@ -117,7 +117,7 @@ impl Session {
     /// Is the client's first segment complete — a simple Query, or `first` and the read buffer
     /// up to the first Sync made of Parse, Bind, Describe, Execute, Close and Flush only — with
     /// every statement it runs, parses or binds a plain query (see
-    /// [`settings::plain_statements`])? Some(true) when it needs the `ahead` form: one of its
+    /// [`sqlscan::plain_statements`])? Some(true) when it needs the `ahead` form: one of its
     /// statements is transaction control, or it runs more than one statement (so that a
     /// statement the scan misread can never undo an inline setting for another one).
     ///
@@ -129,7 +129,7 @@ impl Session {
             let several = sql
                 .trim_end_matches(|c: char| c == ';' || c.is_ascii_whitespace())
                 .contains(';');
-            return Some(settings::plain_statements(sql)? || several);
+            return Some(sqlscan::plain_statements(sql)? || several);
         }
         let mut executes = 0;
         /// Frames looked at before giving up: a long segment takes the slow path.
@@ -148,7 +148,7 @@ impl Session {
                     let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
                         return None;
                     };
-                    controls |= settings::plain_statements(query)?;
+                    controls |= sqlscan::plain_statements(query)?;
                     unnamed_parsed |= name.is_empty();
                 }
                 b'B' => {
@@ -175,7 +175,7 @@ impl Session {
         None
     }
 
-    /// [`settings::plain_statements`] of the statement a Bind names (prepared before this
+    /// [`sqlscan::plain_statements`] of the statement a Bind names (prepared before this
     /// segment).
     fn bound_plain_statement(&self, name: &str) -> Option<bool> {
         let parse = if name.is_empty() {
@@ -190,7 +190,7 @@ impl Session {
         let (Ok(_), Ok(query)) = (r.cstr_bytes(), r.cstr()) else {
             return None;
         };
-        settings::plain_statements(query)
+        sqlscan::plain_statements(query)
     }
 }
 
