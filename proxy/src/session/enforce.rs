@@ -89,7 +89,8 @@ fn set_values(sql: &str) -> Option<Vec<String>> {
 }
 
 /// Words looked for in every statement before anything else: the first seven may start a
-/// feature transaction pooling cannot serve, the last three a change of session state.
+/// feature transaction pooling cannot serve, the last five a change of session state (see
+/// [`super::sqlscan::scan_session_effects`]; `&"` starts a Unicode-escaped identifier).
 const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"listen",
     b"prepare",
@@ -101,9 +102,11 @@ const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"set",
     b"discard",
     b"deallocate",
+    b"temp",
+    b"&\"",
 ]);
 const SESSION_ONLY_WORDS: u32 = (1 << 7) - 1;
-const SESSION_EFFECT_WORDS: u32 = ((1 << 10) - 1) & !SESSION_ONLY_WORDS;
+const SESSION_EFFECT_WORDS: u32 = ((1 << 12) - 1) & !SESSION_ONLY_WORDS;
 
 /// Cheap test for words that may start a session-only feature (transaction mode).
 #[cfg(test)]
@@ -111,14 +114,48 @@ fn mentions_session_only_feature(sql: &str) -> bool {
     SCREEN_WORDS.hits(sql.as_bytes()) & SESSION_ONLY_WORDS != 0
 }
 
-/// Does `sql` (lower case) contain a call of `name`: the name as a whole word, then `(`?
+/// Does `sql` (lower case) contain a call of `name`: the name as a whole word, maybe quoted,
+/// then `(` after any spaces and comments?
 fn calls_function(sql: &str, name: &str) -> bool {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
     sql.match_indices(name).any(|(i, _)| {
         let before = i.checked_sub(1).map(|j| sql.as_bytes()[j]);
-        let rest = sql[i + name.len()..].trim_start();
+        let mut rest = sql[i + name.len()..]
+            .strip_prefix('"')
+            .unwrap_or(&sql[i + name.len()..]);
+        loop {
+            rest = rest.trim_start();
+            if rest.starts_with("/*") {
+                rest = after_block_comment(rest);
+            } else if let Some(comment) = rest.strip_prefix("--") {
+                rest = comment.split_once('\n').map_or("", |(_, r)| r);
+            } else {
+                break;
+            }
+        }
         before.is_none_or(|b| !ident(b)) && rest.starts_with('(')
     })
+}
+
+/// The text after the (nestable) block comment `s` starts with.
+fn after_block_comment(s: &str) -> &str {
+    let b = s.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while i + 1 < b.len() {
+        match &b[i..i + 2] {
+            b"/*" => depth += 1,
+            b"*/" => depth -= 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+        if depth == 0 {
+            return &s[i..];
+        }
+    }
+    ""
 }
 
 /// Features that need the same server across transactions, which transaction pooling cannot
@@ -734,6 +771,10 @@ mod tests {
         assert!(refused("SELECT pg_try_advisory_lock(1)"));
         assert!(refused("SELECT lastval()"));
         assert!(refused("SELECT pg_catalog.lastval ()"));
+        assert!(refused("SELECT lastval/**/()"));
+        assert!(refused("SELECT \"lastval\" /* x */ -- y\n ()"));
+        assert!(refused("SELECT pg_advisory_lock/**/(1)"));
+        assert!(refused("SELECT lastval/* /* */ */()"));
         assert!(!refused("SELECT lastvalue FROM stats"));
         assert!(!refused("SELECT my_lastval(1)"));
         assert!(!refused("SELECT pg_advisory_xact_lock(1)"));

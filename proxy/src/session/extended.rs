@@ -422,6 +422,9 @@ pub struct ClientStatement {
     /// The statement text, kept while the policy applies so the decision can be re-made
     /// when the tenant or its placement changes.
     pub sql: Option<Arc<str>>,
+    /// What running it may leave on the server's session (transaction mode: read back or
+    /// dropped when the server is released).
+    pub lasting: crate::session::sqlscan::Lasting,
     /// Which Parse recorded it (set by [`ClientStatements::insert`]): the error of an earlier
     /// Parse of the name, pipelined before this one, must not drop it.
     pub record: u64,

@@ -7,6 +7,7 @@ use super::extended::{
     ClientStatement, Expect, Route, Statement,
 };
 use super::relay::RelayEnd;
+use super::sqlscan::Lasting;
 use super::{setup, sqlscan, Session};
 use crate::protocol::backend;
 use crate::protocol::frame::{next_frame, put_message, Frame};
@@ -32,6 +33,12 @@ enum Screened {
 /// effect: sent in place of a rejected request so the server fails it, aborting an open
 /// transaction exactly as the rejected statement's own error would have.
 const FAILING_SQL: &str = "SELECT pg_catalog.tenantgate_policy_rejection()";
+
+/// The body of a Bind that fails without touching the client's unnamed statement or portal (a
+/// failed Parse of "" would drop them): of a statement that does not exist, and should one of
+/// that name exist, with two parameter formats for no parameters.
+pub(super) const FAILING_BIND: &[u8] =
+    b"tenantgate_rejected\0tenantgate_rejected\0\0\x02\0\0\0\0\0\0\0\0";
 
 impl Session {
     /// Handles every complete client message in the buffer, attaching a server first when
@@ -217,14 +224,7 @@ impl Session {
             let _ = frontend::query(FAILING_SQL, &mut self.to_server);
             self.progress.pending += 1;
         } else {
-            // A Bind that fails without touching the client's unnamed statement or portal (a
-            // failed Parse of "" would drop them): of a statement that does not exist, and
-            // should one of that name exist, with two parameter formats for no parameters.
-            put_message(
-                &mut self.to_server,
-                b'B',
-                b"tenantgate_rejected\0tenantgate_rejected\0\0\x02\0\0\0\0\0\0\0\0",
-            );
+            put_message(&mut self.to_server, b'B', FAILING_BIND);
         }
         self.expected.push(Expect::Reject {
             error: error.freeze(),
@@ -409,12 +409,18 @@ impl Session {
     }
 
     /// Flags statements that may change what the next checkout must restore.
-    fn note_sql(&mut self, sql: &str) {
+    /// Notes what `sql` may change on the server's session, and returns what it may change
+    /// each time it runs (a prepared statement runs again at every Bind).
+    fn note_sql(&mut self, sql: &str) -> Lasting {
         let fx = self
             .screened_effects
             .take()
             .unwrap_or_else(|| sqlscan::scan_session_effects(sql));
-        self.progress.settings_dirty |= fx.settings;
+        let lasting = Lasting {
+            settings: fx.settings,
+            temp: fx.temp,
+        };
+        self.note_lasting(lasting);
         if fx.statements {
             // DISCARD / DEALLOCATE on the server: forget what it had prepared right away, so a
             // Parse pipelined behind it is not skipped, and the client's names with it.
@@ -429,6 +435,12 @@ impl Session {
                 self.custom_settings.push(name);
             }
         }
+        lasting
+    }
+
+    fn note_lasting(&mut self, lasting: Lasting) {
+        self.progress.settings_dirty |= lasting.settings;
+        self.progress.temp_dirty |= lasting.temp;
     }
 
     fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
@@ -444,7 +456,7 @@ impl Session {
         };
         let (name, query) = (msg.name, msg.query);
         let param_types = msg.type_oids();
-        self.note_sql(query);
+        let lasting = self.note_sql(query);
         if name.is_empty() && !self.app.config().proxy.cache_unnamed_statements {
             self.progress.unnamed_parsed = true;
             self.progress.unnamed_unsure |= behind;
@@ -456,6 +468,7 @@ impl Session {
                     sql: decision.as_ref().map(|_| Arc::from(query)),
                     decision,
                     param_types,
+                    lasting,
                     ..Default::default()
                 },
             );
@@ -491,6 +504,7 @@ impl Session {
                 sql: decision.as_ref().map(|_| Arc::from(query)),
                 decision,
                 param_types,
+                lasting,
                 pending: !known,
                 segment: self.progress.segments,
                 ..Default::default()
@@ -505,6 +519,12 @@ impl Session {
 
     fn forward_bind(&mut self, frame: Frame) {
         let behind = std::mem::replace(&mut self.progress.unsynced, true);
+        // What the statement may change, it changes again now, maybe in a later transaction
+        // than its Parse.
+        if let Some(stmt) = bind_statement(&frame).and_then(|n| self.statements.get(n)) {
+            let lasting = stmt.lasting;
+            self.note_lasting(lasting);
+        }
         match bind_statement(&frame) {
             Some(name) => match self.statements.get(name).and_then(|s| s.global.clone()) {
                 Some(stmt) => {

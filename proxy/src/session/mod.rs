@@ -12,7 +12,7 @@ mod placement;
 mod relay;
 pub mod settings;
 mod setup;
-mod sqlscan;
+pub(crate) mod sqlscan;
 
 use crate::app::{App, UserEntry};
 use crate::audit::{AuditEvent, AuditKind};
@@ -70,6 +70,8 @@ struct Progress {
     copy_extended: bool,
     /// Statements since the last release may have changed session settings.
     settings_dirty: bool,
+    /// ... or created temporary objects (dropped with DISCARD TEMP at release).
+    temp_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
     /// ... behind other messages of its segment: should one of them fail, the server skips
@@ -559,7 +561,7 @@ impl Session {
             .server
             .as_ref()
             .is_some_and(|s| s.conn.statements.stale);
-        if self.progress.settings_dirty || stale {
+        if self.progress.settings_dirty || self.progress.temp_dirty || stale {
             // Boxed: rare, and its state would otherwise be part of every idle session.
             return Box::pin(self.release_slowly()).await;
         }
@@ -589,6 +591,14 @@ impl Session {
                 return finish(&pool, conn, false, false).await;
             }
             conn.statements.clear();
+        }
+        if self.progress.temp_dirty {
+            // Another client must not find (or have its tables shadowed by) this one's
+            // temporary tables; its own next transaction may be on another server anyway.
+            if let Err(e) = conn.exec_quiet("DISCARD TEMP").await {
+                tracing::debug!(server = conn.id, error = %e, "cannot drop temporary objects; closing server");
+                return finish(&pool, conn, false, false).await;
+            }
         }
         if !self.progress.settings_dirty {
             self.progress = Progress::default();
@@ -662,23 +672,45 @@ impl Session {
             RelayEnd::ClientGone => {}
             RelayEnd::Fatal(e) => send_fatal(&mut self.client, e.clone()).await,
         }
-        if let Some(Attached { conn, pool, .. }) = self.server.take() {
+        if let Some(attached) = self.server.as_mut() {
             self.cancel.slot.set(None);
-            let mut conn = conn;
             // A server whose settings statement has no known outcome is never reused.
             let reusable = !self.progress.setup_unconfirmed
                 && relay::settle(
-                    &mut conn,
+                    &mut attached.conn,
                     &mut self.progress,
                     &mut self.to_server,
                     (&mut self.expected, &mut self.statements),
                 )
                 .await;
-            finish(&pool, conn, reusable, !self.tx_mode).await;
+            // Transaction mode: what the client may have changed (settings, temporary
+            // objects) is read back or dropped as at a release, once its transaction is
+            // rolled back. Session mode discards everything in `finish`.
+            let changed =
+                self.tx_mode && (self.progress.settings_dirty || self.progress.temp_dirty);
+            if reusable && changed && roll_back(&mut attached.conn).await {
+                Box::pin(self.release_slowly()).await;
+            } else if let Some(Attached { conn, pool, .. }) = self.server.take() {
+                finish(&pool, conn, reusable, !self.tx_mode).await;
+            }
         }
         self.audit_pending.push(AuditKind::Disconnect);
         self.flush_audit().await;
     }
+}
+
+/// Ends the server's transaction, if one is open: whether it is then idle.
+async fn roll_back(server: &mut ServerConn) -> bool {
+    if server.tx_status != b'I' {
+        let rollback = server.exec_quiet("ROLLBACK");
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(5), rollback).await,
+            Ok(Ok(_))
+        ) {
+            return false;
+        }
+    }
+    server.tx_status == b'I'
 }
 
 /// Returns a server to its pool clean, or closes it. A transaction left open is rolled back;

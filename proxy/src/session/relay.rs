@@ -482,6 +482,11 @@ pub(super) async fn settle(
         abort_copy(to_server, p, p.copy_extended, outstanding.0);
     }
     if p.unsynced {
+        // What ran since the last Sync is in an implicit transaction that the Sync would
+        // commit: a client that vanished without one gets it rolled back, as Postgres does
+        // when its client disconnects. A failing Bind aborts it first.
+        put_message(to_server, b'B', super::frames::FAILING_BIND);
+        outstanding.0.push(Expect::Bind);
         put_message(to_server, b'S', b"");
         outstanding.0.push(Expect::Ready);
         p.pending += 1;

@@ -22,7 +22,11 @@ const PROTOCOL_PARAMS: &[&str] = &[
 /// placeholders that `pg_settings` never shows, so those whose names the session has used are
 /// read with `current_setting` (an empty value is a reset placeholder).
 pub fn read_session_settings(custom: &[String]) -> String {
-    let base = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+    // `role` is hidden from pg_settings (GUC_NO_SHOW_ALL) and survives RESET ALL: a `SET ROLE`
+    // (by a user the policy does not restrict) must not stay for the next client.
+    let base = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+                UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+                WHERE pg_catalog.current_setting('role') OPERATOR(pg_catalog.<>) 'none'";
     if custom.is_empty() {
         return base.to_string();
     }

@@ -3,19 +3,47 @@
 //! They skip comments, string literals, dollar quotes and quoted identifiers, and err on the
 //! side of "it may": a false positive costs one query at release.
 
-/// Could this statement text change session settings or server-side prepared statements?
-/// Looks at the first keyword of each statement (outside comments, strings and quoted
-/// identifiers) and for set_config calls anywhere. Conservative: a false positive costs one
-/// extra query when the server is released.
+/// Could this statement text change session settings, server-side prepared statements or
+/// temporary objects? Looks at the first keyword of each statement (outside comments, strings
+/// and quoted identifiers), and for `set_config`, `pg_settings` and `pg_temp` anywhere, quoted
+/// or not. Conservative: a false positive costs one extra query when the server is released.
+/// What it cannot see: settings changed by server-side code (functions, triggers) that the
+/// text does not name.
 pub fn scan_session_effects(sql: &str) -> SessionEffects {
     let b = sql.as_bytes();
     let mut fx = SessionEffects::default();
-    // Every word the scan acts on (set, reset, set_config, discard, deallocate) contains one
-    // of these: most statements are done after one cheap pass.
-    const WORDS: Keywords = Keywords::new(&[b"set", b"discard", b"deallocate"]);
-    if WORDS.hits(b) == 0 {
+    // Every word the scan acts on contains one of these (`&"` starts a Unicode-escaped
+    // identifier, U&"…", which can spell any name): most statements are done after one cheap
+    // pass.
+    const WORDS: Keywords = Keywords::new(&[b"set", b"discard", b"deallocate", b"temp", b"&\""]);
+    const UNICODE_IDENT: u32 = 1 << 4;
+    let hits = WORDS.hits(b);
+    if hits == 0 {
         return fx;
     }
+    if hits & UNICODE_IDENT != 0 && unicode_identifier(b) {
+        fx.settings = true;
+        fx.temp = true;
+    }
+    // Anywhere, even quoted ("set_config"(…)) or in a comment: a call cannot hide from this.
+    for at in find_all_ignore_case(b, b"set_config") {
+        fx.settings = true;
+        let after = at + b"set_config".len();
+        let after = if b.get(after) == Some(&b'"') {
+            after + 1
+        } else {
+            after
+        };
+        fx.custom.extend(custom_name_in_call(b, after));
+    }
+    if find_all_ignore_case(b, b"pg_settings").next().is_some() {
+        // UPDATE pg_settings SET … calls set_config through the view's rule.
+        fx.settings = true;
+    }
+    if find_all_ignore_case(b, b"pg_temp").next().is_some() {
+        fx.temp = true;
+    }
+    let mut previous: &[u8] = b"";
     visit_words(b, |word, at_start, end| {
         if at_start {
             if word.eq_ignore_ascii_case(b"set") || word.eq_ignore_ascii_case(b"reset") {
@@ -25,15 +53,21 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
             if word.eq_ignore_ascii_case(b"discard") {
                 fx.settings = true;
                 fx.statements = true;
+                fx.temp = true;
             }
             if word.eq_ignore_ascii_case(b"deallocate") {
                 fx.statements = true;
             }
         }
-        if word.eq_ignore_ascii_case(b"set_config") {
-            fx.settings = true;
-            fx.custom.extend(custom_name_in_call(b, end));
+        // CREATE [LOCAL|GLOBAL] TEMP[ORARY] …, CREATE OR REPLACE TEMP VIEW, SELECT … INTO TEMP.
+        if (word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary"))
+            && [&b"create"[..], b"local", b"global", b"replace", b"into"]
+                .iter()
+                .any(|w| previous.eq_ignore_ascii_case(w))
+        {
+            fx.temp = true;
         }
+        previous = word;
     });
     fx
 }
@@ -42,13 +76,36 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
 pub struct SessionEffects {
     pub settings: bool,
     pub statements: bool,
+    /// It may create temporary tables, views or sequences (the server must drop them before
+    /// another client uses it).
+    pub temp: bool,
     /// Custom (dotted) setting names named by SET/RESET or a set_config literal.
     pub custom: Vec<String>,
 }
 
+/// What running a statement may leave on the server's session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lasting {
+    pub settings: bool,
+    pub temp: bool,
+}
+
+/// Positions of `pat` (ASCII, lower case) in `b`, ignoring ASCII case.
+fn find_all_ignore_case<'a>(b: &'a [u8], pat: &'static [u8]) -> impl Iterator<Item = usize> + 'a {
+    b.windows(pat.len())
+        .enumerate()
+        .filter(move |(_, w)| w.eq_ignore_ascii_case(pat))
+        .map(|(i, _)| i)
+}
+
+/// Does `b` contain a Unicode-escaped identifier (`U&"…"`)?
+fn unicode_identifier(b: &[u8]) -> bool {
+    find_all_ignore_case(b, b"u&\"").next().is_some()
+}
+
 /// Calls `f(word, first_in_statement, end)` for every keyword or identifier outside comments,
 /// string literals, dollar quotes and quoted identifiers.
-fn visit_words(b: &[u8], mut f: impl FnMut(&[u8], bool, usize)) {
+fn visit_words<'a>(b: &'a [u8], mut f: impl FnMut(&'a [u8], bool, usize)) {
     let mut i = 0;
     let mut at_start = true;
     while i < b.len() {
@@ -463,5 +520,32 @@ mod tests {
             .custom
             .is_empty());
         assert!(scan_session_effects("DISCARD ALL").statements);
+    }
+
+    /// Forms that reach set_config or create temporary objects without the plain keywords.
+    #[test]
+    fn detects_disguised_setting_changes_and_temporary_objects() {
+        let settings = |s: &str| scan_session_effects(s).settings;
+        assert!(settings("SELECT \"set_config\"('app.t', 'x', false)"));
+        assert!(settings("SELECT pg_catalog.\"set_config\"('a','b',false)"));
+        assert!(settings("SELECT U&\"\\0073et_config\"('a','b',false)"));
+        assert!(settings(
+            "UPDATE pg_settings SET setting = '1' WHERE name = 'statement_timeout'"
+        ));
+        assert_eq!(
+            scan_session_effects("SELECT \"set_config\"('App.T', 'x', false)").custom,
+            vec!["app.t"]
+        );
+        let temp = |s: &str| scan_session_effects(s).temp;
+        assert!(temp("CREATE TEMP TABLE t (a int)"));
+        assert!(temp("create local temporary table t (a int)"));
+        assert!(temp("CREATE OR REPLACE TEMP VIEW v AS SELECT 1"));
+        assert!(temp("SELECT * INTO TEMP t FROM x"));
+        assert!(temp("CREATE TABLE pg_temp.t (a int)"));
+        assert!(temp("CREATE TABLE \"pg_temp\".t (a int)"));
+        assert!(temp("DISCARD TEMP"));
+        assert!(!temp("SELECT temp FROM readings WHERE temp > $1"));
+        assert!(!temp("INSERT INTO readings (temp) VALUES ($1)"));
+        assert!(!settings("SELECT temp FROM readings WHERE temp > $1"));
     }
 }

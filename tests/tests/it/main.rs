@@ -20,6 +20,7 @@ mod pooling_semantics;
 mod protocol;
 mod reload;
 mod restart;
+mod server_reuse;
 mod strategies;
 mod tls;
 mod transaction_pool;

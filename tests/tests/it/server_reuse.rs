@@ -1,0 +1,344 @@
+//! Transaction mode: what one client does on a server must not reach the next client that
+//! gets it (one server per pool here, so the next client surely does), whatever form the
+//! change takes: prepared and run later, quoted, left behind by a client that vanished.
+
+use std::time::Duration;
+use tenantgate_config::{Config, PolicyMode, PoolMode};
+use tenantgate_tests::pg::{self, PgServer};
+use tenantgate_tests::pipeline;
+use tenantgate_tests::proxy::*;
+use tenantgate_tests::wire::RawConn;
+use tenantgate_tests::{unique_name, within};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const GLOBEX_USER: &str = "globex_app";
+const GLOBEX_PASSWORD: &str = "globex_pw";
+
+const SCHEMA: &str = "
+SET ROLE tg_server;
+CREATE TABLE orders (tenant_id text NOT NULL, id bigint NOT NULL, PRIMARY KEY (tenant_id, id));
+INSERT INTO orders VALUES ('acme', 1), ('acme', 2), ('acme', 3),
+    ('globex', 4), ('globex', 5), ('globex', 6);
+CREATE SEQUENCE reuse_seq;
+CREATE TABLE reuse_log (id int);
+GRANT ALL ON ALL TABLES IN SCHEMA public TO app_rw;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app_rw;
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orders FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON orders
+    USING (tenant_id = current_setting('app.current_tenant', true))
+    WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+RESET ROLE;
+";
+
+/// A fresh database (RLS on `orders`) and a transaction-mode proxy with ONE server on it,
+/// logging in as the NOBYPASSRLS role app_rw. Users: acme_app, globex_app, svc_client (bypass).
+async fn one_server(mode: PolicyMode) -> (String, TestProxy) {
+    let pg = PgServer::shared();
+    let db = unique_name("reuse");
+    let name = db.clone();
+    tokio::task::spawn_blocking(move || {
+        pg.run_sql(
+            "postgres",
+            &format!("CREATE DATABASE {name} OWNER {}", pg::SERVICE_USER),
+        )?;
+        pg.run_sql(&name, SCHEMA)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}\n[[users]]\nname = \"{GLOBEX_USER}\"\npassword = \"{GLOBEX_PASSWORD}\"\ntenant = \"globex\"\n",
+        base_config_toml(pg)
+    );
+    let mut config = Config::from_toml(&text).unwrap();
+    let d = &mut config.databases[0];
+    d.dbname = Some(db.clone());
+    d.user = pg::APP_RW_USER.to_string();
+    d.password = Some(pg::APP_RW_PASSWORD.to_string());
+    d.pool_mode = PoolMode::Transaction;
+    d.pool_size = 1;
+    d.query_wait_timeout = 20.0;
+    config.policy.mode = mode;
+    (db, TestProxy::start(config).await)
+}
+
+async fn globex(proxy: &TestProxy) -> Client {
+    proxy
+        .connect(GLOBEX_USER, GLOBEX_PASSWORD, pg::APP_DB)
+        .await
+        .unwrap()
+}
+
+fn first_values(msgs: Vec<SimpleQueryMessage>) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn simple(c: &Client, sql: &str) -> Vec<String> {
+    first_values(c.simple_query(sql).await.unwrap())
+}
+
+/// With RLS on and the policy off: the tenants of the rows `orders` shows the client.
+async fn tenants_seen(c: &Client) -> Vec<String> {
+    simple(c, "SELECT tenant_id FROM orders ORDER BY id").await
+}
+
+/// A raw acme_app connection through the proxy.
+async fn raw_acme(proxy: &TestProxy) -> RawConn {
+    let mut c = RawConn::connect(proxy.addr).await.unwrap();
+    c.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
+        .await
+        .unwrap();
+    c
+}
+
+/// A SET prepared in one transaction and run in a later one changes the server then: it is
+/// read back at that release (the text is scanned at Parse, its effects noted at each Bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_set_run_in_a_later_transaction_does_not_reach_the_next_client() {
+    let (_db, proxy) = one_server(PolicyMode::Enforce).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "prepared SET", async {
+        // Transaction 1: Parse/Describe/Sync. Transaction 2: Bind/Execute/Sync.
+        let st = a.prepare("SET statement_timeout = '4242ms'").await.unwrap();
+        a.execute(&st, &[]).await.unwrap();
+        let seen = simple(&g, "SHOW statement_timeout").await;
+        assert_eq!(seen, vec!["0"], "globex inherited acme's statement_timeout");
+    })
+    .await;
+}
+
+/// The same with the tenant setting (policy off / audit, where nothing refuses it; RLS on): the
+/// next acme client must not be served by a server set to globex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_set_config_of_the_tenant_run_later_is_read_back() {
+    for mode in [PolicyMode::Audit, PolicyMode::Off] {
+        let (_db, proxy) = one_server(mode).await;
+        let a = proxy.connect_acme().await;
+        let a2 = proxy.connect_acme().await;
+        within(60, "prepared set_config", async {
+            assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
+            let st = a
+                .prepare("SELECT set_config('app.current_tenant', 'globex', false)")
+                .await
+                .unwrap();
+            a.query(&st, &[]).await.unwrap();
+            assert_eq!(
+                tenants_seen(&a2).await,
+                vec!["acme"; 3],
+                "{mode:?}: the next acme client ran as globex"
+            );
+        })
+        .await;
+    }
+}
+
+/// A client that sends a SET and Terminate in one write leaves before the release: its server
+/// is settled, then read back as at a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_a_client_that_vanished_does_not_reach_the_next_client() {
+    let (_db, proxy) = one_server(PolicyMode::Enforce).await;
+    let g = globex(&proxy).await;
+    within(60, "vanishing client", async {
+        let mut raw = raw_acme(&proxy).await;
+        let batch = [
+            pipeline::query("SET statement_timeout = '4343ms'"),
+            b"X\0\0\0\x04".to_vec(),
+        ]
+        .concat();
+        raw.send(&batch).await.unwrap();
+        // The proxy closes the client once the server is settled.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = raw.read_message().await {}
+        })
+        .await;
+        let seen = simple(&g, "SHOW statement_timeout").await;
+        assert_eq!(seen, vec!["0"], "globex inherited a departed client's SET");
+    })
+    .await;
+}
+
+/// The same with the tenant setting (policy off, RLS on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_set_by_a_client_that_vanished_is_read_back() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let a2 = proxy.connect_acme().await;
+    within(60, "vanishing client", async {
+        assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
+        let mut raw = raw_acme(&proxy).await;
+        let batch = [
+            pipeline::query("SELECT set_config('app.current_tenant', 'globex', false)"),
+            b"X\0\0\0\x04".to_vec(),
+        ]
+        .concat();
+        raw.send(&batch).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = raw.read_message().await {}
+        })
+        .await;
+        assert_eq!(
+            tenants_seen(&a2).await,
+            vec!["acme"; 3],
+            "the next acme client ran as globex"
+        );
+    })
+    .await;
+}
+
+/// `"set_config"` as a quoted identifier is still a call that changes settings (policy off /
+/// audit, RLS on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_set_config_is_read_back() {
+    for mode in [PolicyMode::Audit, PolicyMode::Off] {
+        let (_db, proxy) = one_server(mode).await;
+        let a = proxy.connect_acme().await;
+        let a2 = proxy.connect_acme().await;
+        within(60, "quoted set_config", async {
+            assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
+            a.simple_query("SELECT \"set_config\"('app.current_tenant', 'globex', false)")
+                .await
+                .unwrap();
+            assert_eq!(
+                tenants_seen(&a2).await,
+                vec!["acme"; 3],
+                "{mode:?}: the next acme client ran as globex"
+            );
+        })
+        .await;
+    }
+}
+
+/// A bypass_policy user's `SET ROLE` is read back although pg_settings hides `role`: the next
+/// tenant client runs as the server's login role, under RLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_role_does_not_reach_the_next_client() {
+    let (db, proxy) = one_server(PolicyMode::Enforce).await;
+    let role = unique_name("reuse_role");
+    let pg = PgServer::shared();
+    let r = role.clone();
+    tokio::task::spawn_blocking(move || {
+        pg.run_sql(
+            &db,
+            &format!(
+                "CREATE ROLE {r} BYPASSRLS; GRANT {r} TO {};",
+                pg::APP_RW_USER
+            ),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let svc = proxy.connect_service().await;
+    let a = proxy.connect_acme().await;
+    within(60, "SET ROLE", async {
+        svc.simple_query(&format!("SET ROLE {role}")).await.unwrap();
+        let seen = simple(&a, "SELECT current_user").await;
+        assert_eq!(
+            seen,
+            vec![pg::APP_RW_USER],
+            "acme runs as the bypass user's role"
+        );
+    })
+    .await;
+}
+
+/// `lastval()` is refused in transaction mode (it answers for the server session: another
+/// tenant's last nextval), also written `lastval/**/()` or `"lastval"()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lastval_is_refused_however_it_is_written() {
+    let (_db, proxy) = one_server(PolicyMode::Enforce).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "lastval", async {
+        for _ in 0..41 {
+            g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        }
+        for sql in ["SELECT lastval/**/()", "SELECT \"lastval\"()"] {
+            match a.simple_query(sql).await {
+                Err(e) => assert_eq!(sqlstate(&e), Some("0A000"), "{sql}: {e:?}"),
+                Ok(rows) => panic!("{sql}: acme read globex's lastval {:?}", first_values(rows)),
+            }
+        }
+    })
+    .await;
+}
+
+/// A temporary table a bypass_policy client creates would shadow the tenant table of the same
+/// name for the next client (pg_temp comes first, and has no RLS): it is dropped at release,
+/// also when a prepared statement created it in a later transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_tables_do_not_reach_the_next_client() {
+    let (_db, proxy) = one_server(PolicyMode::Enforce).await;
+    let svc = proxy.connect_service().await;
+    let a = proxy.connect_acme().await;
+    within(60, "temp table", async {
+        // One transaction (a later one may be on another server anyway).
+        svc.batch_execute(
+            "BEGIN; CREATE TEMP TABLE orders (tenant_id text, id bigint); \
+             INSERT INTO orders VALUES ('acme', 666); COMMIT",
+        )
+        .await
+        .unwrap();
+        // A prepared statement that creates one, run in a later transaction.
+        let create = svc
+            .prepare("CREATE TEMP TABLE IF NOT EXISTS orders (tenant_id text, id bigint)")
+            .await
+            .unwrap();
+        // (acme would read that empty table below, were it left.)
+        svc.execute(&create, &[]).await.unwrap();
+        let rows = a
+            .query(
+                "SELECT id FROM orders WHERE tenant_id = $1 ORDER BY id",
+                &[&ACME_TENANT],
+            )
+            .await
+            .unwrap();
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(ids, vec![1, 2, 3], "acme read another client's temp table");
+    })
+    .await;
+}
+
+/// A client that sends Parse/Bind/Execute of an INSERT and Flush (no Sync), then vanishes: as
+/// on a direct connection, the implicit transaction is rolled back (a plain Sync from the
+/// proxy would commit it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_batch_of_a_vanished_client_is_rolled_back() {
+    let (db, proxy) = one_server(PolicyMode::Enforce).await;
+    within(60, "unsynced insert", async {
+        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+        raw.startup(SERVICE_CLIENT, pg::APP_DB, Some(SERVICE_CLIENT_PASSWORD))
+            .await
+            .unwrap();
+        let batch = [
+            pipeline::parse("", "INSERT INTO reuse_log VALUES (99)", &[]),
+            pipeline::bind("", "", &[], &[]),
+            pipeline::execute("", 0),
+            pipeline::flush(),
+        ]
+        .concat();
+        raw.send(&batch).await.unwrap();
+        // ParseComplete, BindComplete, CommandComplete: the INSERT ran, uncommitted.
+        let mut tags = Vec::new();
+        for _ in 0..3 {
+            tags.push(raw.read_message().await.unwrap().unwrap().tag);
+        }
+        assert_eq!(tags, b"12C", "the INSERT ran");
+        drop(raw);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let su = PgServer::shared().superuser_client(&db).await.unwrap();
+        let n: i64 = su
+            .query_one("SELECT count(*) FROM reuse_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "the abandoned, never-synced INSERT was committed");
+    })
+    .await;
+}
