@@ -674,8 +674,12 @@ impl Session {
         }
         if let Some(attached) = self.server.as_mut() {
             self.cancel.slot.set(None);
-            // A server whose settings statement has no known outcome is never reused.
+            // A server whose settings statement has no known outcome is never reused. Nor is
+            // one the client's last messages have not (all) reached: the client was told its
+            // session ended (57P01 at shutdown), so they must not run now.
+            let told_fatal = matches!(end, RelayEnd::Fatal(_));
             let reusable = !self.progress.setup_unconfirmed
+                && !(told_fatal && !self.to_server.is_empty())
                 && relay::settle(
                     &mut attached.conn,
                     &mut self.progress,

@@ -79,3 +79,53 @@ async fn a_client_leaving_inside_an_extended_copy_does_not_cost_the_server() {
         .await
         .unwrap();
 }
+
+/// Shutdown: B's INSERT waits in the pool queue behind H (idle in a transaction). At
+/// `shutdown_timeout` H is terminated and its server, rolled back, may go to B, which is told
+/// `57P01 terminating connection` at once. The INSERT must not be sent after that: a client
+/// told its session ended before its statement completed relies on it not having run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_not_sent_before_shutdown_does_not_run_after_57p01() {
+    let mut config = transaction_mode(1);
+    config.proxy.shutdown_timeout = 1.0;
+    let proxy = TestProxy::start(config).await;
+    let table = unique_name("shutdown_insert");
+    let direct = direct_client(pg::APP_DB).await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+        .await
+        .unwrap();
+    within(60, "shutdown with a queued insert", async {
+        let h = proxy.connect_service().await;
+        h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let mut b = raw_proxy(&proxy).await;
+        b.send(&pipeline::query(&format!("INSERT INTO {table} VALUES (1)")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shut = tokio::spawn(proxy.shutdown());
+        let mut seen = Vec::new();
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_secs(20), b.read_message()).await
+        {
+            seen.push(m);
+        }
+        let told = pipeline::summarize(&seen);
+        let _ = shut.await;
+        drop(h);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n: i64 = direct
+            .query_one(&format!("SELECT count(*)::int8 FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !told.iter().any(|m| m.starts_with("Complete")) {
+            assert_eq!(n, 0, "B was told {told:?} but its INSERT was committed");
+        }
+    })
+    .await;
+    direct
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
