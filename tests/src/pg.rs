@@ -108,6 +108,27 @@ impl PgServer {
         &SHARED
     }
 
+    /// Creates a database of its own (named `{prefix}_…`, owned by the proxy's server role),
+    /// runs each of `scripts` in it as the superuser, and returns its name.
+    pub async fn new_database(&'static self, prefix: &str, scripts: &[&str]) -> String {
+        let db = crate::unique_name(prefix);
+        let name = db.clone();
+        let scripts: Vec<String> = scripts.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            self.run_sql(
+                "postgres",
+                &format!("CREATE DATABASE {name} OWNER {SERVICE_USER}"),
+            )?;
+            scripts
+                .iter()
+                .try_for_each(|sql| self.run_sql(&name, sql).map(drop))
+        })
+        .await
+        .expect("database setup task")
+        .unwrap_or_else(|e| panic!("creating database {db}: {e:#}"));
+        db
+    }
+
     /// A server of one's own, stopped and removed on drop.
     pub fn start_private() -> Result<PgServer> {
         let bin = pg_bin_dir()?;

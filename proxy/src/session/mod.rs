@@ -677,9 +677,10 @@ impl Session {
             // A server whose settings statement has no known outcome is never reused. Nor is
             // one the client's last messages have not (all) reached: the client was told its
             // session ended (57P01 at shutdown), so they must not run now.
-            let told_fatal = matches!(end, RelayEnd::Fatal(_));
+            let unsent_after_fatal =
+                matches!(end, RelayEnd::Fatal(_)) && !self.to_server.is_empty();
             let reusable = !self.progress.setup_unconfirmed
-                && !(told_fatal && !self.to_server.is_empty())
+                && !unsent_after_fatal
                 && relay::settle(
                     &mut attached.conn,
                     &mut self.progress,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tenantgate_config::Config;
 use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::proxy::*;
-use tenantgate_tests::{unique_name, within};
+use tenantgate_tests::within;
 
 const LITERAL_SECRET: &str = "hunter2-secret";
 const BIND_SECRET: &str = "bind-secret-7f3a";
@@ -25,20 +25,7 @@ RESET ROLE;
 
 /// A database of its own with a tenant table (created before the proxy reads the catalog).
 async fn audit_database() -> String {
-    let pg = PgServer::shared();
-    let db = unique_name("audit");
-    let name = db.clone();
-    tokio::task::spawn_blocking(move || {
-        pg.run_sql(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER {}", pg::SERVICE_USER),
-        )?;
-        pg.run_sql(&name, SCHEMA)
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("creating the audit test database: {e:#}"));
-    db
+    PgServer::shared().new_database("audit", &[SCHEMA]).await
 }
 
 fn audit_config(db: &str, log: &Path) -> Config {

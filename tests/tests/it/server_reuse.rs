@@ -35,18 +35,7 @@ RESET ROLE;
 /// logging in as the NOBYPASSRLS role app_rw. Users: acme_app, globex_app, svc_client (bypass).
 async fn one_server(mode: PolicyMode) -> (String, TestProxy) {
     let pg = PgServer::shared();
-    let db = unique_name("reuse");
-    let name = db.clone();
-    tokio::task::spawn_blocking(move || {
-        pg.run_sql(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER {}", pg::SERVICE_USER),
-        )?;
-        pg.run_sql(&name, SCHEMA)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let db = pg.new_database("reuse", &[SCHEMA]).await;
     let text = format!(
         "{}\n[[users]]\nname = \"{GLOBEX_USER}\"\npassword = \"{GLOBEX_PASSWORD}\"\ntenant = \"globex\"\n",
         base_config_toml(pg)

@@ -15,7 +15,7 @@ use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
 use tenantgate_tests::wire::{self, RawConn};
-use tenantgate_tests::{tools, unique_name, within};
+use tenantgate_tests::{tools, within};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -86,23 +86,11 @@ fn rls_sql() -> String {
 /// A fresh database with the two-tenant schema (and RLS policies when `rls`); returns its name.
 async fn tenant_database(rls: bool) -> String {
     let pg = PgServer::shared();
-    let db = unique_name(if rls { "iso_rls" } else { "iso_plain" });
-    let name = db.clone();
-    tokio::task::spawn_blocking(move || {
-        pg.run_sql(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER {}", pg::SERVICE_USER),
-        )?;
-        pg.run_sql(&name, SCHEMA)?;
-        if rls {
-            pg.run_sql(&name, &rls_sql())?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("creating the tenant database: {e:#}"));
-    db
+    if rls {
+        pg.new_database("iso_rls", &[SCHEMA, &rls_sql()]).await
+    } else {
+        pg.new_database("iso_plain", &[SCHEMA]).await
+    }
 }
 
 /// The harness config with database `app` pointed at `db` (logging in as the NOBYPASSRLS,

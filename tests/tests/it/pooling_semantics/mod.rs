@@ -114,18 +114,8 @@ async fn backend_pid(c: &Client) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_twenty_clients_two_servers() {
     let pg = PgServer::shared();
-    let db = unique_name("pgb_prep");
-    let name = db.clone();
+    let db = pg.new_database("pgb_prep", &[]).await;
     within(120, "pgbench database", async {
-        tokio::task::spawn_blocking(move || {
-            pg.run_sql(
-                "postgres",
-                &format!("CREATE DATABASE {name} OWNER {}", pg::SERVICE_USER),
-            )
-        })
-        .await
-        .unwrap()
-        .unwrap();
         // Initialized directly: the fixture is not what is under test.
         let port = pg.port().to_string();
         let init = tools::pgbench(
