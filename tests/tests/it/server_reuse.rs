@@ -77,6 +77,18 @@ async fn tenants_seen(c: &Client) -> Vec<String> {
     simple(c, "SELECT tenant_id FROM orders ORDER BY id").await
 }
 
+/// An acme client sends `sql` and Terminate in one write: it leaves before its server is
+/// released. Returns once the proxy has closed the connection.
+async fn vanish_after(proxy: &TestProxy, sql: &str) {
+    let mut raw = raw_acme(proxy).await;
+    let batch = [pipeline::query(sql), b"X\0\0\0\x04".to_vec()].concat();
+    raw.send(&batch).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = raw.read_message().await {}
+    })
+    .await;
+}
+
 /// A raw acme_app connection through the proxy.
 async fn raw_acme(proxy: &TestProxy) -> RawConn {
     let mut c = RawConn::connect(proxy.addr).await.unwrap();
@@ -103,28 +115,34 @@ async fn a_prepared_set_run_in_a_later_transaction_does_not_reach_the_next_clien
     .await;
 }
 
-/// The same with the tenant setting (policy off / audit, where nothing refuses it; RLS on): the
-/// next acme client must not be served by a server set to globex.
+/// The tenant setting changed by a statement the proxy lets through (policy off / audit; RLS
+/// on), prepared and run in a later transaction, or called as a quoted identifier: the next
+/// acme client must not be served by a server set to globex.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prepared_set_config_of_the_tenant_run_later_is_read_back() {
+async fn a_set_config_of_the_tenant_is_read_back_however_written() {
+    const PREPARED: &str = "SELECT set_config('app.current_tenant', 'globex', false)";
+    const QUOTED: &str = "SELECT \"set_config\"('app.current_tenant', 'globex', false)";
     for mode in [PolicyMode::Audit, PolicyMode::Off] {
-        let (_db, proxy) = one_server(mode).await;
-        let a = proxy.connect_acme().await;
-        let a2 = proxy.connect_acme().await;
-        within(60, "prepared set_config", async {
-            assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
-            let st = a
-                .prepare("SELECT set_config('app.current_tenant', 'globex', false)")
-                .await
-                .unwrap();
-            a.query(&st, &[]).await.unwrap();
-            assert_eq!(
-                tenants_seen(&a2).await,
-                vec!["acme"; 3],
-                "{mode:?}: the next acme client ran as globex"
-            );
-        })
-        .await;
+        for sql in [PREPARED, QUOTED] {
+            let (_db, proxy) = one_server(mode).await;
+            let a = proxy.connect_acme().await;
+            let a2 = proxy.connect_acme().await;
+            within(60, "set_config of the tenant", async {
+                assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
+                if sql == PREPARED {
+                    let st = a.prepare(sql).await.unwrap();
+                    a.query(&st, &[]).await.unwrap();
+                } else {
+                    a.simple_query(sql).await.unwrap();
+                }
+                assert_eq!(
+                    tenants_seen(&a2).await,
+                    vec!["acme"; 3],
+                    "{mode:?}, {sql}: the next acme client ran as globex"
+                );
+            })
+            .await;
+        }
     }
 }
 
@@ -135,18 +153,7 @@ async fn a_set_of_a_client_that_vanished_does_not_reach_the_next_client() {
     let (_db, proxy) = one_server(PolicyMode::Enforce).await;
     let g = globex(&proxy).await;
     within(60, "vanishing client", async {
-        let mut raw = raw_acme(&proxy).await;
-        let batch = [
-            pipeline::query("SET statement_timeout = '4343ms'"),
-            b"X\0\0\0\x04".to_vec(),
-        ]
-        .concat();
-        raw.send(&batch).await.unwrap();
-        // The proxy closes the client once the server is settled.
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(_)) = raw.read_message().await {}
-        })
-        .await;
+        vanish_after(&proxy, "SET statement_timeout = '4343ms'").await;
         let seen = simple(&g, "SHOW statement_timeout").await;
         assert_eq!(seen, vec!["0"], "globex inherited a departed client's SET");
     })
@@ -160,16 +167,10 @@ async fn a_tenant_set_by_a_client_that_vanished_is_read_back() {
     let a2 = proxy.connect_acme().await;
     within(60, "vanishing client", async {
         assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
-        let mut raw = raw_acme(&proxy).await;
-        let batch = [
-            pipeline::query("SELECT set_config('app.current_tenant', 'globex', false)"),
-            b"X\0\0\0\x04".to_vec(),
-        ]
-        .concat();
-        raw.send(&batch).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(_)) = raw.read_message().await {}
-        })
+        vanish_after(
+            &proxy,
+            "SELECT set_config('app.current_tenant', 'globex', false)",
+        )
         .await;
         assert_eq!(
             tenants_seen(&a2).await,
@@ -178,29 +179,6 @@ async fn a_tenant_set_by_a_client_that_vanished_is_read_back() {
         );
     })
     .await;
-}
-
-/// `"set_config"` as a quoted identifier is still a call that changes settings (policy off /
-/// audit, RLS on).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quoted_set_config_is_read_back() {
-    for mode in [PolicyMode::Audit, PolicyMode::Off] {
-        let (_db, proxy) = one_server(mode).await;
-        let a = proxy.connect_acme().await;
-        let a2 = proxy.connect_acme().await;
-        within(60, "quoted set_config", async {
-            assert_eq!(tenants_seen(&a2).await, vec!["acme"; 3]);
-            a.simple_query("SELECT \"set_config\"('app.current_tenant', 'globex', false)")
-                .await
-                .unwrap();
-            assert_eq!(
-                tenants_seen(&a2).await,
-                vec!["acme"; 3],
-                "{mode:?}: the next acme client ran as globex"
-            );
-        })
-        .await;
-    }
 }
 
 /// A bypass_policy user's `SET ROLE` is read back although pg_settings hides `role`: the next
