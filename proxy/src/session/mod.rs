@@ -472,6 +472,7 @@ impl Session {
             settings: pool.settings(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
+            in_flight: conn.cancels.clone(),
         }));
         self.progress = Progress::default();
         self.server = Some(Attached {
@@ -567,7 +568,12 @@ impl Session {
         };
         self.cancel.slot.set(None);
         self.progress = Progress::default();
-        pool.release_to_waiter(conn);
+        if conn.cancels.busy() {
+            // Rare: the client's cancel is still on its way to the server (see `finish`).
+            Box::pin(finish(&pool, conn, true, false)).await;
+        } else {
+            pool.release_to_waiter(conn);
+        }
         // Between transactions the session holds no buffer (to_client goes once written).
         if self.to_server.is_empty() {
             self.to_server = BytesMut::new();
@@ -582,6 +588,10 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
+        if conn.cancels.busy() && !conn.cancels.finished().await {
+            // Not even the cleanup statements may run: the cancel could land on them.
+            return finish(&pool, conn, false, false).await;
+        }
         if conn.statements.stale {
             if let Err(e) = conn.exec_quiet("DEALLOCATE ALL").await {
                 tracing::debug!(server = conn.id, error = %e, "cannot deallocate stale statements; closing server");
@@ -681,8 +691,10 @@ impl Session {
 }
 
 /// Returns a server to its pool clean, or closes it. A transaction left open is rolled back;
-/// in session mode all session state is discarded.
+/// in session mode all session state is discarded. A cancel the client sent that is still on
+/// its way is waited for first: it could land on the reset or on the next client's query.
 async fn finish(pool: &Pool, mut server: ServerConn, reusable: bool, discard_all: bool) {
+    let reusable = reusable && (!server.cancels.busy() || server.cancels.finished().await);
     if reusable {
         let reset = async {
             if server.tx_status != b'I' {
