@@ -675,9 +675,11 @@ impl Session {
             self.cancel.slot.set(None);
             let mut conn = conn;
             // A server whose settings statement has no known outcome is never reused.
+            let settings = pool.settings();
             let reusable = !self.progress.setup_unconfirmed
                 && relay::settle(
                     &mut conn,
+                    &settings.target,
                     &mut self.progress,
                     &mut self.to_server,
                     (&mut self.expected, &mut self.statements),

@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tenantgate_config::{Config, PoolMode};
-use tenantgate_tests::pg::PgServer;
+use tenantgate_tests::pg::{self, PgServer};
+use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
-use tenantgate_tests::wire;
-use tenantgate_tests::within;
+use tenantgate_tests::wire::{self, RawConn};
+use tenantgate_tests::{unique_name, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 /// Transaction pooling on database `app` with `pool_size` servers.
 fn tx_config(pool_size: usize) -> Config {
@@ -21,6 +22,22 @@ fn tx_config(pool_size: usize) -> Config {
         db.query_wait_timeout = 20.0;
     }
     config
+}
+
+async fn raw_proxy(proxy: &TestProxy) -> (RawConn, (i32, i32)) {
+    let mut c = RawConn::connect(proxy.addr).await.unwrap();
+    let info = c
+        .startup(SERVICE_CLIENT, pg::APP_DB, Some(SERVICE_CLIENT_PASSWORD))
+        .await
+        .unwrap();
+    (c, info.backend_key.expect("BackendKeyData"))
+}
+
+async fn direct_client() -> Client {
+    let pg = PgServer::shared();
+    connect(&pg.tcp_config(pg::SERVICE_USER, pg::SERVICE_PASSWORD, pg::APP_DB))
+        .await
+        .unwrap()
 }
 
 /// A TCP forwarder to the shared Postgres that holds each CancelRequest for `delay` before
@@ -96,6 +113,52 @@ async fn an_in_flight_cancel_never_reaches_the_next_client() {
             "B's query was cancelled by A's cancel request after {:?}: {:?}",
             started.elapsed(),
             rb.err().map(|e| format!("{:?} {e}", sqlstate(&e)))
+        );
+    })
+    .await;
+}
+
+/// A client leaves while its query runs. The proxy must cancel the query on the server's own
+/// backend, not merely close the server after its settle timeout: Postgres only notices a
+/// closed socket when it writes, so the query would keep running, pool_size would no longer
+/// bound the backends, and clients could pile up long-running orphans (max_connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_query_is_cancelled_on_postgres() {
+    let proxy = TestProxy::start(tx_config(1)).await;
+    within(60, "abandoned long query", async {
+        let marker = unique_name("orphan");
+        let sql = format!("SELECT pg_sleep(60) /* {marker} */");
+        let (mut a, _) = raw_proxy(&proxy).await;
+        a.send(&pipeline::query(&sql)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(a);
+        // The next client gets the server once the cancelled query has answered.
+        let b = proxy.connect_service().await;
+        let started = Instant::now();
+        b.simple_query("SELECT 1").await.unwrap();
+        let waited = started.elapsed();
+        let direct = direct_client().await;
+        let orphans: i64 = direct
+            .query_one(
+                "SELECT count(*)::int8 FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let backends: i64 = direct
+            .query_one(
+                "SELECT count(*)::int8 FROM pg_stat_activity WHERE usename = $1 \
+                 AND datname = 'app' AND pid <> pg_backend_pid()",
+                &[&pg::SERVICE_USER],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            orphans, 0,
+            "the abandoned pg_sleep(60) still runs on Postgres after the proxy dropped its \
+             server (B waited {waited:?}; {backends} backends of the proxy's role with pool_size 1)"
         );
     })
     .await;
