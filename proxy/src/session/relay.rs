@@ -239,6 +239,11 @@ impl Session {
                         self.flush_client().await;
                         return end;
                     }
+                    if self.releasable() {
+                        // Nothing the client sent awaits a reply (the release check otherwise
+                        // runs when one comes): the server must not stay with an idle client.
+                        self.release().await;
+                    }
                     self.drop_read_buffer();
                 }
                 Event::Server => {

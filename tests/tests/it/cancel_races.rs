@@ -7,7 +7,7 @@ use tenantgate_config::{Config, PoolMode};
 use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
-use tenantgate_tests::wire::{self, RawConn};
+use tenantgate_tests::wire::{self, BackendMessage, RawConn};
 use tenantgate_tests::{unique_name, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +38,44 @@ async fn direct_client() -> Client {
     connect(&pg.tcp_config(pg::SERVICE_USER, pg::SERVICE_PASSWORD, pg::APP_DB))
         .await
         .unwrap()
+}
+
+async fn read_until_tag(conn: &mut RawConn, tag: u8) -> Vec<BackendMessage> {
+    let mut out = Vec::new();
+    loop {
+        let m = conn.read_message().await.unwrap().unwrap_or_else(|| {
+            panic!(
+                "EOF before {:?}: {:?}",
+                tag as char,
+                pipeline::summarize(&out)
+            )
+        });
+        let done = m.tag == tag;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn copy_data(bytes: &[u8]) -> Vec<u8> {
+    let mut d = vec![b'd'];
+    d.extend_from_slice(&(bytes.len() as i32 + 4).to_be_bytes());
+    d.extend_from_slice(bytes);
+    d
+}
+
+const COPY_DONE: [u8; 5] = [b'c', 0, 0, 0, 4];
+
+async fn send_cancel(addr: SocketAddr, (pid, secret): (i32, i32)) {
+    let mut c = RawConn::connect(addr).await.unwrap();
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&pid.to_be_bytes());
+    payload.extend_from_slice(&secret.to_be_bytes());
+    c.send(&wire::startup_packet(wire::CANCEL_REQUEST_CODE, &payload))
+        .await
+        .unwrap();
+    c.expect_close(20).await.unwrap();
 }
 
 /// A TCP forwarder to the shared Postgres that holds each CancelRequest for `delay` before
@@ -116,6 +154,80 @@ async fn an_in_flight_cancel_never_reaches_the_next_client() {
         );
     })
     .await;
+}
+
+/// An error ends a COPY FROM STDIN (a cancel, or a bad row) while the client is still
+/// streaming; the server answers ErrorResponse + ReadyForQuery 'I' and the proxy gives it back.
+/// The client then ends its copy (more CopyData, then CopyDone, as libpq and tokio-postgres
+/// do), which Postgres ignores outside COPY. The proxy must drop those messages without
+/// checking out a server for them: one would never be answered, so nothing would release the
+/// server, and an idle client would pin it while every other client waits (53300).
+async fn stray_copy_done_after_a_failed_copy(by_cancel: bool) {
+    let mut config = tx_config(1);
+    config.databases[0].query_wait_timeout = 3.0;
+    let proxy = TestProxy::start(config).await;
+    let table = unique_name("rev_copy");
+    let direct = direct_client().await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+        .await
+        .unwrap();
+    within(60, "stray CopyDone", async {
+        let (mut a, key) = raw_proxy(&proxy).await;
+        a.send(&pipeline::query(&format!("COPY {table} FROM STDIN")))
+            .await
+            .unwrap();
+        read_until_tag(&mut a, b'G').await;
+        if by_cancel {
+            a.send(&copy_data(b"1\n")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            send_cancel(proxy.addr, key).await;
+            // Postgres acts on a cancel in COPY FROM STDIN when the next data arrives.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            a.send(&copy_data(b"2\n")).await.unwrap();
+        } else {
+            a.send(&copy_data(b"not a number\n")).await.unwrap();
+        }
+        let replies = read_until_tag(&mut a, b'Z').await;
+        let s = pipeline::summarize(&replies);
+        assert!(s.iter().any(|m| m.starts_with("Error")), "{s:?}");
+        // The client had more rows on the way, then ends its copy.
+        a.send(&[copy_data(b"2\n"), COPY_DONE.to_vec()].concat())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A is idle: no transaction, nothing in flight. B must get the one server.
+        let (mut b, _) = raw_proxy(&proxy).await;
+        let r = pipeline::round_trip(&mut b, &pipeline::query("SELECT 1"), 1).await;
+        match r {
+            Ok(m) => assert!(
+                pipeline::first_error(&m).is_none(),
+                "{:?}",
+                pipeline::summarize(&m)
+            ),
+            Err(e) => panic!("B got no server while A sat idle after its COPY: {e:#}"),
+        }
+        // A still works.
+        let r = pipeline::round_trip(&mut a, &pipeline::query("SELECT 2"), 1)
+            .await
+            .unwrap();
+        assert!(pipeline::first_error(&r).is_none());
+    })
+    .await;
+    direct
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn copy_done_after_a_cancelled_copy_pins_no_server() {
+    stray_copy_done_after_a_failed_copy(true).await;
+}
+
+#[tokio::test]
+async fn copy_done_after_a_failed_copy_pins_no_server() {
+    stray_copy_done_after_a_failed_copy(false).await;
 }
 
 /// A client leaves while its query runs. The proxy must cancel the query on the server's own
