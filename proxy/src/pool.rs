@@ -9,6 +9,9 @@
 //! to the first of the next [`AFFINITY_WINDOW`] waiters that wants its settings, but no waiter
 //! is passed over more than [`MAX_PASSES`] times or for longer than [`MAX_PASS_DELAY`], so the
 //! queue stays FIFO within a bound.
+//!
+//! A checkout may be dropped at any await (its client left while it waited): what it holds of
+//! the pool by then (a place in `total`, a server granted to it) goes back when it is dropped.
 
 use crate::server::{self, ServerConn, ServerError, ServerTarget};
 use std::collections::VecDeque;
@@ -284,7 +287,7 @@ impl Pool {
 
     /// Waits while the pool is paused, up to `query_wait_timeout` (0 = forever).
     async fn wait_resumed(&self, settings: &PoolSettings) -> Result<(), PoolError> {
-        self.paused_waiters.fetch_add(1, Ordering::Relaxed);
+        let _counted = PausedWaiter::new(&self.paused_waiters);
         let wait = async {
             loop {
                 let notified = self.resumed.notified();
@@ -305,7 +308,6 @@ impl Pool {
                 .await
                 .map_err(|_| PoolError::WaitTimeout)
         };
-        self.paused_waiters.fetch_sub(1, Ordering::Relaxed);
         if result.is_err() {
             self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
             crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
@@ -428,19 +430,17 @@ impl Pool {
         }
     }
 
+    /// Opens a server in a place already counted in `total`; the place is given up if that
+    /// fails or the checkout is dropped first.
     async fn open(&self, settings: &PoolSettings) -> Result<ServerConn, PoolError> {
+        let opening = Opening(Some(self));
         let slot = match self.budget.as_ref().and_then(std::sync::Weak::upgrade) {
-            Some(budget) => match budget.slot(settings.query_wait_timeout).await {
-                Ok(slot) => Some(slot),
-                Err(e) => {
-                    self.forget_one();
-                    return Err(e);
-                }
-            },
+            Some(budget) => Some(budget.slot(settings.query_wait_timeout).await?),
             None => None,
         };
         match server::connect(&settings.target, &[]).await {
             Ok(mut conn) => {
+                opening.opened();
                 conn.slot = slot;
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -450,7 +450,6 @@ impl Pool {
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::error(crate::metrics::ErrorKind::ServerConnect);
-                self.forget_one();
                 Err(e.into())
             }
         }
@@ -463,8 +462,9 @@ impl Pool {
         settings: &PoolSettings,
     ) -> Result<ServerConn, PoolError> {
         self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let mut queued = Queued { pool: self, rx };
         // No timer here: the pool's reaper sends TimedOut at the deadline.
-        let granted = rx.await.ok();
+        let granted = (&mut queued.rx).await.ok();
         let waited = since.elapsed();
         self.stats
             .wait_us_total
@@ -621,6 +621,59 @@ impl Pool {
         drop(s);
         // Paused checkouts see `closed` and fail.
         self.resume();
+    }
+}
+
+/// A place in the queue. Dropped before its grant was taken (the checkout was abandoned), it
+/// refuses further grants and hands back one already sent: the server to the pool, the right
+/// to open one to the next waiter. Either is counted in `total` and would otherwise leak.
+struct Queued<'a> {
+    pool: &'a Pool,
+    rx: oneshot::Receiver<Grant>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Grant::Conn(conn)) => self.pool.release(*conn),
+            Ok(Grant::Connect) => self.pool.forget_one(),
+            Ok(Grant::TimedOut) | Err(_) => {}
+        }
+    }
+}
+
+/// A server being opened: its place in `total` is given up when this is dropped before
+/// [`Opening::opened`] (the connection failed, or the checkout was abandoned).
+struct Opening<'a>(Option<&'a Pool>);
+
+impl Opening<'_> {
+    fn opened(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.forget_one();
+        }
+    }
+}
+
+/// A checkout counted as waiting for RESUME for as long as this lives.
+struct PausedWaiter<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> PausedWaiter<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        PausedWaiter(count)
+    }
+}
+
+impl Drop for PausedWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

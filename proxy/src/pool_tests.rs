@@ -88,3 +88,52 @@ fn affinity_keys_ignore_order_and_tell_tenants_apart() {
     assert_ne!(Affinity::of(&a), Affinity::of(&g));
     assert_ne!(Affinity::of(&[]), Affinity::NONE);
 }
+
+/// A pool of one server that is never reached (its checkouts only queue here).
+fn pool_of_one() -> Arc<Pool> {
+    let target = ServerTarget {
+        host: "127.0.0.1".into(),
+        port: 1,
+        unix_socket: None,
+        dbname: "app".into(),
+        user: "app".into(),
+        password: None,
+        tls_mode: tenantgate_config::ServerTlsMode::Disable,
+        tls: None,
+        connect_timeout: Duration::from_secs(1),
+        max_message: 1 << 20,
+        max_prepared: 16,
+    };
+    Pool::new(
+        "app",
+        PoolSettings {
+            target,
+            mode: PoolMode::Transaction,
+            pool_size: 1,
+            min_pool_size: 0,
+            idle_timeout: Duration::ZERO,
+            lifetime: Duration::ZERO,
+            query_wait_timeout: Duration::ZERO,
+        },
+    )
+}
+
+#[tokio::test]
+async fn an_abandoned_checkout_gives_back_what_it_was_granted() {
+    let pool = pool_of_one();
+    // The one server is out: a checkout queues.
+    pool.lock().total = 1;
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire(Affinity::NONE).await.is_ok() }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(pool.counts().waiting, 1);
+    // That server is closed: the waiter may open one, but its checkout is dropped (the
+    // client left) before it takes the grant.
+    pool.forget_one();
+    assert_eq!((pool.counts().total, pool.counts().waiting), (1, 0));
+    queued.abort();
+    assert!(queued.await.is_err_and(|e| e.is_cancelled()));
+    assert_eq!(pool.counts().total, 0, "the grant was handed back");
+}

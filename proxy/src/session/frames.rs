@@ -107,8 +107,8 @@ impl Session {
                         "tenantgate: server connection lost",
                     )));
                 }
-                if let Err(e) = Box::pin(self.attach(&frame)).await {
-                    return Some(RelayEnd::Fatal(e));
+                if let Err(end) = Box::pin(self.attach(&frame)).await {
+                    return Some(end);
                 }
             }
             match screened {

@@ -485,25 +485,28 @@ impl Session {
 
     /// Attaches a server for the client's next transaction, at the client's settings.
     /// `first` is the client message that needs it (already taken from the read buffer).
-    async fn attach(&mut self, first: &Frame) -> Result<(), PgError> {
-        let quota = match (
-            self.current_tenant(),
-            self.id.user_config.config.max_tenant_connections,
-        ) {
-            (Some(t), Some(limit)) => Some(
-                self.id
-                    .pool
-                    .tenant_permit(t, limit)
-                    .await
-                    .map_err(|e| pool_error(&e))?,
-            ),
-            _ => None,
-        };
+    ///
+    /// While it waits for the server the client is watched: one that leaves gives up its place
+    /// (else it would later take a server and run its request for nobody, ahead of the live
+    /// clients queued behind it). The session then ends with [`RelayEnd::ClientGone`].
+    async fn attach(&mut self, first: &Frame) -> Result<(), RelayEnd> {
         let pool = self.id.pool.clone();
-        let mut conn = pool
-            .acquire(Affinity::of(&self.desired))
-            .await
-            .map_err(|e| pool_error(&e))?;
+        // The fields `current_tenant` reads: the client is borrowed meanwhile.
+        let tenant = self.local_tenant.as_deref().or(self.tenant.as_deref());
+        let checkout = checkout(
+            &pool,
+            tenant,
+            self.id.user_config.config.max_tenant_connections,
+            Affinity::of(&self.desired),
+        );
+        let (quota, mut conn) = tokio::select! {
+            biased;
+            checked_out = checkout => checked_out.map_err(|e| RelayEnd::Fatal(pool_error(&e)))?,
+            () = relay::client_gone(&mut self.client, &self.metrics) => {
+                tracing::debug!("client left while waiting for a server");
+                return Err(RelayEnd::ClientGone);
+            }
+        };
         let mut pipelined = None;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
             let setting = &self.app.config().tenancy.setting;
@@ -515,7 +518,7 @@ impl Session {
                     if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
                         tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
                         finish(&pool, conn, false, false).await;
-                        return Err(server_error(&e));
+                        return Err(RelayEnd::Fatal(server_error(&e)));
                     }
                 }
                 plan => pipelined = Some((plan, sql)),
@@ -690,6 +693,21 @@ impl Session {
         self.audit_pending.push(AuditKind::Disconnect);
         self.flush_audit().await;
     }
+}
+
+/// The tenant's quota permit (when `limit` applies) and a server. Dropped before it completes,
+/// it holds nothing of either (see `pool`).
+async fn checkout(
+    pool: &Arc<Pool>,
+    tenant: Option<&str>,
+    limit: Option<usize>,
+    affinity: Affinity,
+) -> Result<(Option<TenantPermit>, ServerConn), PoolError> {
+    let quota = match (tenant, limit) {
+        (Some(t), Some(limit)) => Some(pool.tenant_permit(t, limit).await?),
+        _ => None,
+    };
+    Ok((quota, pool.acquire(affinity).await?))
 }
 
 /// Returns a server to its pool clean, or closes it. A transaction left open is rolled back;

@@ -212,6 +212,26 @@ fn poll_read_client(
     }
 }
 
+/// Completes when the client has gone (EOF or an error) while its session waits for something
+/// else: a server. What the client sends meanwhile goes to the read buffer for the relay, up to
+/// [`HIGH_WATER`]; beyond that it is not read, and so not watched, until the wait ends.
+pub(super) async fn client_gone(
+    client: &mut crate::conn::Framed,
+    metrics: &crate::metrics::SessionMetrics,
+) {
+    poll_fn(|cx| loop {
+        if client.rbuf.len() >= HIGH_WATER {
+            return Poll::Pending;
+        }
+        match poll_read_client(&mut client.stream, &mut client.rbuf, cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(n)) => metrics.bytes_received(n),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
 fn fatal(code: &'static str, msg: &str) -> RelayEnd {
     RelayEnd::Fatal(PgError::fatal(code, msg))
 }

@@ -275,3 +275,42 @@ async fn an_abandoned_query_is_cancelled_on_postgres() {
     })
     .await;
 }
+
+/// A client sends a query and disconnects while it waits in the pool queue. It must leave the
+/// queue: otherwise it later takes a server, runs the query for nobody and holds the server
+/// through it, while live clients queued behind it wait for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_from_the_queue_takes_no_server() {
+    let proxy = TestProxy::start(tx_config(1)).await;
+    within(60, "ghost in the queue", async {
+        let h = proxy.connect_service().await;
+        h.batch_execute("BEGIN").await.unwrap();
+        h.simple_query("SELECT 1").await.unwrap();
+        let (mut ghost, _) = raw_proxy(&proxy).await;
+        ghost
+            .send(&pipeline::query("SELECT pg_sleep(3)"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(ghost);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let c = proxy.connect_service().await;
+        let c_query = tokio::spawn(async move {
+            let started = Instant::now();
+            let r = c.simple_query("SELECT 1").await.map(|_| ());
+            (r, started)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let released = Instant::now();
+        h.batch_execute("COMMIT").await.unwrap();
+        let (r, _) = c_query.await.unwrap();
+        r.unwrap();
+        let waited = released.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "C waited {waited:?} after the server was released: a departed client's pg_sleep(3) \
+             ran first"
+        );
+    })
+    .await;
+}
