@@ -9,6 +9,9 @@
 //! to the first of the next [`AFFINITY_WINDOW`] waiters that wants its settings, but no waiter
 //! is passed over more than [`MAX_PASSES`] times or for longer than [`MAX_PASS_DELAY`], so the
 //! queue stays FIFO within a bound.
+//!
+//! A checkout may be dropped at any await (its client left while it waited): what it holds of
+//! the pool by then (a place in `total`, a server granted to it) goes back when it is dropped.
 
 use crate::server::{self, ServerConn, ServerError, ServerTarget};
 use std::collections::VecDeque;
@@ -284,7 +287,7 @@ impl Pool {
 
     /// Waits while the pool is paused, up to `query_wait_timeout` (0 = forever).
     async fn wait_resumed(&self, settings: &PoolSettings) -> Result<(), PoolError> {
-        self.paused_waiters.fetch_add(1, Ordering::Relaxed);
+        let _counted = PausedWaiter::new(&self.paused_waiters);
         let wait = async {
             loop {
                 let notified = self.resumed.notified();
@@ -305,7 +308,6 @@ impl Pool {
                 .await
                 .map_err(|_| PoolError::WaitTimeout)
         };
-        self.paused_waiters.fetch_sub(1, Ordering::Relaxed);
         if result.is_err() {
             self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
             crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
@@ -428,19 +430,17 @@ impl Pool {
         }
     }
 
+    /// Opens a server in a place already counted in `total`; the place is given up if that
+    /// fails or the checkout is dropped first.
     async fn open(&self, settings: &PoolSettings) -> Result<ServerConn, PoolError> {
+        let opening = Opening(Some(self));
         let slot = match self.budget.as_ref().and_then(std::sync::Weak::upgrade) {
-            Some(budget) => match budget.slot(settings.query_wait_timeout).await {
-                Ok(slot) => Some(slot),
-                Err(e) => {
-                    self.forget_one();
-                    return Err(e);
-                }
-            },
+            Some(budget) => Some(budget.slot(settings.query_wait_timeout).await?),
             None => None,
         };
         match server::connect(&settings.target, &[]).await {
             Ok(mut conn) => {
+                opening.opened();
                 conn.slot = slot;
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -450,7 +450,6 @@ impl Pool {
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::error(crate::metrics::ErrorKind::ServerConnect);
-                self.forget_one();
                 Err(e.into())
             }
         }
@@ -463,8 +462,9 @@ impl Pool {
         settings: &PoolSettings,
     ) -> Result<ServerConn, PoolError> {
         self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let mut queued = Queued { pool: self, rx };
         // No timer here: the pool's reaper sends TimedOut at the deadline.
-        let granted = rx.await.ok();
+        let granted = (&mut queued.rx).await.ok();
         let waited = since.elapsed();
         self.stats
             .wait_us_total
@@ -624,6 +624,59 @@ impl Pool {
     }
 }
 
+/// A place in the queue. Dropped before its grant was taken (the checkout was abandoned), it
+/// refuses further grants and hands back one already sent: the server to the pool, the right
+/// to open one to the next waiter. Either is counted in `total` and would otherwise leak.
+struct Queued<'a> {
+    pool: &'a Pool,
+    rx: oneshot::Receiver<Grant>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Grant::Conn(conn)) => self.pool.release(*conn),
+            Ok(Grant::Connect) => self.pool.forget_one(),
+            Ok(Grant::TimedOut) | Err(_) => {}
+        }
+    }
+}
+
+/// A server being opened: its place in `total` is given up when this is dropped before
+/// [`Opening::opened`] (the connection failed, or the checkout was abandoned).
+struct Opening<'a>(Option<&'a Pool>);
+
+impl Opening<'_> {
+    fn opened(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.forget_one();
+        }
+    }
+}
+
+/// A checkout counted as waiting for RESUME for as long as this lives.
+struct PausedWaiter<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> PausedWaiter<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        PausedWaiter(count)
+    }
+}
+
+impl Drop for PausedWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The waiter a released server with `affinity`'s settings goes to: the first one in the
 /// window that wants them, unless the head was passed over [`MAX_PASSES`] times already or
 /// first passed over [`MAX_PASS_DELAY`] ago; the waiters it passes count a pass. Every pass of
@@ -695,93 +748,5 @@ async fn reap(pool: std::sync::Weak<Pool>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn waiter(affinity: u64) -> (Waiter, oneshot::Receiver<Grant>) {
-        let (tx, rx) = oneshot::channel();
-        let w = Waiter {
-            tx,
-            deadline: None,
-            affinity: Affinity(affinity),
-            passed: 0,
-            first_passed: None,
-        };
-        (w, rx)
-    }
-
-    fn queue(affinities: &[u64]) -> VecDeque<Waiter> {
-        affinities.iter().map(|&a| waiter(a).0).collect()
-    }
-
-    fn served(waiters: &mut VecDeque<Waiter>, affinity: u64) -> Option<u64> {
-        take_waiter(waiters, Affinity(affinity)).map(|w| w.affinity.0)
-    }
-
-    #[test]
-    fn a_server_goes_to_the_first_waiter_that_wants_its_settings() {
-        let mut q = queue(&[1, 2, 3, 2]);
-        assert_eq!(served(&mut q, 2), Some(2));
-        assert_eq!(q.iter().map(|w| w.passed).collect::<Vec<_>>(), [1, 0, 0]);
-        assert_eq!(served(&mut q, 9), Some(1), "no taker: the head");
-        assert_eq!(served(&mut q, 0), Some(3), "no preference: the head");
-        assert_eq!(served(&mut q, 2), Some(2));
-        assert_eq!(served(&mut q, 2), None);
-    }
-
-    #[test]
-    fn no_waiter_is_passed_over_more_than_max_passes_times() {
-        // The head wants settings no released server has; everyone behind it wants them.
-        let mut q = queue(&[1]);
-        for _ in 0..10 {
-            q.push_back(waiter(2).0);
-        }
-        let mut order = Vec::new();
-        while let Some(a) = served(&mut q, 2) {
-            order.push(a);
-            q.push_back(waiter(2).0);
-            if a == 1 {
-                break;
-            }
-        }
-        assert_eq!(order.len(), usize::from(MAX_PASSES) + 1, "{order:?}");
-        assert!(q.iter().all(|w| w.passed <= MAX_PASSES));
-    }
-
-    #[test]
-    fn a_waiter_first_passed_over_long_ago_is_served() {
-        let mut q = queue(&[1, 2]);
-        q[0].passed = 1;
-        q[0].first_passed = Some(Instant::now() - MAX_PASS_DELAY);
-        assert_eq!(served(&mut q, 2), Some(1));
-        let mut q = queue(&[1, 2]);
-        q[0].passed = 1;
-        q[0].first_passed = Some(Instant::now());
-        assert_eq!(served(&mut q, 2), Some(2));
-        assert!(q[0].first_passed.is_some() && q[0].passed == 2);
-    }
-
-    #[test]
-    fn waiters_beyond_the_window_are_not_looked_at() {
-        let mut q = queue(&vec![1; AFFINITY_WINDOW]);
-        q.push_back(waiter(2).0);
-        assert_eq!(served(&mut q, 2), Some(1));
-        assert!(q.iter().all(|w| w.passed == 0));
-    }
-
-    #[test]
-    fn affinity_keys_ignore_order_and_tell_tenants_apart() {
-        let s = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let a = s(&[("app.current_tenant", "acme"), ("TimeZone", "UTC")]);
-        let b = s(&[("TimeZone", "UTC"), ("app.current_tenant", "acme")]);
-        let g = s(&[("app.current_tenant", "globex"), ("TimeZone", "UTC")]);
-        assert_eq!(Affinity::of(&a), Affinity::of(&b));
-        assert_ne!(Affinity::of(&a), Affinity::of(&g));
-        assert_ne!(Affinity::of(&[]), Affinity::NONE);
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! Connections from the proxy to a Postgres server: TLS negotiation, startup, authentication.
 
+use crate::cancel::CancelsInFlight;
 use crate::conn::{ConnError, Framed};
 use crate::io::Stream;
 use crate::protocol::frame::BodyReader;
@@ -10,6 +11,7 @@ use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenantgate_config::{DatabaseConfig, ServerTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,6 +164,9 @@ pub struct ServerConn {
     pub(crate) slot: Option<crate::tenant_pools::ServerSlot>,
     /// The key of `session_settings`, set by the pool when the server is released.
     pub(crate) affinity: crate::pool::Affinity,
+    /// Cancels forwarded to this server's backend and not finished: until they are, it must
+    /// not serve another client.
+    pub(crate) cancels: Arc<CancelsInFlight>,
 }
 
 impl ServerConn {
@@ -329,6 +334,7 @@ async fn login(
         statements: ServerStatements::new(target.max_prepared),
         slot: None,
         affinity: crate::pool::Affinity::NONE,
+        cancels: Arc::default(),
     };
     loop {
         let frame = server.conn.read_frame().await?;

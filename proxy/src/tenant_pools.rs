@@ -202,7 +202,7 @@ impl TenantPools {
                 break;
             }
         }
-        let mut rx = {
+        let mut queued = {
             let mut b = self.budget_lock();
             if b.used < b.cap {
                 b.used += 1;
@@ -212,21 +212,18 @@ impl TenantPools {
             }
             let (tx, rx) = oneshot::channel();
             b.waiters.push_back(tx);
-            rx
+            BudgetWait { owner: self, rx }
         };
         // A server may have gone idle between the eviction attempt and the registration
         // (its release did not see a waiter yet): evict now that we are registered.
         self.evict_lru();
         let granted = if wait.is_zero() {
-            (&mut rx).await.is_ok()
+            (&mut queued.rx).await.is_ok()
         } else {
-            match tokio::time::timeout(wait, &mut rx).await {
+            match tokio::time::timeout(wait, &mut queued.rx).await {
                 Ok(r) => r.is_ok(),
                 Err(_) => {
-                    rx.close();
-                    if rx.try_recv().is_ok() {
-                        self.give_back();
-                    }
+                    // Dropping `queued` hands back a slot granted meanwhile.
                     crate::metrics::error(crate::metrics::ErrorKind::PoolTimeout);
                     return Err(PoolError::WaitTimeout);
                 }
@@ -278,6 +275,22 @@ impl TenantPools {
     pub fn close_all(&self) {
         for pool in self.pools_lock().drain().map(|(_, p)| p) {
             pool.close();
+        }
+    }
+}
+
+/// A place in the budget's queue. Dropped before its grant was taken (a timeout, or the
+/// checkout was abandoned), it refuses further grants and gives back one already sent.
+struct BudgetWait<'a> {
+    owner: &'a TenantPools,
+    rx: oneshot::Receiver<()>,
+}
+
+impl Drop for BudgetWait<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if self.rx.try_recv().is_ok() {
+            self.owner.give_back();
         }
     }
 }

@@ -83,6 +83,12 @@ impl Session {
                     continue;
                 }
             }
+            if matches!(frame.tag, b'd' | b'c' | b'f') && !self.copy_may_run() {
+                // Postgres ignores these outside COPY: a client ends a copy that an error
+                // already ended with them. Forwarded, they could check out a server for a
+                // message no reply answers, which then nothing would release.
+                continue;
+            }
             if !self.tx_mode && self.server_at_rest() {
                 // Session mode, between transactions: a reload may have moved the tenant.
                 if let Err(e) = self.refresh_placement() {
@@ -108,8 +114,8 @@ impl Session {
                         "tenantgate: server connection lost",
                     )));
                 }
-                if let Err(e) = Box::pin(self.attach(&frame)).await {
-                    return Some(RelayEnd::Fatal(e));
+                if let Err(end) = Box::pin(self.attach(&frame)).await {
+                    return Some(end);
                 }
             }
             match screened {
@@ -129,6 +135,12 @@ impl Session {
             self.expected.flush_synthetic(&mut self.to_client);
             self.flush_audit().await;
         }
+    }
+
+    /// Is the server in COPY FROM STDIN, or may it enter one before the client's next message
+    /// reaches it (a reply is outstanding: a COPY query the client pipelined its data behind)?
+    fn copy_may_run(&self) -> bool {
+        self.progress.copy_in || !self.expected.is_empty()
     }
 
     /// Applies the policy and the proxy's own session commands to one client message.

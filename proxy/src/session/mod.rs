@@ -475,6 +475,7 @@ impl Session {
             settings: pool.settings(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
+            in_flight: conn.cancels.clone(),
         }));
         self.progress = Progress::default();
         self.server = Some(Attached {
@@ -487,25 +488,28 @@ impl Session {
 
     /// Attaches a server for the client's next transaction, at the client's settings.
     /// `first` is the client message that needs it (already taken from the read buffer).
-    async fn attach(&mut self, first: &Frame) -> Result<(), PgError> {
-        let quota = match (
-            self.current_tenant(),
-            self.id.user_config.config.max_tenant_connections,
-        ) {
-            (Some(t), Some(limit)) => Some(
-                self.id
-                    .pool
-                    .tenant_permit(t, limit)
-                    .await
-                    .map_err(|e| pool_error(&e))?,
-            ),
-            _ => None,
-        };
+    ///
+    /// While it waits for the server the client is watched: one that leaves gives up its place
+    /// (else it would later take a server and run its request for nobody, ahead of the live
+    /// clients queued behind it). The session then ends with [`RelayEnd::ClientGone`].
+    async fn attach(&mut self, first: &Frame) -> Result<(), RelayEnd> {
         let pool = self.id.pool.clone();
-        let mut conn = pool
-            .acquire(Affinity::of(&self.desired))
-            .await
-            .map_err(|e| pool_error(&e))?;
+        // The fields `current_tenant` reads: the client is borrowed meanwhile.
+        let tenant = self.local_tenant.as_deref().or(self.tenant.as_deref());
+        let checkout = checkout(
+            &pool,
+            tenant,
+            self.id.user_config.config.max_tenant_connections,
+            Affinity::of(&self.desired),
+        );
+        let (quota, mut conn) = tokio::select! {
+            biased;
+            checked_out = checkout => checked_out.map_err(|e| RelayEnd::Fatal(pool_error(&e)))?,
+            () = relay::client_gone(&mut self.client, &self.metrics) => {
+                tracing::debug!("client left while waiting for a server");
+                return Err(RelayEnd::ClientGone);
+            }
+        };
         let mut pipelined = None;
         if let Some(sql) = settings::diff_sql(&conn.session_settings, &self.desired) {
             let setting = &self.app.config().tenancy.setting;
@@ -517,7 +521,7 @@ impl Session {
                     if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
                         tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
                         finish(&pool, conn, false, false).await;
-                        return Err(server_error(&e));
+                        return Err(RelayEnd::Fatal(server_error(&e)));
                     }
                 }
                 plan => pipelined = Some((plan, sql)),
@@ -570,7 +574,12 @@ impl Session {
         };
         self.cancel.slot.set(None);
         self.progress = Progress::default();
-        pool.release_to_waiter(conn);
+        if conn.cancels.busy() {
+            // Rare: the client's cancel is still on its way to the server (see `finish`).
+            Box::pin(finish(&pool, conn, true, false)).await;
+        } else {
+            pool.release_to_waiter(conn);
+        }
         // Between transactions the session holds no buffer (to_client goes once written).
         if self.to_server.is_empty() {
             self.to_server = BytesMut::new();
@@ -585,6 +594,10 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
+        if conn.cancels.busy() && !conn.cancels.finished().await {
+            // Not even the cleanup statements may run: the cancel could land on them.
+            return finish(&pool, conn, false, false).await;
+        }
         if conn.statements.stale {
             if let Err(e) = conn.exec_quiet("DEALLOCATE ALL").await {
                 tracing::debug!(server = conn.id, error = %e, "cannot deallocate stale statements; closing server");
@@ -679,10 +692,12 @@ impl Session {
             // session ended (57P01 at shutdown), so they must not run now.
             let unsent_after_fatal =
                 matches!(end, RelayEnd::Fatal(_)) && !self.to_server.is_empty();
+            let settings = attached.pool.settings();
             let reusable = !self.progress.setup_unconfirmed
                 && !unsent_after_fatal
                 && relay::settle(
                     &mut attached.conn,
+                    &settings.target,
                     &mut self.progress,
                     &mut self.to_server,
                     (&mut self.expected, &mut self.statements),
@@ -718,9 +733,26 @@ async fn roll_back(server: &mut ServerConn) -> bool {
     server.tx_status == b'I'
 }
 
+/// The tenant's quota permit (when `limit` applies) and a server. Dropped before it completes,
+/// it holds nothing of either (see `pool`).
+async fn checkout(
+    pool: &Arc<Pool>,
+    tenant: Option<&str>,
+    limit: Option<usize>,
+    affinity: Affinity,
+) -> Result<(Option<TenantPermit>, ServerConn), PoolError> {
+    let quota = match (tenant, limit) {
+        (Some(t), Some(limit)) => Some(pool.tenant_permit(t, limit).await?),
+        _ => None,
+    };
+    Ok((quota, pool.acquire(affinity).await?))
+}
+
 /// Returns a server to its pool clean, or closes it. A transaction left open is rolled back;
-/// in session mode all session state is discarded.
+/// in session mode all session state is discarded. A cancel the client sent that is still on
+/// its way is waited for first: it could land on the reset or on the next client's query.
 async fn finish(pool: &Pool, mut server: ServerConn, reusable: bool, discard_all: bool) {
+    let reusable = reusable && (!server.cancels.busy() || server.cancels.finished().await);
     if reusable {
         let reset = async {
             if server.tx_status != b'I' {

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::protocol::frame::put_message;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
-use crate::server::ServerConn;
+use crate::server::{send_cancel, ServerConn, ServerTarget};
 use bytes::{Buf, BytesMut};
 use std::future::{poll_fn, Future};
 use std::io;
@@ -212,6 +212,26 @@ fn poll_read_client(
     }
 }
 
+/// Completes when the client has gone (EOF or an error) while its session waits for something
+/// else: a server. What the client sends meanwhile goes to the read buffer for the relay, up to
+/// [`HIGH_WATER`]; beyond that it is not read, and so not watched, until the wait ends.
+pub(super) async fn client_gone(
+    client: &mut crate::conn::Framed,
+    metrics: &crate::metrics::SessionMetrics,
+) {
+    poll_fn(|cx| loop {
+        if client.rbuf.len() >= HIGH_WATER {
+            return Poll::Pending;
+        }
+        match poll_read_client(&mut client.stream, &mut client.rbuf, cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(n)) => metrics.bytes_received(n),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
 fn fatal(code: &'static str, msg: &str) -> RelayEnd {
     RelayEnd::Fatal(PgError::fatal(code, msg))
 }
@@ -238,6 +258,11 @@ impl Session {
                     if let Some(end) = self.client_frames().await {
                         self.flush_client().await;
                         return end;
+                    }
+                    if self.releasable() {
+                        // Nothing the client sent awaits a reply (the release check otherwise
+                        // runs when one comes): the server must not stay with an idle client.
+                        self.release().await;
                     }
                     self.drop_read_buffer();
                 }
@@ -472,12 +497,20 @@ type Outstanding<'a> = (&'a mut Expected, &'a mut ClientStatements);
 
 /// After the client is gone: finish or abort what it left running, so that the server is at
 /// ReadyForQuery with nothing outstanding. Returns whether the server can be reused.
+///
+/// A request the server may still be running is cancelled on the server's own backend: left to
+/// run, it would keep the server for nobody, and once the server is closed at the timeout the
+/// backend would still run it (Postgres notices a closed socket only when it writes), so that
+/// `pool_size` would no longer bound the backends. A COPY FROM STDIN needs no cancel: the
+/// CopyFail ends it.
 pub(super) async fn settle(
     conn: &mut ServerConn,
+    target: &ServerTarget,
     p: &mut Progress,
     to_server: &mut BytesMut,
     outstanding: Outstanding<'_>,
 ) -> bool {
+    let running = !p.copy_in && (p.pending > 0 || p.unsynced);
     if p.copy_in {
         abort_copy(to_server, p, p.copy_extended, outstanding.0);
     }
@@ -495,11 +528,36 @@ pub(super) async fn settle(
     if p.pending == 0 && to_server.is_empty() {
         return true;
     }
-    let drain = drain_server(conn, p, to_server, outstanding);
-    matches!(
-        tokio::time::timeout(SETTLE_TIMEOUT, drain).await,
-        Ok(Ok(()))
-    )
+    let (pid, secret) = (conn.backend_pid, conn.backend_secret);
+    let settled = async {
+        use tokio::io::AsyncWriteExt;
+        // What the client sent is on the server before the cancel can arrive.
+        conn.conn.stream.write_all(to_server).await?;
+        to_server.clear();
+        let drain = drain_server(conn, p, outstanding);
+        if !running {
+            return drain.await;
+        }
+        // At once: a query blocked writing its rows sees the cancel only once they are read.
+        // Both must be done before the server is reused, lest the cancel land on what follows.
+        let (cancelled, drained) = tokio::join!(send_cancel(target, pid, secret), drain);
+        cancelled.map_err(io::Error::other)?;
+        drained
+    };
+    match tokio::time::timeout(SETTLE_TIMEOUT, settled).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(server = conn.id, error = %e, "cannot settle the server; closing it");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(
+                server = conn.id,
+                "server still busy after the client left; closing it"
+            );
+            false
+        }
+    }
 }
 
 /// CopyFail for a COPY FROM STDIN the client left. After one started by an extended-protocol
@@ -515,15 +573,13 @@ fn abort_copy(out: &mut BytesMut, p: &mut Progress, extended: bool, expected: &m
     }
 }
 
+/// Reads the server's replies until nothing is outstanding.
 async fn drain_server(
     conn: &mut ServerConn,
     p: &mut Progress,
-    to_server: &mut BytesMut,
     (expected, statements): Outstanding<'_>,
 ) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    conn.conn.stream.write_all(to_server).await?;
-    to_server.clear();
     let mut ignored = BytesMut::new();
     while p.pending > 0 {
         let frame = conn

@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod cancel_races;
 mod clients;
 mod compose;
 mod config_files;
