@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tenantgate_config::{Config, PoolMode};
 use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
@@ -13,16 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
-/// Transaction pooling on database `app` with `pool_size` servers.
-fn tx_config(pool_size: usize) -> Config {
-    let mut config = base_config(PgServer::shared());
-    for db in &mut config.databases {
-        db.pool_mode = PoolMode::Transaction;
-        db.pool_size = pool_size;
-        db.query_wait_timeout = 20.0;
-    }
-    config
-}
+use crate::pooling_semantics::transaction_mode;
 
 async fn raw_proxy(proxy: &TestProxy) -> (RawConn, (i32, i32)) {
     let mut c = RawConn::connect(proxy.addr).await.unwrap();
@@ -122,7 +112,7 @@ async fn delaying_forwarder(delay: Duration) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_cancel_never_reaches_the_next_client() {
     let fwd = delaying_forwarder(Duration::from_millis(1500)).await;
-    let mut config = tx_config(1);
+    let mut config = transaction_mode(1);
     for db in &mut config.databases {
         db.host = fwd.ip().to_string();
         db.port = fwd.port();
@@ -163,7 +153,7 @@ async fn an_in_flight_cancel_never_reaches_the_next_client() {
 /// checking out a server for them: one would never be answered, so nothing would release the
 /// server, and an idle client would pin it while every other client waits (53300).
 async fn stray_copy_done_after_a_failed_copy(by_cancel: bool) {
-    let mut config = tx_config(1);
+    let mut config = transaction_mode(1);
     config.databases[0].query_wait_timeout = 3.0;
     let proxy = TestProxy::start(config).await;
     let table = unique_name("rev_copy");
@@ -236,7 +226,7 @@ async fn copy_done_after_a_failed_copy_pins_no_server() {
 /// bound the backends, and clients could pile up long-running orphans (max_connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_query_is_cancelled_on_postgres() {
-    let proxy = TestProxy::start(tx_config(1)).await;
+    let proxy = TestProxy::start(transaction_mode(1)).await;
     within(60, "abandoned long query", async {
         let marker = unique_name("orphan");
         let sql = format!("SELECT pg_sleep(60) /* {marker} */");
@@ -281,7 +271,7 @@ async fn an_abandoned_query_is_cancelled_on_postgres() {
 /// through it, while live clients queued behind it wait for that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_from_the_queue_takes_no_server() {
-    let proxy = TestProxy::start(tx_config(1)).await;
+    let proxy = TestProxy::start(transaction_mode(1)).await;
     within(60, "ghost in the queue", async {
         let h = proxy.connect_service().await;
         h.batch_execute("BEGIN").await.unwrap();

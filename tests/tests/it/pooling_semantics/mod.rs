@@ -41,7 +41,7 @@ async fn assert_server_given_back(proxy: &TestProxy) {
 }
 
 /// Transaction pooling on database `app` with `pool_size` servers.
-fn transaction_mode(pool_size: usize) -> Config {
+pub(crate) fn transaction_mode(pool_size: usize) -> Config {
     let mut config = base_config(PgServer::shared());
     for db in &mut config.databases {
         db.pool_mode = PoolMode::Transaction;
