@@ -3,7 +3,6 @@
 use crate::decision::{Decision, Rejection, Rule};
 
 const OID_UNSPECIFIED: u32 = 0;
-const OID_NAME: u32 = 19;
 const OID_INT8: u32 = 20;
 const OID_INT2: u32 = 21;
 const OID_INT4: u32 = 23;
@@ -54,7 +53,9 @@ impl Decision {
             let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
             let value = decode(bytes, format, oid)
                 .map_err(|e| mismatch(format!("tenant parameter ${pos}: {e}")))?;
-            if !tenant_matches(&value, tenant) {
+            let equal = matches_as(oid, &value, tenant)
+                .map_err(|e| mismatch(format!("tenant parameter ${pos} {e}")))?;
+            if !equal {
                 return Err(mismatch(format!(
                     "tenant parameter ${pos} does not equal the session tenant"
                 )));
@@ -77,7 +78,7 @@ fn decode(bytes: &[u8], format: i16, oid: u32) -> Result<String, String> {
 
 fn decode_binary(bytes: &[u8], oid: u32) -> Result<String, String> {
     match oid {
-        OID_TEXT | OID_VARCHAR | OID_BPCHAR | OID_NAME | OID_UNKNOWN | OID_UNSPECIFIED => {
+        OID_TEXT | OID_VARCHAR | OID_BPCHAR | OID_UNKNOWN | OID_UNSPECIFIED => {
             std::str::from_utf8(bytes)
                 .map(str::to_owned)
                 .map_err(|_| "binary text value is not UTF-8".to_owned())
@@ -134,13 +135,33 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Tenant equality: by uuid value if both parse as uuid, by integer value if both are
-/// integers, else exact string equality.
+/// Does a parameter of type `oid` with text form `value` equal the tenant, as Postgres will
+/// compare it? Integers by value, uuids by value, declared strings exactly; a parameter of no
+/// declared type takes the column's type on the server (unknown here): exactly, or by uuid
+/// value. Types whose input changes the value (`name` truncates at 63 bytes, `"char"` keeps
+/// one byte) are refused.
+fn matches_as(oid: u32, value: &str, tenant: &str) -> Result<bool, String> {
+    Ok(match oid {
+        OID_INT2 | OID_INT4 | OID_INT8 => matches!(
+            (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()),
+            (Ok(a), Ok(b)) if a == b
+        ),
+        OID_UUID => matches!((parse_uuid(value), parse_uuid(tenant)), (Some(a), Some(b)) if a == b),
+        OID_TEXT | OID_VARCHAR | OID_BPCHAR => value == tenant,
+        OID_UNKNOWN | OID_UNSPECIFIED => tenant_matches(value, tenant),
+        other => {
+            return Err(format!(
+                "has type oid {other}: declare it as text, varchar, uuid or an integer type"
+            ))
+        }
+    })
+}
+
+/// Tenant equality of a value whose type the server decides: exact, or by uuid value if both
+/// parse as uuids (a uuid column compares values; numbers are not compared by value: `'007'`
+/// is another tenant than `'7'` in a text column).
 pub(crate) fn tenant_matches(value: &str, tenant: &str) -> bool {
     if let (Some(a), Some(b)) = (parse_uuid(value), parse_uuid(tenant)) {
-        return a == b;
-    }
-    if let (Ok(a), Ok(b)) = (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()) {
         return a == b;
     }
     value == tenant

@@ -466,23 +466,36 @@ pub(crate) fn is_denied_view(name: &str) -> bool {
 }
 
 /// String literal arguments that are part of the function's syntax (field names, format
-/// patterns, sequence and setting names) and therefore not data: (function, argument index).
-pub(crate) fn literal_arg_allowed(func: &str, idx: usize) -> bool {
-    matches!(
-        (func, idx),
-        (
-            "date_trunc"
-                | "date_part"
-                | "extract"
-                | "current_setting"
-                | "nextval"
-                | "currval"
-                | "date_bin",
-            0
-        ) | ("to_char" | "to_date" | "to_timestamp" | "to_number", 1)
-            | ("current_setting", 1)
-            | ("timezone", 0)
-    )
+/// patterns, sequence and setting names, `LIKE … ESCAPE '\'` — parsed as `like_escape` —, text
+/// search configurations) and therefore not data: (function, argument index, argument count).
+pub(crate) fn literal_arg_allowed(func: &str, idx: usize, nargs: usize) -> bool {
+    // `to_tsvector('english', doc)`: the configuration comes first only in the two-argument forms.
+    let ts_config = matches!(
+        func,
+        "to_tsvector"
+            | "to_tsquery"
+            | "plainto_tsquery"
+            | "phraseto_tsquery"
+            | "websearch_to_tsquery"
+    ) && idx == 0
+        && nargs == 2;
+    ts_config
+        || matches!(
+            (func, idx),
+            (
+                "date_trunc"
+                    | "date_part"
+                    | "extract"
+                    | "current_setting"
+                    | "nextval"
+                    | "currval"
+                    | "date_bin",
+                0
+            ) | ("to_char" | "to_date" | "to_timestamp" | "to_number", 1)
+                | ("current_setting", 1)
+                | ("timezone", 0)
+                | ("like_escape" | "similar_to_escape", 1)
+        )
 }
 
 /// Functions whose argument names a relation (as text or regclass): the index of that argument

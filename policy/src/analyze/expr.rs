@@ -258,7 +258,7 @@ fn func_call(cx: &mut Cx, f: &FuncCall, ctx: Ctx, env: &Env) -> R<()> {
     }
     for (i, a) in f.args.iter().enumerate() {
         let is_const = matches!(a.node.as_ref(), Some(N::AConst(_)));
-        if is_const && functions::literal_arg_allowed(&name, i) {
+        if is_const && functions::literal_arg_allowed(&name, i, f.args.len()) {
             continue;
         }
         // Schema isolation: the relation name (checked above) and the other string arguments
@@ -521,7 +521,6 @@ fn safe_cast(t: Option<&TypeName>) -> bool {
                 | "integer"
                 | "bigint"
                 | "smallint"
-                | "name"
         )
 }
 
@@ -547,6 +546,14 @@ fn is_tenant_setting_call(cx: &Cx, f: &FuncCall) -> bool {
         && f.args.get(1).is_none_or(bool_arg)
         && f.over.is_none()
         && f.agg_filter.is_none()
+}
+
+/// Does `n` stand for several columns (`(row).*`, `(f(…)).*`)? Lists that pair values with
+/// columns by position (VALUES rows, a target list under a column-alias list) then shift, and
+/// the value checked for the tenant column would not be the one that lands there.
+pub(crate) fn expands_columns(n: &Node) -> bool {
+    matches!(n.node.as_ref(), Some(N::AIndirection(i))
+        if i.indirection.last().is_some_and(|l| matches!(l.node.as_ref(), Some(N::AStar(_)))))
 }
 
 /// A value that can stand for the tenant: `$n`, the tenant setting, or (without

@@ -88,21 +88,31 @@ pub(crate) fn with_clause(
 ) -> R<Vec<CteInfo>> {
     let mut ctes: Vec<CteInfo> = Vec::new();
     let Some(w) = w else { return Ok(ctes) };
-    for node in &w.ctes {
+    for (i, node) in w.ctes.iter().enumerate() {
         let Some(N::CommonTableExpr(cte)) = node.node.as_ref() else {
             return reject(Rule::TooComplex, "unsupported WITH item");
         };
-        if w.recursive {
-            // The self-reference carries no tenant proof: each arm must stand on its own.
-            ctes.push(CteInfo {
-                name: cte.ctename.clone(),
-                cols: None,
+        // WITH RECURSIVE: every name of the list is visible in every body, this one and later
+        // ones included (a later one may shadow a table this body names). Their rows carry no
+        // tenant proof here: each body must stand on its own.
+        let visible: Vec<CteInfo>;
+        let in_scope = if w.recursive {
+            let later = w.ctes[i..].iter().filter_map(|n| match n.node.as_ref() {
+                Some(N::CommonTableExpr(c)) => Some(CteInfo {
+                    name: c.ctename.clone(),
+                    cols: None,
+                }),
+                _ => None,
             });
-        }
+            visible = ctes.iter().cloned().chain(later).collect();
+            &visible
+        } else {
+            &ctes
+        };
         let empty = Scope::default();
         let inner_env = Env {
             scope: &empty,
-            ctes: &ctes,
+            ctes: in_scope,
             parent: env,
         };
         let cols = match cte.ctequery.as_deref().and_then(|n| n.node.as_ref()) {
@@ -114,9 +124,6 @@ pub(crate) fn with_clause(
             None => None,
         };
         let cols = rename_columns(cols, &cte.aliascolnames);
-        if w.recursive {
-            ctes.pop();
-        }
         ctes.push(CteInfo {
             name: cte.ctename.clone(),
             cols,
@@ -647,6 +654,10 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
             return None;
         };
         let val = rt.val.as_deref()?;
+        if expr::expands_columns(val) {
+            // Columns by position are unknown from here on.
+            return None;
+        }
         let mut name = (!rt.name.is_empty()).then(|| rt.name.clone());
         let tenant = match val.node.as_ref() {
             Some(N::ColumnRef(c)) => {

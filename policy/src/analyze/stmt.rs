@@ -75,7 +75,29 @@ pub(crate) fn statement(cx: &mut Cx, node: Option<&Node>) -> R<StatementKind> {
         }
         N::CopyStmt(c) => copy(cx, c),
         N::VariableSetStmt(v) => set(cx, v),
-        N::ExplainStmt(e) => statement(cx, e.query.as_deref()).map(|_| ()),
+        N::ExplainStmt(e) => {
+            // `ANALYZE`, `ANALYZE true`, `ANALYZE on`, …: anything but an explicit false.
+            let off = |arg: &Node| match arg.node.as_ref() {
+                Some(N::String(v)) => {
+                    matches!(v.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0")
+                }
+                Some(N::Boolean(b)) => !b.boolval,
+                Some(N::Integer(i)) => i.ival == 0,
+                _ => string_const(arg).is_some_and(|v| v.eq_ignore_ascii_case("false")),
+            };
+            let analyze = e.options.iter().any(|o| {
+                matches!(o.node.as_ref(), Some(N::DefElem(d))
+                    if d.defname.eq_ignore_ascii_case("analyze") && !d.arg.as_deref().is_some_and(off))
+            });
+            if analyze && cx.isolation() == Isolation::Row {
+                return reject_hint(
+                    Rule::ForbiddenStatement,
+                    "EXPLAIN ANALYZE reports how many rows its filters removed, other tenants' rows included",
+                    "run EXPLAIN without ANALYZE, or EXPLAIN ANALYZE as a bypass_policy user",
+                );
+            }
+            statement(cx, e.query.as_deref()).map(|_| ())
+        }
         N::DeclareCursorStmt(d) => statement(cx, d.query.as_deref()).map(|_| ()),
         other => utility(cx, other),
     }?;

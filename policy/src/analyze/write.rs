@@ -116,6 +116,7 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
                 let Some(N::List(items)) = row.node.as_ref() else {
                     return reject(Rule::TooComplex, "unsupported VALUES row");
                 };
+                reject_expansion(&items.items, "INSERT … VALUES")?;
                 let value = items
                     .items
                     .get(idx)
@@ -288,6 +289,8 @@ fn on_conflict_keyed(
             equality_edges(cx, w, &e, None, &Deriv::Any, &mut edges);
         }
         check.solve(cx, &edges);
+        // The `$n` that proves it is a tenant value: the Bind check must see it.
+        check.record_tenant_values(cx, &edges);
         if !check.entry_constrained(0) {
             return reject_hint(
                 Rule::TenantFilterMissing,
@@ -460,6 +463,7 @@ fn merge_insert(
             format!("MERGE … INSERT does not set tenant column \"{col}\""),
         );
     };
+    reject_expansion(&c.values, "MERGE … INSERT")?;
     let value = c.values.get(idx);
     let ok = match value.and_then(|v| expr::term(cx, v, env, Some(source_ids))) {
         Some(Term::Col(id, cname)) => env.scope.is_proven(id, &cname),
@@ -470,4 +474,17 @@ fn merge_insert(
     }
     walk_all(cx, &c.values, Ctx::Value, env)?;
     Ok(())
+}
+
+/// Values paired with columns by position must be one per column: a `(…).*` among them shifts
+/// the rest, and the value checked for the tenant column would not be the one stored there.
+fn reject_expansion(values: &[Node], what: &str) -> R<()> {
+    match values.iter().find(|v| expr::expands_columns(v)) {
+        Some(_) => reject_hint(
+            Rule::TooComplex,
+            format!("{what} expands a row with .* among its values"),
+            "list the values one by one",
+        ),
+        None => Ok(()),
+    }
 }

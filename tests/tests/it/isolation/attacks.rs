@@ -133,7 +133,8 @@ pub(super) fn attacks() -> Vec<Attack> {
         ext("parent filtered by id only", "SELECT o.* FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = $1", params![3i64], TFM),
         ext("self join on tenant column only", "SELECT * FROM orders a JOIN orders b ON a.tenant_id = b.tenant_id", params![], TFM),
         ext("shared table joined to unfiltered tenant table", "SELECT * FROM orders, plans WHERE plans.id = $1", params![1i64], TFM),
-        ext("EXPLAIN ANALYZE DELETE", "EXPLAIN ANALYZE DELETE FROM orders", params![], TFM),
+        ext("EXPLAIN ANALYZE DELETE", "EXPLAIN ANALYZE DELETE FROM orders", params![], FS),
+        ext("EXPLAIN ANALYZE filter oracle", "EXPLAIN ANALYZE SELECT id FROM orders WHERE tenant_id = $1 AND status = $2", params!["acme", "paid"], FS),
         simple("DECLARE CURSOR unfiltered", "DECLARE c CURSOR FOR SELECT * FROM orders", TFM),
         session_only(simple("DECLARE CURSOR WITH HOLD unfiltered", "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM orders", TFM)),
         // Literals and Bind values.
