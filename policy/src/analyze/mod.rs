@@ -2,6 +2,7 @@
 //! [`Analysis`] that the cache stores.
 
 mod expr;
+mod names;
 mod scope;
 mod select;
 mod stmt;

@@ -140,12 +140,22 @@ fn rename_columns(cols: OutCols, names: &[Node]) -> OutCols {
 #[derive(Default)]
 pub(crate) struct FromItems<'n> {
     pub scope: Scope,
-    /// ON clauses: (predicate, entries visible in that join, derivation rule).
+    /// ON clauses: (predicate, entries visible in that join (its two inputs), derivation rule).
     pub quals: Vec<(&'n Node, Vec<usize>, Deriv)>,
     /// USING columns of joins: (column, left ids, right ids, derivation rule).
     pub using: Vec<(String, Vec<usize>, Vec<usize>, Deriv)>,
-    /// LATERAL subqueries and FROM functions analysed once the scope is solved.
-    pub deferred: Vec<&'n Node>,
+    /// LATERAL subqueries, FROM functions and TABLESAMPLE arguments analysed once the scope is
+    /// solved, with the entries they see (those to their left; none for TABLESAMPLE).
+    pub deferred: Vec<(&'n Node, Vec<usize>)>,
+    /// The entries of the FROM items read so far that are visible by name (not hidden by a
+    /// join alias): what the rest of the query, and a LATERAL item further right, sees.
+    pub namespace: Vec<usize>,
+}
+
+/// One FROM item read: all its entries, and those visible by name outside it.
+struct Item {
+    ids: Vec<usize>,
+    visible: Vec<usize>,
 }
 
 fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
@@ -153,6 +163,7 @@ fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
     for item in &s.from_clause {
         from_item(cx, item, &mut items, env)?;
     }
+    items.scope.visible = Some(items.namespace.clone());
     let mut edges = from_edges(cx, &items, env);
     let scope_env = Env {
         scope: &items.scope,
@@ -228,17 +239,30 @@ pub(crate) fn from_edges(cx: &Cx, items: &FromItems, env: &Env) -> Vec<Edge> {
     edges
 }
 
-/// Walk ON clauses, LATERAL subqueries and FROM functions once the scope is known.
+/// Walk ON clauses, LATERAL subqueries and FROM functions once the scope is known, each with
+/// its level restricted to the entries it sees (`names`).
 pub(crate) fn finish_from(
     cx: &mut Cx,
     quals: &[(&Node, Vec<usize>, Deriv)],
-    deferred: &[&Node],
+    deferred: &[(&Node, Vec<usize>)],
     env: &Env,
 ) -> R<()> {
-    for (q, _, _) in quals {
-        walk(cx, q, Ctx::Predicate, env)?;
+    for (q, visible, _) in quals {
+        let scope = env.scope.restricted(visible);
+        let env = Env {
+            scope: &scope,
+            ctes: env.ctes,
+            parent: env.parent,
+        };
+        walk(cx, q, Ctx::Predicate, &env)?;
     }
-    for node in deferred {
+    for (node, visible) in deferred {
+        let scope = env.scope.restricted(visible);
+        let env = &Env {
+            scope: &scope,
+            ctes: env.ctes,
+            parent: env.parent,
+        };
         match node.node.as_ref() {
             Some(N::RangeSubselect(rs)) => {
                 match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
@@ -296,15 +320,34 @@ pub(crate) fn from_item<'n>(
     items: &mut FromItems<'n>,
     env: &Env,
 ) -> R<Vec<usize>> {
+    let left = items.namespace.clone();
+    let item = item(cx, node, items, env, &left)?;
+    items.namespace.extend(item.visible);
+    Ok(item.ids)
+}
+
+/// Read one FROM item; `left` are the entries a LATERAL item here sees (the visible entries
+/// of the FROM items to its left).
+fn item<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    items: &mut FromItems<'n>,
+    env: &Env,
+    left: &[usize],
+) -> R<Item> {
     cx.enter()?;
-    let r = from_item_inner(cx, node, items, env);
+    let r = from_item_inner(cx, node, items, env, left);
     cx.leave();
     r
 }
 
-fn push(items: &mut FromItems, e: Entry) -> Vec<usize> {
+fn push(items: &mut FromItems, e: Entry) -> Item {
     items.scope.entries.push(e);
-    vec![items.scope.entries.len() - 1]
+    let id = items.scope.entries.len() - 1;
+    Item {
+        ids: vec![id],
+        visible: vec![id],
+    }
 }
 
 fn alias_name(a: Option<&pg_query::protobuf::Alias>) -> Option<String> {
@@ -316,13 +359,14 @@ fn from_item_inner<'n>(
     node: &'n Node,
     items: &mut FromItems<'n>,
     env: &Env,
-) -> R<Vec<usize>> {
+    left: &[usize],
+) -> R<Item> {
     match node.node.as_ref() {
         Some(N::RangeVar(rv)) => Ok(push(items, relation_entry(cx, rv, env)?)),
         Some(N::RangeSubselect(rs)) => {
             let name = alias_name(rs.alias.as_ref()).unwrap_or_default();
             let cols = if rs.lateral {
-                items.deferred.push(node);
+                items.deferred.push((node, left.to_vec()));
                 None
             } else {
                 match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
@@ -354,8 +398,9 @@ fn from_item_inner<'n>(
             ))
         }
         Some(N::RangeFunction(rf)) => {
-            items.deferred.push(node);
-            let name = alias_name(rf.alias.as_ref()).unwrap_or_default();
+            // Functions in FROM are implicitly LATERAL.
+            items.deferred.push((node, left.to_vec()));
+            let name = alias_name(rf.alias.as_ref()).unwrap_or_else(|| function_rte_name(rf));
             Ok(push(
                 items,
                 Entry {
@@ -368,13 +413,14 @@ fn from_item_inner<'n>(
             ))
         }
         Some(N::RangeTableSample(ts)) => {
-            items.deferred.push(node);
+            // Not LATERAL: its arguments see no entry of this level.
+            items.deferred.push((node, Vec::new()));
             match ts.relation.as_deref() {
-                Some(rel) => from_item(cx, rel, items, env),
+                Some(rel) => item(cx, rel, items, env, left),
                 None => reject(Rule::TooComplex, "TABLESAMPLE without relation"),
             }
         }
-        Some(N::JoinExpr(j)) => join(cx, j, items, env),
+        Some(N::JoinExpr(j)) => join(cx, j, items, env, left),
         Some(other) => reject(
             Rule::TooComplex,
             format!("unsupported FROM item ({})", expr::node_name(other)),
@@ -383,35 +429,98 @@ fn from_item_inner<'n>(
     }
 }
 
+/// Postgres names an unaliased function in FROM after its (first) function: `unnest($1)` is
+/// `unnest`, and its column `unnest.unnest`.
+fn function_rte_name(rf: &pg_query::protobuf::RangeFunction) -> String {
+    let first = rf.functions.first().and_then(|f| match f.node.as_ref() {
+        Some(N::List(l)) => l.items.first(),
+        _ => Some(f),
+    });
+    match first.and_then(|n| n.node.as_ref()) {
+        Some(N::FuncCall(fc)) => fc
+            .funcname
+            .last()
+            .and_then(str_of)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A join: its ON clause sees only its two inputs; the right input, if LATERAL, also sees the
+/// left one. A join alias (`(a JOIN b ON …) AS j`) hides the inputs' names and exposes their
+/// columns as `j.col`; `USING (…) AS u` adds the name `u` for the merged columns only.
 fn join<'n>(
     cx: &mut Cx,
     j: &'n pg_query::protobuf::JoinExpr,
     items: &mut FromItems<'n>,
     env: &Env,
-) -> R<Vec<usize>> {
+    lateral: &[usize],
+) -> R<Item> {
     let (Some(l), Some(r)) = (j.larg.as_deref(), j.rarg.as_deref()) else {
         return reject(Rule::TooComplex, "join without two sides");
     };
-    let left = from_item(cx, l, items, env)?;
-    let right = from_item(cx, r, items, env)?;
+    let left = item(cx, l, items, env, lateral)?;
+    let right_sees: Vec<usize> = lateral.iter().chain(&left.visible).copied().collect();
+    let right = item(cx, r, items, env, &right_sees)?;
     let deriv = match j.jointype {
         t if t == JoinType::JoinInner as i32 => Deriv::Any,
-        t if t == JoinType::JoinLeft as i32 => Deriv::Only(right.clone()),
-        t if t == JoinType::JoinRight as i32 => Deriv::Only(left.clone()),
+        t if t == JoinType::JoinLeft as i32 => Deriv::Only(right.ids.clone()),
+        t if t == JoinType::JoinRight as i32 => Deriv::Only(left.ids.clone()),
         _ => Deriv::Never,
     };
-    let all: Vec<usize> = left.iter().chain(&right).copied().collect();
+    let mut ids: Vec<usize> = left.ids.iter().chain(&right.ids).copied().collect();
+    let mut visible: Vec<usize> = left.visible.iter().chain(&right.visible).copied().collect();
     if let Some(q) = j.quals.as_deref() {
-        items.quals.push((q, all.clone(), deriv.clone()));
+        items.quals.push((q, visible.clone(), deriv.clone()));
     }
     for u in &j.using_clause {
         if let Some(col) = str_of(u) {
-            items
-                .using
-                .push((col.to_owned(), left.clone(), right.clone(), deriv.clone()));
+            items.using.push((
+                col.to_owned(),
+                left.ids.clone(),
+                right.ids.clone(),
+                deriv.clone(),
+            ));
         }
     }
-    Ok(all)
+    if let Some(a) = &j.join_using_alias {
+        // `u.col` is a merged USING column: opaque, it proves no input through an equality.
+        let id = push(items, join_entry(&a.aliasname)).ids;
+        ids.extend(&id);
+        visible.extend(id);
+    }
+    if let Some(a) = &j.alias {
+        if !a.colnames.is_empty() {
+            // `AS j(x, y)` renames the join's columns by position: j.x may be a tenant column.
+            return reject(
+                Rule::TooComplex,
+                format!(
+                    "column aliases on join alias \"{}\" are not supported; alias the columns in the select list instead",
+                    a.aliasname
+                ),
+            );
+        }
+        let id = push(items, join_entry(&a.aliasname)).ids;
+        ids.extend(&id);
+        items
+            .scope
+            .joins
+            .extend(id.iter().map(|j| (*j, visible.clone())));
+        visible = id;
+    }
+    Ok(Item { ids, visible })
+}
+
+/// The entry of a join alias or USING alias: its own columns are never tenant-constrained.
+fn join_entry(name: &str) -> Entry {
+    Entry {
+        name: name.to_owned(),
+        schema: None,
+        kind: EntryKind::Derived { cols: None },
+        location: 0,
+        known_cols: Vec::new(),
+    }
 }
 
 /// Classify a relation reference (CTE, catalog relation, system view) as a scope entry.
