@@ -2,6 +2,7 @@
 //! [`Analysis`] that the cache stores.
 
 mod expr;
+mod from;
 mod names;
 mod scope;
 mod select;

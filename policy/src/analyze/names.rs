@@ -14,6 +14,7 @@
 //! relation with a column that constrains nothing.
 
 use super::scope::{Entry, Env, Scope, Term};
+use std::borrow::Cow;
 
 /// Resolve a column reference, or give up (None = unknown: proves nothing). `visible` restricts
 /// the innermost level to these entries (an ON clause); otherwise the scope's own namespace.
@@ -23,7 +24,7 @@ pub(crate) fn resolve_column(
     visible: Option<&[usize]>,
 ) -> Option<Term> {
     let scope = env.scope;
-    let ns = visible.map_or_else(|| namespace(scope), <[usize]>::to_vec);
+    let ns = visible.map_or_else(|| namespace(scope), Cow::Borrowed);
     match fields {
         // Unqualified names are only resolved at the innermost level (None when not there).
         [col] => unqualified(scope, &ns, col).map(|id| Term::Col(id, (*col).to_owned())),
@@ -65,10 +66,10 @@ fn outer_column(
 
 /// The entries of a level visible by name: its namespace, or every entry when the scope was
 /// built without one (the target level of UPDATE/DELETE/MERGE, INSERT … ON CONFLICT).
-fn namespace(scope: &Scope) -> Vec<usize> {
+fn namespace(scope: &Scope) -> Cow<'_, [usize]> {
     match &scope.visible {
-        Some(v) => v.clone(),
-        None => (0..scope.entries.len()).collect(),
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned((0..scope.entries.len()).collect()),
     }
 }
 
