@@ -65,7 +65,9 @@ fn outer_column(
 }
 
 /// The entries of a level visible by name: its namespace, or every entry when the scope was
-/// built without one (the target level of UPDATE/DELETE/MERGE, INSERT … ON CONFLICT).
+/// built without one (the target level of UPDATE/DELETE/MERGE, INSERT … ON CONFLICT). Those
+/// are top-level statements: where a name hidden by a join alias is bound here, Postgres finds
+/// no enclosing entry and errors, so nothing is proven that Postgres would read differently.
 fn namespace(scope: &Scope) -> Cow<'_, [usize]> {
     match &scope.visible {
         Some(v) => Cow::Borrowed(v),
