@@ -1,6 +1,7 @@
 //! Expressions: the walker (literals, functions, subqueries), column resolution and the
 //! extraction of tenant equalities from top-level AND-conjuncts.
 
+use super::names::resolve_column;
 use super::scope::{Deriv, Edge, Env, Term};
 use super::{pos, reject, reject_hint, select, Cx, R};
 use crate::config::Isolation;
@@ -583,76 +584,6 @@ pub(crate) fn term(cx: &Cx, n: &Node, env: &Env, visible: Option<&[usize]>) -> O
         }
         _ => tenant_value_term(cx, n),
     }
-}
-
-fn visible_ok(visible: Option<&[usize]>, id: usize) -> bool {
-    visible.is_none_or(|v| v.contains(&id))
-}
-
-/// Resolve a column reference the way Postgres would, or give up (None = unknown).
-pub(crate) fn resolve_column(
-    fields: &[&str],
-    env: &Env,
-    visible: Option<&[usize]>,
-) -> Option<Term> {
-    let entries = &env.scope.entries;
-    match fields {
-        [col] => {
-            let mut hits = entries.iter().enumerate().filter(|(id, e)| {
-                visible_ok(visible, *id) && e.known_cols.iter().any(|k| k == col)
-            });
-            let (id, _) = hits.next()?;
-            if hits.next().is_some() {
-                return None;
-            }
-            Some(Term::Col(id, (*col).to_owned()))
-        }
-        [rel, col] | [_, rel, col] => {
-            let schema = if fields.len() == 3 {
-                Some(fields[0])
-            } else {
-                None
-            };
-            let matches = |e: &super::scope::Entry| {
-                e.name == *rel && schema.is_none_or(|s| e.schema.as_deref() == Some(s))
-            };
-            let hits: Vec<usize> = entries
-                .iter()
-                .enumerate()
-                .filter(|(id, e)| visible_ok(visible, *id) && matches(e))
-                .map(|(i, _)| i)
-                .collect();
-            match hits.as_slice() {
-                [id] => Some(Term::Col(*id, (*col).to_owned())),
-                [] => outer_column(env.parent, &matches, col),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-fn outer_column(
-    mut env: Option<&Env>,
-    matches: &dyn Fn(&super::scope::Entry) -> bool,
-    col: &str,
-) -> Option<Term> {
-    while let Some(e) = env {
-        let hits: Vec<usize> = e
-            .scope
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, en)| matches(en))
-            .map(|(i, _)| i)
-            .collect();
-        match hits.as_slice() {
-            [id] => return e.scope.is_proven(*id, col).then_some(Term::OuterTenant),
-            [] => env = e.parent,
-            _ => return None,
-        }
-    }
-    None
 }
 
 /// Top-level AND-conjuncts of a predicate.

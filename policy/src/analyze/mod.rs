@@ -2,6 +2,8 @@
 //! [`Analysis`] that the cache stores.
 
 mod expr;
+mod from;
+mod names;
 mod scope;
 mod select;
 mod stmt;

@@ -108,9 +108,58 @@ pub(crate) struct Edge {
 pub(crate) struct Scope {
     pub entries: Vec<Entry>,
     pub proven: HashSet<(usize, String)>,
+    /// The entries that names at this level can see (see `names`); `None`: all of them.
+    pub visible: Option<Vec<usize>>,
+    /// Join aliases (`(a JOIN b …) AS j`): the alias entry and the entries of its two inputs
+    /// that it hides and whose columns it exposes.
+    pub joins: Vec<(usize, Vec<usize>)>,
 }
 
 impl Scope {
+    /// The entries a join alias exposes the columns of, if `id` is a join alias.
+    pub fn join_inputs(&self, id: usize) -> Option<&[usize]> {
+        self.joins
+            .iter()
+            .find(|(j, _)| *j == id)
+            .map(|(_, inputs)| inputs.as_slice())
+    }
+
+    /// This level as seen from a place that sees only `visible` of its entries (an ON clause,
+    /// a LATERAL item, a function in FROM): other names resolve outward, as in Postgres.
+    pub fn restricted(&self, visible: &[usize]) -> Scope {
+        Scope {
+            entries: self.entries.clone(),
+            proven: self.proven.clone(),
+            visible: Some(visible.to_vec()),
+            joins: self.joins.clone(),
+        }
+    }
+
+    /// The visible join alias that hides entry `id` from the rest of the query, if any.
+    fn hidden_by(&self, id: usize) -> Option<&Entry> {
+        let visible = self.visible.as_ref()?;
+        if visible.contains(&id) {
+            return None;
+        }
+        let contains = |j: usize| {
+            let mut stack = vec![j];
+            while let Some(j) = stack.pop() {
+                let Some(inputs) = self.join_inputs(j) else {
+                    continue;
+                };
+                if inputs.contains(&id) {
+                    return true;
+                }
+                stack.extend_from_slice(inputs);
+            }
+            false
+        };
+        visible
+            .iter()
+            .find(|j| contains(**j))
+            .and_then(|j| self.entries.get(*j))
+    }
+
     pub fn is_proven(&self, id: usize, col: &str) -> bool {
         self.proven.contains(&(id, col.to_owned()))
     }
@@ -211,6 +260,12 @@ impl Scope {
 
     fn hint_for(&self, c: usize, col: &str, edges: &[Edge]) -> String {
         let ce = &self.entries[c];
+        if let Some(j) = self.hidden_by(c) {
+            return format!(
+                "the join alias \"{}\" hides \"{}\" by name from the rest of the query (in Postgres, {}.{col} there names a relation of an enclosing query, or none): add {}.{col} = $n to the ON clause of its join, filter by {}.{col} if no other relation of the join has a {col} column, or remove the join alias",
+                j.name, ce.name, ce.name, ce.name, j.name
+            );
+        }
         for (o, kc, fo) in col_pairs(edges, c) {
             let oe = &self.entries[o];
             if let (

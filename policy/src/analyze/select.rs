@@ -3,12 +3,14 @@
 use super::expr::{self, equality_edges, str_of, walk, walk_all, walk_opt, Ctx};
 use super::scope::{CteInfo, Deriv, Edge, Entry, EntryKind, Env, OutCol, Scope, TenantValue, Term};
 use super::{pos, reject, stmt, Cx, R};
+// The FROM reading lives in `from`; UPDATE/DELETE/MERGE use it through this module.
+pub(crate) use super::from::{finish_from, from_edges, from_item, FromItems};
 use crate::catalog::RelKind;
 use crate::config::{Isolation, UnknownRelations};
 use crate::decision::Rule;
 use crate::functions;
 use pg_query::protobuf::node::Node as N;
-use pg_query::protobuf::{JoinType, Node, RangeVar, SelectStmt, SetOperation, WithClause};
+use pg_query::protobuf::{Node, RangeVar, SelectStmt, SetOperation, WithClause};
 
 /// Output columns of a query; `None` when they cannot be listed (e.g. `SELECT *`).
 pub(crate) type OutCols = Option<Vec<OutCol>>;
@@ -132,7 +134,7 @@ pub(crate) fn with_clause(
     Ok(ctes)
 }
 
-fn rename_columns(cols: OutCols, names: &[Node]) -> OutCols {
+pub(crate) fn rename_columns(cols: OutCols, names: &[Node]) -> OutCols {
     let mut cols = cols?;
     for (c, n) in cols.iter_mut().zip(names) {
         c.name = str_of(n).map(str::to_owned);
@@ -143,23 +145,12 @@ fn rename_columns(cols: OutCols, names: &[Node]) -> OutCols {
     Some(cols)
 }
 
-/// Pending work collected while reading FROM.
-#[derive(Default)]
-pub(crate) struct FromItems<'n> {
-    pub scope: Scope,
-    /// ON clauses: (predicate, entries visible in that join, derivation rule).
-    pub quals: Vec<(&'n Node, Vec<usize>, Deriv)>,
-    /// USING columns of joins: (column, left ids, right ids, derivation rule).
-    pub using: Vec<(String, Vec<usize>, Vec<usize>, Deriv)>,
-    /// LATERAL subqueries and FROM functions analysed once the scope is solved.
-    pub deferred: Vec<&'n Node>,
-}
-
 fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
     let mut items = FromItems::default();
     for item in &s.from_clause {
         from_item(cx, item, &mut items, env)?;
     }
+    items.scope.visible = Some(items.namespace.clone());
     let mut edges = from_edges(cx, &items, env);
     let scope_env = Env {
         scope: &items.scope,
@@ -204,221 +195,8 @@ pub(crate) fn solve(cx: &mut Cx, mut scope: Scope, edges: &[Edge]) -> R<Scope> {
     Ok(scope)
 }
 
-/// Equalities from ON and USING clauses.
-pub(crate) fn from_edges(cx: &Cx, items: &FromItems, env: &Env) -> Vec<Edge> {
-    let scope_env = Env {
-        scope: &items.scope,
-        ctes: &[],
-        parent: Some(env),
-    };
-    let mut edges = Vec::new();
-    for (q, visible, deriv) in &items.quals {
-        equality_edges(cx, q, &scope_env, Some(visible), deriv, &mut edges);
-    }
-    for (col, left, right, deriv) in &items.using {
-        let find = |ids: &[usize]| -> Option<usize> {
-            let hits: Vec<usize> = ids
-                .iter()
-                .copied()
-                .filter(|i| items.scope.entries[*i].known_cols.iter().any(|k| k == col))
-                .collect();
-            (hits.len() == 1).then(|| hits[0])
-        };
-        if let (Some(l), Some(r)) = (find(left), find(right)) {
-            edges.push(Edge {
-                a: Term::Col(l, col.clone()),
-                b: Term::Col(r, col.clone()),
-                deriv: deriv.clone(),
-            });
-        }
-    }
-    edges
-}
-
-/// Walk ON clauses, LATERAL subqueries and FROM functions once the scope is known.
-pub(crate) fn finish_from(
-    cx: &mut Cx,
-    quals: &[(&Node, Vec<usize>, Deriv)],
-    deferred: &[&Node],
-    env: &Env,
-) -> R<()> {
-    for (q, _, _) in quals {
-        walk(cx, q, Ctx::Predicate, env)?;
-    }
-    for node in deferred {
-        match node.node.as_ref() {
-            Some(N::RangeSubselect(rs)) => {
-                match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
-                    Some(N::SelectStmt(s)) => {
-                        select(cx, s, Some(env))?;
-                    }
-                    _ => return reject(Rule::TooComplex, "unsupported LATERAL subquery"),
-                }
-            }
-            Some(N::RangeFunction(rf)) => range_function(cx, rf, env)?,
-            Some(N::RangeTableSample(ts)) => {
-                walk_all(cx, &ts.args, Ctx::Predicate, env)?;
-                walk_opt(cx, ts.repeatable.as_deref(), Ctx::Predicate, env)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn range_function(cx: &mut Cx, rf: &pg_query::protobuf::RangeFunction, env: &Env) -> R<()> {
-    column_definitions(cx, &rf.coldeflist)?;
-    for f in &rf.functions {
-        let items: &[Node] = match f.node.as_ref() {
-            Some(N::List(l)) => &l.items,
-            _ => std::slice::from_ref(f),
-        };
-        for item in items {
-            match item.node.as_ref() {
-                Some(N::FuncCall(_)) => walk(cx, item, Ctx::Predicate, env)?,
-                // `ROWS FROM (f() AS (col type, …))`
-                Some(N::List(l)) => column_definitions(cx, &l.items)?,
-                None => {}
-                Some(_) => return reject(Rule::TooComplex, "unsupported function in FROM"),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The types of a column definition list (`f() AS t(col type, …)`) are type references.
-fn column_definitions(cx: &mut Cx, defs: &[Node]) -> R<()> {
-    for d in defs {
-        if let Some(N::ColumnDef(c)) = d.node.as_ref() {
-            expr::type_name_ref(cx, c.type_name.as_ref())?;
-        }
-    }
-    Ok(())
-}
-
-/// Add one FROM item (and, for joins, its children) to the scope; returns the entry ids.
-pub(crate) fn from_item<'n>(
-    cx: &mut Cx,
-    node: &'n Node,
-    items: &mut FromItems<'n>,
-    env: &Env,
-) -> R<Vec<usize>> {
-    cx.enter()?;
-    let r = from_item_inner(cx, node, items, env);
-    cx.leave();
-    r
-}
-
-fn push(items: &mut FromItems, e: Entry) -> Vec<usize> {
-    items.scope.entries.push(e);
-    vec![items.scope.entries.len() - 1]
-}
-
-fn alias_name(a: Option<&pg_query::protobuf::Alias>) -> Option<String> {
+pub(crate) fn alias_name(a: Option<&pg_query::protobuf::Alias>) -> Option<String> {
     a.map(|a| a.aliasname.clone())
-}
-
-fn from_item_inner<'n>(
-    cx: &mut Cx,
-    node: &'n Node,
-    items: &mut FromItems<'n>,
-    env: &Env,
-) -> R<Vec<usize>> {
-    match node.node.as_ref() {
-        Some(N::RangeVar(rv)) => Ok(push(items, relation_entry(cx, rv, env)?)),
-        Some(N::RangeSubselect(rs)) => {
-            let name = alias_name(rs.alias.as_ref()).unwrap_or_default();
-            let cols = if rs.lateral {
-                items.deferred.push(node);
-                None
-            } else {
-                match rs.subquery.as_deref().and_then(|n| n.node.as_ref()) {
-                    Some(N::SelectStmt(s)) => select(cx, s, Some(env))?,
-                    _ => return reject(Rule::TooComplex, "unsupported subquery in FROM"),
-                }
-            };
-            let cols = rename_columns(
-                cols,
-                rs.alias
-                    .as_ref()
-                    .map(|a| a.colnames.as_slice())
-                    .unwrap_or(&[]),
-            );
-            let known_cols = cols
-                .iter()
-                .flatten()
-                .filter_map(|c| c.name.clone())
-                .collect();
-            Ok(push(
-                items,
-                Entry {
-                    name,
-                    schema: None,
-                    kind: EntryKind::Derived { cols },
-                    location: 0,
-                    known_cols,
-                },
-            ))
-        }
-        Some(N::RangeFunction(rf)) => {
-            items.deferred.push(node);
-            let name = alias_name(rf.alias.as_ref()).unwrap_or_default();
-            Ok(push(
-                items,
-                Entry {
-                    name,
-                    schema: None,
-                    kind: EntryKind::Derived { cols: None },
-                    location: 0,
-                    known_cols: Vec::new(),
-                },
-            ))
-        }
-        Some(N::RangeTableSample(ts)) => {
-            items.deferred.push(node);
-            match ts.relation.as_deref() {
-                Some(rel) => from_item(cx, rel, items, env),
-                None => reject(Rule::TooComplex, "TABLESAMPLE without relation"),
-            }
-        }
-        Some(N::JoinExpr(j)) => join(cx, j, items, env),
-        Some(other) => reject(
-            Rule::TooComplex,
-            format!("unsupported FROM item ({})", expr::node_name(other)),
-        ),
-        None => reject(Rule::TooComplex, "empty FROM item"),
-    }
-}
-
-fn join<'n>(
-    cx: &mut Cx,
-    j: &'n pg_query::protobuf::JoinExpr,
-    items: &mut FromItems<'n>,
-    env: &Env,
-) -> R<Vec<usize>> {
-    let (Some(l), Some(r)) = (j.larg.as_deref(), j.rarg.as_deref()) else {
-        return reject(Rule::TooComplex, "join without two sides");
-    };
-    let left = from_item(cx, l, items, env)?;
-    let right = from_item(cx, r, items, env)?;
-    let deriv = match j.jointype {
-        t if t == JoinType::JoinInner as i32 => Deriv::Any,
-        t if t == JoinType::JoinLeft as i32 => Deriv::Only(right.clone()),
-        t if t == JoinType::JoinRight as i32 => Deriv::Only(left.clone()),
-        _ => Deriv::Never,
-    };
-    let all: Vec<usize> = left.iter().chain(&right).copied().collect();
-    if let Some(q) = j.quals.as_deref() {
-        items.quals.push((q, all.clone(), deriv.clone()));
-    }
-    for u in &j.using_clause {
-        if let Some(col) = str_of(u) {
-            items
-                .using
-                .push((col.to_owned(), left.clone(), right.clone(), deriv.clone()));
-        }
-    }
-    Ok(all)
 }
 
 /// Classify a relation reference (CTE, catalog relation, system view) as a scope entry.
