@@ -220,6 +220,25 @@ impl ServerConn {
     /// Reads the session-level settings (see `session::settings::read_session_settings`). It
     /// runs under the client's own `statement_timeout`, which may be tiny: a cancelled read is
     /// retried a few times before the server is given up on.
+    /// Runs the proxy's settings statement ([`crate::session::settings::guarded`]), again when
+    /// it was cancelled (57014) before it committed: by a statement timeout the statement itself
+    /// sets (a client's `SET statement_timeout = 1` arms for the rest of the string on a busy
+    /// machine), or by a client's cancel that landed on it.
+    pub async fn apply_settings(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut attempt = 0;
+        loop {
+            match self.exec_quiet(sql).await {
+                Err(ServerError::Rejected(m)) if m.code == "57014" && attempt < 4 => {
+                    attempt += 1;
+                    if self.tx_status != b'I' {
+                        self.exec_quiet("ROLLBACK").await?;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn read_settings(
         &mut self,
         custom: &[String],

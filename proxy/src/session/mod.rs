@@ -450,7 +450,7 @@ async fn apply_startup(
     tx_mode: bool,
 ) -> Result<Vec<(String, String)>, ServerError> {
     if let Some(sql) = settings::diff_sql(&server.session_settings, startup) {
-        server.exec_quiet(&settings::guarded(&sql)).await?;
+        server.apply_settings(&settings::guarded(&sql)).await?;
     }
     if !tx_mode || startup.is_empty() {
         return Ok(startup.to_vec());
@@ -518,7 +518,7 @@ impl Session {
             }
             match self.setup_plan(&conn, first) {
                 setup::Plan::Wait => {
-                    if let Err(e) = conn.exec_quiet(&settings::guarded(&sql)).await {
+                    if let Err(e) = conn.apply_settings(&settings::guarded(&sql)).await {
                         tracing::warn!(server = conn.id, error = %e, "could not apply session settings; closing server");
                         finish(&pool, conn, false, false).await;
                         return Err(RelayEnd::Fatal(server_error(&e)));
