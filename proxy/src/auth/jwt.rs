@@ -82,7 +82,13 @@ impl JwtVerifier {
         )
         .map_err(|e| e.to_string())?;
         match data.claims.get(&self.tenant_claim) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
+            // No control characters: a NUL could never be set on the server, and would
+            // collide with the proxy's own "unknown tenant" marker.
+            Some(serde_json::Value::String(s))
+                if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) =>
+            {
+                Ok(s.clone())
+            }
             Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
             _ => Err(format!(
                 "token has no usable \"{}\" claim",
@@ -157,6 +163,12 @@ mod tests {
         let mut other_aud = ok.clone();
         other_aud["aud"] = serde_json::json!("other");
         assert!(v.tenant(&token(other_aud, "s3cret")).is_err(), "audience");
+        let mut control = ok.clone();
+        control["tenant_id"] = serde_json::json!("\u{0}unknown");
+        assert!(
+            v.tenant(&token(control, "s3cret")).is_err(),
+            "NUL in the tenant"
+        );
         let mut no_tenant = ok;
         no_tenant.as_object_mut().unwrap().remove("tenant_id");
         assert!(v.tenant(&token(no_tenant, "s3cret")).is_err(), "no claim");
