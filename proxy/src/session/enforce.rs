@@ -432,7 +432,13 @@ impl Session {
             ));
         }
         if let Some(t) = &value {
-            if !tenant_allowed(&user.allowed_tenants, t) {
+            // The user's entry as it is now: a reload that narrowed allowed_tenants (or removed
+            // the user) applies to sessions already connected too.
+            let current = self.app.user(&user.name);
+            let allowed = current
+                .as_ref()
+                .is_some_and(|u| tenant_allowed(&u.config.allowed_tenants, t));
+            if !allowed {
                 tracing::info!(user = %user.name, tenant = %t, "tenant switch refused");
                 return Screen::Reject(reject(
                     "tenant-value-mismatch",

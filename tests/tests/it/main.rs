@@ -23,6 +23,7 @@ mod reload;
 mod restart;
 mod server_reuse;
 mod strategies;
+mod tenant_identity;
 mod tls;
 mod transaction_pool;
 mod unix_socket;
