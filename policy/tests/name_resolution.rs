@@ -2,21 +2,8 @@
 //! the statement's own scope hides or cannot see.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
-use tenantgate_policy::{Policy, PolicyConfig, Rule, SessionCtx, Verdict};
-const T1: SessionCtx = SessionCtx {
-    tenant: Some("t1"),
-    schema: None,
-};
-fn assert_rejected(sql: &str) {
-    let p = Policy::new(PolicyConfig::default(), common::catalog());
-    let d = p.check(sql, &T1);
-    assert_eq!(
-        d.verdict,
-        Verdict::Reject,
-        "allowed (tenant_params {:?}) but leaks another tenant's rows:\n  {sql}",
-        d.tenant_params
-    );
-}
+use common::{assert_rejected, T1};
+use tenantgate_policy::{Policy, PolicyConfig, Rule, Verdict};
 /// Allowed, with exactly these `$n` bound to the tenant.
 fn assert_allowed(sql: &str, tenant_params: &[usize]) {
     let p = Policy::new(PolicyConfig::default(), common::catalog());

@@ -4,24 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_rejected, T1};
 
-use tenantgate_policy::{Policy, PolicyConfig, SessionCtx, Verdict};
-
-const T1: SessionCtx = SessionCtx {
-    tenant: Some("t1"),
-    schema: None,
-};
-
-fn assert_rejected(sql: &str) {
-    let p = Policy::new(PolicyConfig::default(), common::catalog());
-    let d = p.check(sql, &T1);
-    assert_eq!(
-        d.verdict,
-        Verdict::Reject,
-        "allowed (tenant_params {:?}) but leaks another tenant's rows:\n  {sql}",
-        d.tenant_params
-    );
-}
+use tenantgate_policy::{Policy, PolicyConfig};
 
 // 1. Join aliases: `(a JOIN b) AS j` hides a and b from qualified references, so Postgres
 //    resolves `x.tenant_id` to the OUTER query's x; the policy binds it to the inner x.

@@ -1,7 +1,25 @@
 //! The fixed test catalog shared by the corpus, unit tests and benches.
 #![allow(dead_code)]
 
-use tenantgate_policy::Catalog;
+use tenantgate_policy::{Catalog, Policy, PolicyConfig, SessionCtx, Verdict};
+
+/// A session of tenant `t1`.
+pub const T1: SessionCtx = SessionCtx {
+    tenant: Some("t1"),
+    schema: None,
+};
+
+/// Panics unless the default policy over [`catalog`] rejects `sql` for [`T1`].
+pub fn assert_rejected(sql: &str) {
+    let p = Policy::new(PolicyConfig::default(), catalog());
+    let d = p.check(sql, &T1);
+    assert_eq!(
+        d.verdict,
+        Verdict::Reject,
+        "allowed (tenant_params {:?}) but leaks another tenant's rows:\n  {sql}",
+        d.tenant_params
+    );
+}
 
 pub fn catalog() -> Catalog {
     let mut c = Catalog::new("tenant_id");
