@@ -6,16 +6,16 @@ use tenantgate_tests::pg::PgServer;
 use tenantgate_tests::proxy::*;
 use tenantgate_tests::within;
 
-const SECRET: &str = "jwt-test-secret";
+pub(crate) const SECRET: &str = "jwt-test-secret";
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn token(tenant: &str, exp: u64, secret: &str) -> String {
+pub(crate) fn token(tenant: &str, exp: u64, secret: &str) -> String {
     let claims =
         serde_json::json!({"sub": "svc", "tenant_id": tenant, "exp": exp, "aud": "tenantgate"});
     encode(
@@ -26,10 +26,9 @@ fn token(tenant: &str, exp: u64, secret: &str) -> String {
     .expect("encode token")
 }
 
-async fn proxy() -> TestProxy {
-    let pg = PgServer::shared();
-    let mut config = base_config(pg);
-    config.auth.jwt = Some(JwtConfig {
+/// HS256 with [`SECRET`], audience `tenantgate`, tenant from the `tenant_id` claim.
+pub(crate) fn hs256_config() -> JwtConfig {
+    JwtConfig {
         algorithm: JwtAlgorithm::HS256,
         secret: Some(SECRET.into()),
         secret_env: None,
@@ -38,7 +37,13 @@ async fn proxy() -> TestProxy {
         audience: Some("tenantgate".into()),
         tenant_claim: "tenant_id".into(),
         leeway: 0,
-    });
+    }
+}
+
+async fn proxy() -> TestProxy {
+    let pg = PgServer::shared();
+    let mut config = base_config(pg);
+    config.auth.jwt = Some(hs256_config());
     config.users.push(UserConfig {
         name: "jwt_app".into(),
         password: None,

@@ -1,8 +1,7 @@
 //! Tenant identity: config events and token contents after which a statement could run under a
 //! tenant other than the one the proxy checked it for.
 
-use jsonwebtoken::{encode, EncodingKey, Header};
-use tenantgate_config::{Config, JwtAlgorithm, JwtConfig, PoolMode, TenantSource, UserConfig};
+use tenantgate_config::{Config, PoolMode, TenantSource, UserConfig};
 use tenantgate_tests::pg::{self, PgServer};
 use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
@@ -165,21 +164,9 @@ async fn a_reload_that_revokes_a_tenant_applies_to_connected_switch_sessions() {
     );
 }
 
-const JWT_SECRET: &str = "review-jwt-secret";
-
+/// A token for `tenant`, valid for five minutes.
 fn token(tenant: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = serde_json::json!({"tenant_id": tenant, "exp": exp, "aud": "tenantgate"});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
+    crate::jwt::token(tenant, crate::jwt::now() + 300, crate::jwt::SECRET)
 }
 
 const RLS_SQL: &str = "
@@ -210,16 +197,7 @@ async fn a_jwt_tenant_with_a_nul_is_refused_and_inherits_nothing() {
     d.password = Some(pg::APP_RW_PASSWORD.to_string());
     d.pool_mode = PoolMode::Transaction;
     d.pool_size = 1;
-    cfg.auth.jwt = Some(JwtConfig {
-        algorithm: JwtAlgorithm::HS256,
-        secret: Some(JWT_SECRET.into()),
-        secret_env: None,
-        public_key: None,
-        issuer: None,
-        audience: Some("tenantgate".into()),
-        tenant_claim: "tenant_id".into(),
-        leeway: 0,
-    });
+    cfg.auth.jwt = Some(crate::jwt::hs256_config());
     let mut jwt_user = user("jwt_app", None, Some(TenantSource::Jwt), &[]);
     jwt_user.password = None;
     cfg.users.push(jwt_user);
