@@ -27,6 +27,10 @@ pub enum Screen {
         /// A follow-up whose replies the client never sees.
         hidden: Option<String>,
     },
+    /// Not yet: the client has requests the server has not answered, and this session
+    /// command must be applied to the state they leave. It waits (in `held`) for their
+    /// replies, as it would wait behind them at the server.
+    Hold,
 }
 
 /// Tenant switch requested with `SET [LOCAL] tenantgate.tenant` / `RESET tenantgate.tenant`.
@@ -297,14 +301,24 @@ impl Session {
 
     /// Session commands the proxy owns, whatever the policy mode.
     fn intercept(&mut self, kind: &StatementKind, sql: &str, simple: bool) -> Option<Screen> {
-        if simple && self.progress.unsynced && self.is_session_command(kind) {
-            // The proxy applies these when it reads them; behind an extended-protocol message
-            // that fails, the server would skip them (up to the Sync) and the two disagree.
-            return Some(Screen::Reject(PgError::error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "tenantgate: a tenant switch, RESET ALL, DISCARD ALL or DEALLOCATE cannot follow \
-                 extended-protocol messages before their Sync; send the Sync first",
-            )));
+        if simple && self.is_session_command(kind) {
+            // The proxy applies these itself when it reads them, from the state the requests
+            // before them left (transaction status, tenant, server): behind an
+            // extended-protocol message that fails the server would skip them up to the Sync,
+            // and during a COPY it would fail the COPY and run nothing, so the two disagree.
+            if self.progress.unsynced || self.progress.copy_in {
+                return Some(Screen::Reject(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "tenantgate: a tenant switch, RESET ALL, DISCARD ALL or DEALLOCATE cannot \
+                     follow extended-protocol messages before their Sync or run during COPY; \
+                     send the Sync (or end the COPY) first",
+                )));
+            }
+            // Behind unanswered queries (`BEGIN; SET tenantgate.tenant …; ROLLBACK` in one
+            // write) it waits for their replies.
+            if self.progress.pending > 0 {
+                return Some(Screen::Hold);
+            }
         }
         self.intercept_now(kind, sql, simple)
     }

@@ -102,7 +102,11 @@ impl Session {
                 self.progress.holding = true;
                 return None;
             }
-            let screened = self.screen(&frame);
+            let Some(screened) = self.screen(&frame) else {
+                self.held = Some(frame);
+                self.progress.holding = true;
+                return None;
+            };
             let tag = frame.tag;
             // Rejections and session commands need no server: in transaction mode they are
             // answered locally when none is attached.
@@ -143,13 +147,14 @@ impl Session {
         self.progress.copy_in || !self.expected.is_empty()
     }
 
-    /// Applies the policy and the proxy's own session commands to one client message.
-    fn screen(&mut self, frame: &Frame) -> Screened {
+    /// Applies the policy and the proxy's own session commands to one client message. None:
+    /// the message must wait for the server's replies first ([`Screen::Hold`]).
+    fn screen(&mut self, frame: &Frame) -> Option<Screened> {
         self.screened_effects = None;
         if self.tx_mode && self.server.is_none() {
             // Between transactions: follow a reload that moved the tenant.
             if let Err(e) = self.refresh_placement() {
-                return Screened::Reject(e);
+                return Some(Screened::Reject(e));
             }
         }
         if self.statements_stale {
@@ -158,19 +163,20 @@ impl Session {
             self.recheck_statements();
         }
         if let Some(e) = self.unknown_statement(frame) {
-            return Screened::Reject(e);
+            return Some(Screened::Reject(e));
         }
-        match frame.tag {
+        let screened = match frame.tag {
             b'Q' => match self.screen_sql(query_text(frame), true) {
                 Screen::Forward(d) => Screened::Relay(d),
                 Screen::Reject(e) => Screened::Reject(e),
                 Screen::Answer { tag, sql, hidden } => Screened::Answer { tag, sql, hidden },
+                Screen::Hold => return None,
             },
             b'P' => match parse_parse(frame) {
                 Some(msg) => match self.screen_sql(msg.query, false) {
                     Screen::Forward(d) => Screened::Relay(d),
                     Screen::Reject(e) => Screened::Reject(e),
-                    Screen::Answer { .. } => Screened::Reject(PgError::error(
+                    Screen::Answer { .. } | Screen::Hold => Screened::Reject(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         "tenantgate: this session command must be sent as a simple query",
                     )),
@@ -186,7 +192,8 @@ impl Session {
                 None => Screened::Relay(None),
             },
             _ => Screened::Relay(None),
-        }
+        };
+        Some(screened)
     }
 
     /// Transaction mode: a Bind or Describe of a statement this client has not prepared, which

@@ -534,14 +534,14 @@ async fn session_commands_behind_a_failing_unsynced_message_change_nothing() {
     .await;
 }
 
-/// A switch pipelined behind simple queries the server has not answered yet: the proxy
-/// decides from the server's last answered state (in a transaction or not), which is stale
-/// there. `BEGIN; SET tenantgate.tenant = 'globex'; ROLLBACK` in one write would switch the
-/// proxy (and its policy) while the ROLLBACK undid the switch on the server. Refused with 0A000,
-/// and nothing changes.
+/// A switch pipelined behind simple queries the server has not answered yet must be applied to
+/// the state they leave, not to the last answered one. `BEGIN; SET tenantgate.tenant =
+/// 'globex'; ROLLBACK` in one write once switched the proxy (and its policy) while the
+/// ROLLBACK undid the switch on the server. The switch (and DISCARD ALL) now waits for the
+/// replies before it, as Postgres would run it after them: inside the transaction it is
+/// refused (25001), after a plain query it applies in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known open issue (README Limitations): a switch pipelined behind unanswered simple queries is applied from stale state"]
-async fn a_switch_pipelined_behind_unanswered_queries_is_refused() {
+async fn a_switch_pipelined_behind_unanswered_queries_waits_for_their_replies() {
     let db = within(60, "database", tenant_database(true)).await;
     within(60, "pipelined switch", async {
         for mode in [PoolMode::Transaction, PoolMode::Session] {
@@ -553,24 +553,40 @@ async fn a_switch_pipelined_behind_unanswered_queries_is_refused() {
                     .await
                     .unwrap();
             assert!(pipeline::first_error(&replies).is_none(), "{mode:?}");
-            let batch = [
-                q("BEGIN"),
-                q("SET tenantgate.tenant = 'globex'"),
-                q("ROLLBACK"),
-            ]
-            .concat();
-            let replies = pipeline::round_trip(&mut switch, &batch, 3).await.unwrap();
-            let seen = pipeline::summarize(&replies);
-            assert!(
-                seen.iter().any(|m| m == "Error 0A000"),
-                "{mode:?}: the pipelined switch was taken: {seen:?}"
-            );
-            let check = q("SELECT current_setting('app.current_tenant')");
-            let replies = pipeline::round_trip(&mut switch, &check, 1).await.unwrap();
+            for command in ["SET tenantgate.tenant = 'globex'", "DISCARD ALL"] {
+                let batch = [q("BEGIN"), q(command), q("ROLLBACK")].concat();
+                let replies = pipeline::round_trip(&mut switch, &batch, 3).await.unwrap();
+                assert_eq!(
+                    pipeline::summarize(&replies),
+                    [
+                        "Complete BEGIN",
+                        "Ready T",
+                        "Error 25001",
+                        "Ready E",
+                        "Complete ROLLBACK",
+                        "Ready I"
+                    ],
+                    "{mode:?}: {command}"
+                );
+            }
+            let tenant = "SELECT current_setting('app.current_tenant')";
+            let replies = pipeline::round_trip(&mut switch, &q(tenant), 1)
+                .await
+                .unwrap();
             let seen = pipeline::summarize(&replies);
             assert!(
                 seen.iter().any(|m| m.contains("acme")),
                 "{mode:?}: not acme any more: {seen:?}"
+            );
+            // Behind a plain query the switch applies in order, for what follows it.
+            let batch = [q(tenant), q("SET tenantgate.tenant = 'globex'"), q(tenant)].concat();
+            let replies = pipeline::round_trip(&mut switch, &batch, 3).await.unwrap();
+            let seen = pipeline::summarize(&replies);
+            let rows: Vec<&String> = seen.iter().filter(|m| m.starts_with("Row")).collect();
+            assert_eq!(rows.len(), 2, "{mode:?}: {seen:?}");
+            assert!(
+                rows[0].contains("acme") && rows[1].contains("globex"),
+                "{mode:?}: {seen:?}"
             );
         }
     })

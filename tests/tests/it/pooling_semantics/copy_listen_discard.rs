@@ -553,3 +553,36 @@ async fn extended_copy_error_then_more_transaction_mode() {
 async fn extended_copy_error_then_more_inside_a_transaction_block() {
     copy_error_then(PoolMode::Transaction, true).await;
 }
+
+/// A simple query sent where the server expects CopyData (pipelined behind `COPY … FROM STDIN`):
+/// Postgres fails the COPY with 08P01, reports that protocol synchronization was lost and
+/// closes the connection. Through the proxy the client sees the same, and the server's
+/// replacement serves the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_in_place_of_copy_data_ends_the_session_as_on_postgres() {
+    let (_su, table) = copy_table("copy_q").await;
+    let batch = [
+        pipeline::query(&format!("COPY {table} FROM STDIN")),
+        pipeline::query("SELECT 1"),
+    ]
+    .concat();
+    let want = until_closed(&mut raw_direct().await, &batch).await;
+    assert!(want.contains("connection closed"), "{want}");
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let mut config = transaction_mode(1);
+        config.databases[0].pool_mode = mode;
+        let proxy = TestProxy::start(config).await;
+        let got = until_closed(&mut raw_proxy(&proxy).await, &batch).await;
+        assert!(
+            got.contains("CopyIn") && got.contains("08P01"),
+            "{mode:?}: {got}"
+        );
+        assert_server_given_back(&proxy).await;
+    }
+}
+
+/// What a connection answers to `batch`, up to one ReadyForQuery or its end.
+async fn until_closed(c: &mut RawConn, batch: &[u8]) -> String {
+    let replies = pipeline::round_trip(c, batch, 1).await;
+    format!("{:?}", replies.map(|m| pipeline::summarize(&m)))
+}

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use tenantgate_config::{Config, PoolMode};
 use tenantgate_tests::pg::{self, PgServer};
+use tenantgate_tests::pipeline;
 use tenantgate_tests::proxy::*;
+use tenantgate_tests::wire::RawConn;
 use tenantgate_tests::{unique_name, within};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -494,6 +496,27 @@ async fn a_switch_user_moves_between_strategies_per_transaction() {
         assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
         c.simple_query("ROLLBACK").await.unwrap();
         assert_eq!(items(&c, APP_QUERY).await, ["row-1", "row-2"]);
+
+        // A switch to a database tenant pipelined behind a query the server has not answered:
+        // the unfiltered query after it (allowed for a database tenant) must run in dbco's
+        // database, not on the row tenants' server the first query holds.
+        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+        raw.startup("switcher", pg::APP_DB, Some(PASSWORD))
+            .await
+            .unwrap();
+        let batch = [
+            pipeline::query("SET tenantgate.tenant = 'rowco'"),
+            pipeline::query(APP_QUERY),
+            pipeline::query("SET tenantgate.tenant = 'dbco'"),
+            pipeline::query("SELECT item FROM orders ORDER BY id"),
+        ]
+        .concat();
+        let replies = pipeline::round_trip(&mut raw, &batch, 4).await.unwrap();
+        let rows: Vec<String> = pipeline::summarize(&replies)
+            .into_iter()
+            .filter(|m| m.starts_with("Row"))
+            .collect();
+        assert_eq!(rows, ["Row[row-1]", "Row[row-2]", "Row[db-1]"]);
     })
     .await;
     teardown(proxy, &main).await;
