@@ -252,7 +252,10 @@ impl Pool {
         PoolCounts {
             idle: s.idle.len(),
             total: s.total,
-            waiting: s.waiters.len() + self.paused_waiters.load(Ordering::Relaxed),
+            // A waiter whose checkout was dropped (its client left) stays queued until a
+            // release passes it over; it waits for nothing.
+            waiting: s.waiters.iter().filter(|w| !w.tx.is_closed()).count()
+                + self.paused_waiters.load(Ordering::Relaxed),
         }
     }
 

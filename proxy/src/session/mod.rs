@@ -269,19 +269,33 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         ));
     }
     let quota = id.user_config.config.max_tenant_connections;
+    // The waits for the tenant's quota and for a server watch the client, as `attach` does: a
+    // client that gives up (a connect timeout, a retry storm) leaves the queue at once instead
+    // of later taking a server for a login nobody reads, ahead of the live clients behind it.
     let permit = match (&tenant, quota, tx_mode) {
-        (Some(t), Some(limit), false) => match id.pool.tenant_permit(t, limit).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                send_fatal(&mut client, pool_error(&e)).await;
-                return None;
+        (Some(t), Some(limit), false) => {
+            let permit = tokio::select! {
+                biased;
+                p = id.pool.tenant_permit(t, limit) => p,
+                () = relay::client_gone(&mut client, None) => return None,
+            };
+            match permit {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    send_fatal(&mut client, pool_error(&e)).await;
+                    return None;
+                }
             }
-        },
+        }
         _ => None,
     };
-    let start = match start_session(&id.pool, &startup, tx_mode).await {
+    let start = match start_session(&id.pool, &startup, tx_mode, &mut client).await {
         Ok(s) => s,
-        Err(e) => {
+        Err(None) => {
+            tracing::debug!(user = %id.user, database = %id.database, "client left while its login waited for a server");
+            return None;
+        }
+        Err(Some(e)) => {
             tracing::info!(user = %id.user, database = %id.database, error = %e.message, "session start failed");
             send_fatal(&mut client, e).await;
             return None;
@@ -389,11 +403,13 @@ struct Start {
     normalized: bool,
 }
 
+/// Err(None): the client left while it waited for a server.
 async fn start_session(
     pool: &Arc<Pool>,
     startup: &[(String, String)],
     tx_mode: bool,
-) -> Result<Start, PgError> {
+    client: &mut Framed,
+) -> Result<Start, Option<PgError>> {
     if tx_mode {
         if let Some(cached) = pool.server_params() {
             // No server needed to log in: report the pool's values with the client's own
@@ -418,10 +434,12 @@ async fn start_session(
             });
         }
     }
-    let mut server = pool
-        .acquire(Affinity::of(startup))
-        .await
-        .map_err(|e| pool_error(&e))?;
+    // Dropped before it completes, the acquire holds no server (see `pool`).
+    let mut server = tokio::select! {
+        biased;
+        acquired = pool.acquire(Affinity::of(startup)) => acquired.map_err(|e| pool_error(&e))?,
+        () = relay::client_gone(client, None) => return Err(None),
+    };
     match apply_startup(&mut server, startup, tx_mode).await {
         Ok(desired) => Ok(Start {
             params: server.params.clone(),
@@ -437,7 +455,7 @@ async fn start_session(
                 other => server_error(other),
             };
             finish(pool, server, false, !tx_mode).await;
-            Err(err)
+            Err(Some(err))
         }
     }
 }
@@ -505,7 +523,7 @@ impl Session {
         let (quota, mut conn) = tokio::select! {
             biased;
             checked_out = checkout => checked_out.map_err(|e| RelayEnd::Fatal(pool_error(&e)))?,
-            () = relay::client_gone(&mut self.client, &self.metrics) => {
+            () = relay::client_gone(&mut self.client, Some(&self.metrics)) => {
                 tracing::debug!("client left while waiting for a server");
                 return Err(RelayEnd::ClientGone);
             }

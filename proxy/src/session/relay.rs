@@ -215,9 +215,10 @@ fn poll_read_client(
 /// Completes when the client has gone (EOF or an error) while its session waits for something
 /// else: a server. What the client sends meanwhile goes to the read buffer for the relay, up to
 /// [`HIGH_WATER`]; beyond that it is not read, and so not watched, until the wait ends.
+/// (At login there are no session metrics yet: `metrics` is None.)
 pub(super) async fn client_gone(
     client: &mut crate::conn::Framed,
-    metrics: &crate::metrics::SessionMetrics,
+    metrics: Option<&crate::metrics::SessionMetrics>,
 ) {
     poll_fn(|cx| loop {
         if client.rbuf.len() >= HIGH_WATER {
@@ -225,7 +226,11 @@ pub(super) async fn client_gone(
         }
         match poll_read_client(&mut client.stream, &mut client.rbuf, cx) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-            Poll::Ready(Ok(n)) => metrics.bytes_received(n),
+            Poll::Ready(Ok(n)) => {
+                if let Some(m) = metrics {
+                    m.bytes_received(n);
+                }
+            }
             Poll::Pending => return Poll::Pending,
         }
     })

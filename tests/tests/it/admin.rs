@@ -380,3 +380,42 @@ async fn shutdown_command_stops_the_proxy() {
     })
     .await;
 }
+
+/// Session mode, every server taken: clients that give up while their login waits for a server
+/// (a connect timeout, a retry storm) must leave the queue at once. Otherwise each would later
+/// take the freed server for a login nobody reads, ahead of the live clients behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_abandoned_while_waiting_for_a_server_leave_the_queue() {
+    let mut config = admin_config();
+    config.databases[0].pool_mode = PoolMode::Session;
+    config.databases[0].pool_size = 1;
+    config.databases[0].query_wait_timeout = 30.0;
+    let proxy = TestProxy::start(config).await;
+    within(60, "abandoned logins", async {
+        let holder = proxy.connect_acme().await;
+        holder.simple_query("SELECT 1").await.unwrap();
+        let admin = console(&proxy).await;
+        for _ in 0..5 {
+            let login = proxy.connect(ACME_USER, ACME_PASSWORD, pg::APP_DB);
+            let gave_up = tokio::time::timeout(Duration::from_millis(300), login).await;
+            assert!(
+                gave_up.is_err(),
+                "a login got the only server while it was held"
+            );
+        }
+        let mut waiting = -1;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let pools = show(&admin, "SHOW POOLS").await;
+            waiting = int(cell(&pools, "database", "app", "cl_waiting"));
+            if waiting == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            waiting, 0,
+            "departed logins are still queued for the server"
+        );
+    })
+    .await;
+}
