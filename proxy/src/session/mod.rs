@@ -593,8 +593,10 @@ impl Session {
         self.cancel.slot.set(None);
         self.progress = Progress::default();
         if conn.cancels.busy() {
-            // Rare: the client's cancel is still on its way to the server (see `finish`).
-            Box::pin(finish(&pool, conn, true, false)).await;
+            // Rare: the client's cancel is still on its way to the server (see `finish`). The
+            // server waits for it out of the pool, the client does not: its next transaction
+            // takes another server.
+            tokio::spawn(async move { finish(&pool, conn, true, false).await });
         } else {
             pool.release_to_waiter(conn);
         }
@@ -612,8 +614,10 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
-        if conn.cancels.busy() && !conn.cancels.finished().await {
-            // Not even the cleanup statements may run: the cancel could land on them.
+        if conn.cancels.busy() {
+            // Not even the cleanup statements may run before the cancel is done: it could land
+            // on them. Rather than keep the client waiting for it (up to 5 s), the server is
+            // closed; rare (a cancel in flight after a statement that changed settings).
             return finish(&pool, conn, false, false).await;
         }
         if conn.statements.stale {

@@ -146,6 +146,41 @@ async fn an_in_flight_cancel_never_reaches_the_next_client() {
     .await;
 }
 
+/// The server with A's cancel in flight waits out of the pool until the cancel is done (above);
+/// A itself must not wait with it: its next transaction takes another server at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_cancel_is_in_flight_goes_on_with_another_server() {
+    let held = Duration::from_secs(3);
+    let fwd = delaying_forwarder(held).await;
+    let mut config = transaction_mode(2);
+    for db in &mut config.databases {
+        db.host = fwd.ip().to_string();
+        db.port = fwd.port();
+    }
+    let proxy = TestProxy::start(config).await;
+    within(40, "cancel in flight", async {
+        let a = proxy.connect_service().await;
+        a.simple_query("SELECT 1").await.unwrap();
+        let token = a.cancel_token();
+        let query = a.simple_query("SELECT pg_sleep(0.5)");
+        let cancel = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            token.cancel_query(NoTls).await
+        });
+        // Cancelled or not (the cancel is held past the sleep's end): what matters is next.
+        let _ = query.await;
+        let started = Instant::now();
+        a.simple_query("SELECT 1").await.unwrap();
+        let waited = started.elapsed();
+        let _ = cancel.await;
+        assert!(
+            waited < held / 2,
+            "A's next query waited {waited:?} for its own cancel to reach the old server"
+        );
+    })
+    .await;
+}
+
 /// An error ends a COPY FROM STDIN (a cancel, or a bad row) while the client is still
 /// streaming; the server answers ErrorResponse + ReadyForQuery 'I' and the proxy gives it back.
 /// The client then ends its copy (more CopyData, then CopyDone, as libpq and tokio-postgres
