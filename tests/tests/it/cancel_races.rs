@@ -105,19 +105,25 @@ async fn delaying_forwarder(delay: Duration) -> SocketAddr {
     addr
 }
 
+/// A transaction-mode proxy with `pool_size` servers, reaching Postgres through a
+/// [`delaying_forwarder`] that holds cancels for `delay`.
+async fn proxy_delaying_cancels(pool_size: usize, delay: Duration) -> TestProxy {
+    let fwd = delaying_forwarder(delay).await;
+    let mut config = transaction_mode(pool_size);
+    for db in &mut config.databases {
+        db.host = fwd.ip().to_string();
+        db.port = fwd.port();
+    }
+    TestProxy::start(config).await
+}
+
 /// A cancels its query; the query finishes while the cancel is still on its way to Postgres.
 /// The server must not go to B before that cancel is done, or it kills B's query: a cancel only
 /// ever cancels the sender's own query (PgBouncer ≥ 1.19 keeps a server with a cancel in flight
 /// out of the pool until the cancel connection has finished).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_cancel_never_reaches_the_next_client() {
-    let fwd = delaying_forwarder(Duration::from_millis(1500)).await;
-    let mut config = transaction_mode(1);
-    for db in &mut config.databases {
-        db.host = fwd.ip().to_string();
-        db.port = fwd.port();
-    }
-    let proxy = TestProxy::start(config).await;
+    let proxy = proxy_delaying_cancels(1, Duration::from_millis(1500)).await;
     within(40, "in-flight cancel", async {
         let a = proxy.connect_service().await;
         let b = proxy.connect_service().await;
@@ -151,13 +157,7 @@ async fn an_in_flight_cancel_never_reaches_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_cancel_is_in_flight_goes_on_with_another_server() {
     let held = Duration::from_secs(3);
-    let fwd = delaying_forwarder(held).await;
-    let mut config = transaction_mode(2);
-    for db in &mut config.databases {
-        db.host = fwd.ip().to_string();
-        db.port = fwd.port();
-    }
-    let proxy = TestProxy::start(config).await;
+    let proxy = proxy_delaying_cancels(2, held).await;
     within(40, "cancel in flight", async {
         let a = proxy.connect_service().await;
         a.simple_query("SELECT 1").await.unwrap();
