@@ -244,9 +244,17 @@ fn fatal(code: &'static str, msg: &str) -> RelayEnd {
 impl Session {
     /// Relays until the client leaves, the server fails, or the proxy shuts down.
     pub(super) async fn relay(&mut self) -> RelayEnd {
+        // What the client sent behind its login (read with it, or while the login waited for
+        // a server) is handled first: no read event would announce it.
+        let mut unread = !self.client.rbuf.is_empty();
         self.drop_read_buffer();
         loop {
-            let event = match self.next_event().await {
+            let next = if std::mem::take(&mut unread) {
+                Ok(Event::Client)
+            } else {
+                self.next_event().await
+            };
+            let event = match next {
                 Ok(e) => e,
                 Err(Side::Client(e)) => {
                     tracing::debug!(error = %e, "client i/o error");

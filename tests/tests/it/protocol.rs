@@ -390,3 +390,54 @@ async fn gssenc_request_gets_n_then_startup_works() {
     })
     .await;
 }
+
+/// A query pipelined behind the startup packet (legal: Postgres reads it after the login) is
+/// answered, also when the login waited for a server and the proxy read the query meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_with_the_startup_packet_is_answered() {
+    use tenantgate_config::PoolMode;
+    for (mode, held) in [
+        (PoolMode::Session, false),
+        (PoolMode::Session, true),
+        (PoolMode::Transaction, false),
+    ] {
+        let mut config = base_config(PgServer::shared());
+        config.databases[0].pool_mode = mode;
+        config.databases[0].pool_size = 1;
+        let proxy = TestProxy::start(config).await;
+        within(30, "query with the startup packet", async {
+            let mut holder = Some(proxy.connect_service().await);
+            if let Some(h) = &holder {
+                h.simple_query("SELECT 1").await.unwrap();
+            }
+            if !held {
+                holder = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let mut c = RawConn::connect(proxy.addr).await.unwrap();
+            let mut batch = wire::startup_packet(
+                wire::PROTOCOL_3_0,
+                &wire::startup_params(&[("user", TRUST_CLIENT), ("database", pg::APP_DB)]),
+            );
+            batch.extend_from_slice(&tenantgate_tests::pipeline::query("SELECT 41 + 1"));
+            c.send(&batch).await.unwrap();
+            let reader = async {
+                c.authenticate(TRUST_CLIENT, None).await.unwrap();
+                let replies = tenantgate_tests::pipeline::read_until_ready(&mut c, 1, 10)
+                    .await
+                    .unwrap();
+                wire::data_rows(&replies)
+            };
+            if held {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            drop(holder);
+            assert_eq!(
+                reader.await,
+                [Some("42".to_string())],
+                "{mode:?}, held: {held}"
+            );
+        })
+        .await;
+    }
+}
