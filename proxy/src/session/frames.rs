@@ -305,6 +305,7 @@ impl Session {
                         .screened_effects
                         .take()
                         .unwrap_or_else(|| sqlscan::scan_session_effects(query_text(frame)));
+                    p.reseeded |= fx.reseeds;
                     if fx.statements {
                         // DEALLOCATE / DISCARD (policy off or audit): the statements the
                         // proxy recorded may be gone; a Bind of one gets 26000 where the
@@ -321,6 +322,12 @@ impl Session {
                     // after an error: then it is forgotten. A name in use: the server refuses
                     // the Parse (42P05) and keeps the statement, unless that statement's own
                     // Parse is unanswered yet and fails: then the server takes this one.
+                    // The session's server is closed at its end if the statement may reseed
+                    // random() (flagged at Parse: it may run at any later Bind).
+                    p.reseeded |= match self.screened_effects.take() {
+                        Some(fx) => fx.reseeds,
+                        None => sqlscan::scan_session_effects(msg.query).reseeds,
+                    };
                     let stmt = ClientStatement {
                         global: None,
                         sql: decision.as_ref().map(|_| Arc::from(msg.query)),
@@ -438,6 +445,7 @@ impl Session {
         let lasting = Lasting {
             settings: fx.settings,
             temp: fx.temp,
+            reseeds: fx.reseeds,
         };
         self.note_lasting(lasting);
         if fx.statements {
@@ -460,6 +468,7 @@ impl Session {
     fn note_lasting(&mut self, lasting: Lasting) {
         self.progress.settings_dirty |= lasting.settings;
         self.progress.temp_dirty |= lasting.temp;
+        self.progress.reseeded |= lasting.reseeds;
     }
 
     fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {

@@ -24,6 +24,7 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     if hits & UNICODE_IDENT != 0 && unicode_identifier(b) {
         fx.settings = true;
         fx.temp = true;
+        fx.reseeds = true;
     }
     // Anywhere, even quoted ("set_config"(…)) or in a comment: a call cannot hide from this.
     for at in find_all_ignore_case(b, b"set_config") {
@@ -43,6 +44,10 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     if find_all_ignore_case(b, b"pg_temp").next().is_some() {
         fx.temp = true;
     }
+    // setseed(…), quoted or not, or `seed` in a statement that changes settings (SET seed,
+    // set_config('seed', …), pg_settings, a Unicode-escaped name): a false positive costs one
+    // server connection.
+    fx.reseeds |= find_all_ignore_case(b, b"setseed").next().is_some();
     let mut previous: &[u8] = b"";
     visit_words(b, |word, at_start, end| {
         if at_start {
@@ -69,6 +74,7 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
         }
         previous = word;
     });
+    fx.reseeds |= fx.settings && find_all_ignore_case(b, b"seed").next().is_some();
     fx
 }
 
@@ -81,6 +87,9 @@ pub struct SessionEffects {
     pub temp: bool,
     /// Custom (dotted) setting names named by SET/RESET or a set_config literal.
     pub custom: Vec<String>,
+    /// It may reseed `random()` (`setseed`, `SET seed`): the backend's sequence is then
+    /// predictable, and only a new backend makes it unknown again.
+    pub reseeds: bool,
 }
 
 /// What running a statement may leave on the server's session.
@@ -88,6 +97,7 @@ pub struct SessionEffects {
 pub struct Lasting {
     pub settings: bool,
     pub temp: bool,
+    pub reseeds: bool,
 }
 
 /// Positions of `pat` (ASCII, lower case) in `b`, ignoring ASCII case.
@@ -547,5 +557,19 @@ mod tests {
         assert!(!temp("SELECT temp FROM readings WHERE temp > $1"));
         assert!(!temp("INSERT INTO readings (temp) VALUES ($1)"));
         assert!(!settings("SELECT temp FROM readings WHERE temp > $1"));
+    }
+
+    #[test]
+    fn detects_reseeding() {
+        let reseeds = |s: &str| scan_session_effects(s).reseeds;
+        assert!(reseeds("SELECT setseed(0.5)"));
+        assert!(reseeds("SELECT \"setseed\"(0.5)"));
+        assert!(reseeds("SELECT pg_catalog.SETSEED($1)"));
+        assert!(reseeds("SET seed = 0.5"));
+        assert!(reseeds("set session seed to 0.5"));
+        assert!(reseeds("SELECT set_config('seed', '0.5', false)"));
+        assert!(reseeds("SELECT U&\"\\0073etseed\"(0.5)"));
+        assert!(!reseeds("SELECT seed FROM plants WHERE id = $1"));
+        assert!(!reseeds("SET statement_timeout = 0"));
     }
 }

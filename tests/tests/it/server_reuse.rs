@@ -34,6 +34,10 @@ RESET ROLE;
 /// A fresh database (RLS on `orders`) and a transaction-mode proxy with ONE server on it,
 /// logging in as the NOBYPASSRLS role app_rw. Users: acme_app, globex_app, svc_client (bypass).
 async fn one_server(mode: PolicyMode) -> (String, TestProxy) {
+    one_server_in(mode, PoolMode::Transaction).await
+}
+
+async fn one_server_in(mode: PolicyMode, pool_mode: PoolMode) -> (String, TestProxy) {
     let pg = PgServer::shared();
     let db = pg.new_database("reuse", &[SCHEMA]).await;
     let text = format!(
@@ -45,7 +49,7 @@ async fn one_server(mode: PolicyMode) -> (String, TestProxy) {
     d.dbname = Some(db.clone());
     d.user = pg::APP_RW_USER.to_string();
     d.password = Some(pg::APP_RW_PASSWORD.to_string());
-    d.pool_mode = PoolMode::Transaction;
+    d.pool_mode = pool_mode;
     d.pool_size = 1;
     d.query_wait_timeout = 20.0;
     config.policy.mode = mode;
@@ -306,6 +310,51 @@ async fn an_unsynced_batch_of_a_vanished_client_is_rolled_back() {
             .unwrap()
             .get(0);
         assert_eq!(n, 0, "the abandoned, never-synced INSERT was committed");
+    })
+    .await;
+}
+
+/// `setseed` (or `SET seed`) makes a backend's `random()` sequence known in advance, and
+/// nothing short of a new backend makes it unknown again (`DISCARD ALL` does not reseed). A
+/// client that reseeds must not hand the next client — another tenant, whose app may draw
+/// tokens or samples from `random()` — a predictable sequence: its server is closed instead.
+/// (The policy refuses `setseed` unless allowlisted; with it off, pooling must still hold.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reseeded_random_does_not_reach_the_next_client() {
+    let pg = PgServer::shared();
+    let direct = connect(&pg.tcp_config(pg::SERVICE_USER, pg::SERVICE_PASSWORD, pg::APP_DB))
+        .await
+        .unwrap();
+    let after_seed = simple(&direct, "SELECT setseed(0.25); SELECT random()::text").await;
+    let known = after_seed.last().cloned().unwrap();
+    within(60, "reseeded random", async {
+        for pool_mode in [PoolMode::Transaction, PoolMode::Session] {
+            let (_db, proxy) = one_server_in(PolicyMode::Off, pool_mode).await;
+            for reseed in [
+                "SELECT setseed(0.25)",
+                "SELECT \"setseed\"(0.25)",
+                "SET seed = 0.25",
+                "SELECT set_config('seed', '0.25', false)",
+                "prepared",
+            ] {
+                let acme = proxy.connect_acme().await;
+                if reseed == "prepared" {
+                    // Prepared in one transaction, run (again) in later ones.
+                    let again = acme.prepare("SELECT setseed(0.25)").await.unwrap();
+                    drop(acme.query(&again, &[]).await.unwrap());
+                } else {
+                    acme.simple_query(reseed).await.unwrap();
+                }
+                drop(acme);
+                let other = globex(&proxy).await;
+                let drawn = simple(&other, "SELECT random()::text").await;
+                assert_ne!(
+                    drawn.first(),
+                    Some(&known),
+                    "{pool_mode:?}: after {reseed:?} the next client drew the predicted value"
+                );
+            }
+        }
     })
     .await;
 }
