@@ -244,9 +244,19 @@ fn fatal(code: &'static str, msg: &str) -> RelayEnd {
 impl Session {
     /// Relays until the client leaves, the server fails, or the proxy shuts down.
     pub(super) async fn relay(&mut self) -> RelayEnd {
+        // What the client sent before its session started (pipelined behind the startup or
+        // password message, and read with it or while the login waited for a server) is
+        // already in the buffer: handled first, it would otherwise wait for the client's next
+        // bytes, which a client waiting for the answer never sends.
+        let mut buffered = !self.client.rbuf.is_empty();
         self.drop_read_buffer();
         loop {
-            let event = match self.next_event().await {
+            let next = if std::mem::take(&mut buffered) {
+                Ok(Event::Client)
+            } else {
+                self.next_event().await
+            };
+            let event = match next {
                 Ok(e) => e,
                 Err(Side::Client(e)) => {
                     tracing::debug!(error = %e, "client i/o error");

@@ -1,0 +1,73 @@
+//! Minimal cases the frame fuzzer found, written out by hand so that they stay tested whatever
+//! the generator becomes.
+
+use super::{fuzz_config, TRUST_BYPASS};
+use bytes::Buf;
+use tenantgate_config::PoolMode;
+use tenantgate_tests::pg;
+use tenantgate_tests::pipeline::{query, read_until_ready, summarize};
+use tenantgate_tests::proxy::*;
+use tenantgate_tests::wire::{self, RawConn};
+use tenantgate_tests::within;
+
+fn startup_packet(user: &str) -> Vec<u8> {
+    wire::startup_params(&[("user", user), ("database", pg::APP_DB)])
+}
+
+/// A query sent right behind the StartupMessage (trust needs no round trip) reaches the proxy
+/// while the login waits for a new server: it was read into the session's buffer and then left
+/// there, unanswered, until the client sent something more.
+#[tokio::test]
+async fn query_pipelined_behind_the_startup_packet_is_answered() {
+    let (_db, config) = fuzz_config(PoolMode::Session).await;
+    let proxy = TestProxy::start(config).await;
+    within(30, "pipelined startup", async {
+        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+        let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(TRUST_BYPASS));
+        raw.send(&[startup, query("SELECT 'pipelined'")].concat())
+            .await
+            .unwrap();
+        let got = read_until_ready(&mut raw, 2, 10).await.unwrap();
+        assert!(
+            summarize(&got).contains(&"Row[pipelined]".to_string()),
+            "{:?}",
+            summarize(&got)
+        );
+    })
+    .await;
+}
+
+/// The same behind an md5 password message, in transaction mode: the authentication read took
+/// the query into its buffer along with the password.
+#[tokio::test]
+async fn query_pipelined_behind_the_password_message_is_answered() {
+    let (_db, config) = fuzz_config(PoolMode::Transaction).await;
+    let proxy = TestProxy::start(config).await;
+    within(30, "pipelined password", async {
+        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+        let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(MD5_CLIENT));
+        raw.send(&startup).await.unwrap();
+        let request = raw.read_message().await.unwrap().unwrap();
+        let mut body = request.body.clone();
+        assert_eq!((request.tag, body.get_i32()), (b'R', 5), "md5 expected");
+        let salt: [u8; 4] = body[..4].try_into().unwrap();
+        let hash = postgres_protocol::authentication::md5_hash(
+            MD5_CLIENT.as_bytes(),
+            MD5_CLIENT_PASSWORD.as_bytes(),
+            salt,
+        );
+        let mut password = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::password_message(hash.as_bytes(), &mut password)
+            .unwrap();
+        raw.send(&[&password[..], &query("SELECT 'pipelined'")].concat())
+            .await
+            .unwrap();
+        let got = read_until_ready(&mut raw, 2, 10).await.unwrap();
+        assert!(
+            summarize(&got).contains(&"Row[pipelined]".to_string()),
+            "{:?}",
+            summarize(&got)
+        );
+    })
+    .await;
+}
