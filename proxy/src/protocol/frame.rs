@@ -26,6 +26,8 @@ pub enum FrameError {
     BadLength { tag: char, len: i32 },
     #[error("message type {tag:?} of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { tag: char, len: usize, max: usize },
+    #[error("invalid frontend message type {0}")]
+    UnexpectedType(u8),
 }
 
 /// Where the next frame in a buffer stands.

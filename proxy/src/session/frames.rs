@@ -10,7 +10,7 @@ use super::relay::RelayEnd;
 use super::sqlscan::Lasting;
 use super::{setup, sqlscan, Session};
 use crate::protocol::backend;
-use crate::protocol::frame::{frontend_limit, next_frame, put_message, Frame};
+use crate::protocol::frame::{frontend_limit, next_frame, put_message, Frame, FrameError};
 use crate::protocol::sqlstate;
 use crate::protocol::{BodyReader, PgError};
 use bytes::BytesMut;
@@ -59,13 +59,7 @@ impl Session {
                     None => return None,
                     Some(&tag) => match frontend_limit(tag, max) {
                         Some(limit) => next_frame(&mut self.client.rbuf, limit),
-                        None => {
-                            crate::metrics::error(crate::metrics::ErrorKind::Protocol);
-                            return Some(RelayEnd::Fatal(PgError::fatal(
-                                sqlstate::PROTOCOL_VIOLATION,
-                                format!("tenantgate: invalid frontend message type {tag}"),
-                            )));
-                        }
+                        None => Err(FrameError::UnexpectedType(tag)),
                     },
                 },
             };

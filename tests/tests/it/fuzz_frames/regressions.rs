@@ -144,3 +144,27 @@ async fn long_password_message_is_refused_before_its_body() {
     })
     .await;
 }
+
+/// A StartupMessage sent twice reads, during the SCRAM exchange, as type byte 0 with a length
+/// of 17920: waited for until auth_timeout, now refused at the type byte.
+#[tokio::test]
+async fn second_startup_message_during_authentication_is_refused_at_once() {
+    let (_db, config) = fuzz_config(PoolMode::Transaction).await;
+    let proxy = TestProxy::start(config).await;
+    within(30, "startup twice", async {
+        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+        let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(ACME_USER));
+        raw.send(&[startup.clone(), startup].concat())
+            .await
+            .unwrap();
+        let request = raw.read_message().await.unwrap().unwrap();
+        assert_eq!(request.tag, b'R');
+        match raw.expect_refusal(5).await {
+            Ok(wire::Refusal::Error(f)) => {
+                assert_eq!(f.get(&b'C').map(String::as_str), Some("08P01"))
+            }
+            other => panic!("expected ErrorResponse 08P01, got {other:?}"),
+        }
+    })
+    .await;
+}
