@@ -2,7 +2,7 @@
 
 use crate::app::{App, ClientGuard};
 use crate::auth::{self, AuthError};
-use crate::conn::Framed;
+use crate::conn::{ConnError, Framed};
 use crate::io::{Peer, Stream};
 use crate::protocol::backend;
 use crate::protocol::sqlstate;
@@ -13,6 +13,10 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tenantgate_config::TlsMode;
 use tokio::io::AsyncWriteExt;
+
+/// The largest message (header included) a client may send during authentication: a password,
+/// a JWT or a SCRAM message.
+const MAX_AUTH_MESSAGE: usize = 65_536;
 
 /// What the handshake produced: a (possibly TLS) stream and the startup parameters.
 struct Startup {
@@ -154,7 +158,13 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// Checks limits and credentials; on success the client has received AuthenticationOk.
 async fn login(app: &Arc<App>, startup: Startup, peer: Peer) -> Option<LoggedIn> {
     let config = app.config();
-    let mut conn = Framed::new(startup.stream, config.proxy.max_message_size);
+    // Authentication messages are small: a client that declares a long one is refused before
+    // anything is reserved for it (Postgres allows 65535 bytes too). The configured limit
+    // applies from AuthenticationOk on.
+    let mut conn = Framed::new(
+        startup.stream,
+        MAX_AUTH_MESSAGE.min(config.proxy.max_message_size),
+    );
     let params = startup.params;
     let reject = |code, msg: String| PgError::fatal(code, msg);
 
@@ -247,11 +257,21 @@ async fn login(app: &Arc<App>, startup: Startup, peer: Peer) -> Option<LoggedIn>
             .await;
             return None;
         }
+        Err(AuthError::Conn(ConnError::Frame(e))) => {
+            crate::metrics::error(crate::metrics::ErrorKind::Protocol);
+            send_fatal(
+                &mut conn.stream,
+                reject(sqlstate::PROTOCOL_VIOLATION, format!("tenantgate: {e}")),
+            )
+            .await;
+            return None;
+        }
         Err(AuthError::Conn(e)) => {
             tracing::debug!(%peer, error = %e, "client left during authentication");
             return None;
         }
     };
+    conn.max_message = config.proxy.max_message_size;
     let mut out = BytesMut::new();
     backend::auth_ok(&mut out);
     if conn.write_all(&out).await.is_err() {

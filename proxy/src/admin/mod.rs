@@ -126,7 +126,7 @@ pub async fn run(app: Arc<App>, mut conn: Framed, id: AdminIdentity) {
                 return send_fatal(&mut conn, PgError::fatal(sqlstate::ADMIN_SHUTDOWN, msg)).await;
             }
             // Cancel-safe: a partly read message stays in the buffer.
-            frame = conn.read_frame() => frame,
+            frame = conn.read_client_frame() => frame,
         };
         let frame = match frame {
             Ok(f) => f,

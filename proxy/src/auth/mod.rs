@@ -102,7 +102,7 @@ async fn jwt_exchange(conn: &mut Framed, verifier: &JwtVerifier) -> Result<Strin
     let mut out = BytesMut::new();
     backend::auth_cleartext(&mut out);
     conn.write_all(&out).await?;
-    let frame = conn.read_frame().await?;
+    let frame = conn.read_password_message().await?;
     if frame.tag != b'p' {
         return Err(AuthError::Protocol("expected a password message"));
     }
@@ -120,7 +120,7 @@ async fn md5_exchange(conn: &mut Framed, hash: &str) -> Result<(), AuthError> {
     let mut out = BytesMut::new();
     backend::auth_md5(salt, &mut out);
     conn.write_all(&out).await?;
-    let frame = conn.read_frame().await?;
+    let frame = conn.read_password_message().await?;
     if frame.tag != b'p' {
         return Err(AuthError::Protocol("expected a password message"));
     }

@@ -85,7 +85,7 @@ fn protocol(msg: &'static str) -> AuthError {
 
 /// Reads a SASL message ('p') and returns its payload.
 async fn read_sasl(conn: &mut Framed, initial: bool) -> Result<Vec<u8>, AuthError> {
-    let frame = conn.read_frame().await?;
+    let frame = conn.read_password_message().await?;
     if frame.tag != b'p' {
         return Err(protocol("expected a SASL response"));
     }

@@ -26,6 +26,8 @@ pub enum FrameError {
     BadLength { tag: char, len: i32 },
     #[error("message type {tag:?} of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { tag: char, len: usize, max: usize },
+    #[error("invalid frontend message type {0}")]
+    UnexpectedType(u8),
 }
 
 /// Where the next frame in a buffer stands.
@@ -81,6 +83,25 @@ pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Frame
             }
             Ok(None)
         }
+    }
+}
+
+/// The most a frontend message may have after login: like Postgres, the messages that carry
+/// statements or data (Query, Parse, Bind, FunctionCall, CopyData) up to `max`, the others
+/// [`SMALL_FRONTEND_MESSAGE`].
+pub const SMALL_FRONTEND_MESSAGE: usize = 10_000;
+
+/// The size limit (header included) of a frontend message of type `tag` after login, or None
+/// for a type byte no frontend message has: known from the header, before the body arrives,
+/// so a client that declares a long body behind a bad type byte is refused at once rather than
+/// waited for (Postgres too checks the type before it reads the body).
+pub fn frontend_limit(tag: u8, max: usize) -> Option<usize> {
+    match tag {
+        b'Q' | b'P' | b'B' | b'F' | b'd' => Some(max),
+        b'C' | b'D' | b'E' | b'H' | b'S' | b'X' | b'c' | b'f' => {
+            Some(SMALL_FRONTEND_MESSAGE.min(max))
+        }
+        _ => None,
     }
 }
 

@@ -10,7 +10,7 @@ use super::relay::RelayEnd;
 use super::sqlscan::Lasting;
 use super::{setup, sqlscan, Session};
 use crate::protocol::backend;
-use crate::protocol::frame::{next_frame, put_message, Frame};
+use crate::protocol::frame::{frontend_limit, next_frame, put_message, Frame, FrameError};
 use crate::protocol::sqlstate;
 use crate::protocol::{BodyReader, PgError};
 use bytes::BytesMut;
@@ -55,7 +55,13 @@ impl Session {
             }
             let next = match self.held.take() {
                 Some(held) => Ok(Some(held)),
-                None => next_frame(&mut self.client.rbuf, max),
+                None => match self.client.rbuf.first() {
+                    None => return None,
+                    Some(&tag) => match frontend_limit(tag, max) {
+                        Some(limit) => next_frame(&mut self.client.rbuf, limit),
+                        None => Err(FrameError::UnexpectedType(tag)),
+                    },
+                },
             };
             let frame = match next {
                 Ok(Some(f)) => f,

@@ -244,12 +244,14 @@ fn fatal(code: &'static str, msg: &str) -> RelayEnd {
 impl Session {
     /// Relays until the client leaves, the server fails, or the proxy shuts down.
     pub(super) async fn relay(&mut self) -> RelayEnd {
-        // What the client sent behind its login (read with it, or while the login waited for
-        // a server) is handled first: no read event would announce it.
-        let mut unread = !self.client.rbuf.is_empty();
+        // What the client sent before its session started (pipelined behind the startup or
+        // password message, and read with it or while the login waited for a server) is
+        // already in the buffer: handled first, it would otherwise wait for the client's next
+        // bytes, which a client waiting for the answer never sends.
+        let mut buffered = !self.client.rbuf.is_empty();
         self.drop_read_buffer();
         loop {
-            let next = if std::mem::take(&mut unread) {
+            let next = if std::mem::take(&mut buffered) {
                 Ok(Event::Client)
             } else {
                 self.next_event().await

@@ -10,6 +10,7 @@ mod clients;
 mod compose;
 mod config_files;
 mod demo;
+mod fuzz_frames;
 mod harness;
 mod isolation;
 mod jwt;
