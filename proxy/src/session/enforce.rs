@@ -411,6 +411,9 @@ impl Session {
                     hidden: None,
                 })
             }
+            StatementKind::Reset { .. } | StatementKind::Set { .. } if simple => {
+                self.reset_to_startup(sql)
+            }
             _ => None,
         }
     }

@@ -138,6 +138,12 @@ impl Expected {
         self.queue.front() == Some(&Expect::Check)
     }
 
+    /// Are the next replies those of a statement the proxy runs unseen after a rewritten
+    /// one (see [`Expect::Hidden`])?
+    pub fn hidden_first(&self) -> bool {
+        self.queue.front() == Some(&Expect::Hidden)
+    }
+
     /// The proxy's settings statement has answered in full (see `session::setup`).
     pub fn setup_done(&mut self) {
         if self.setup_first().is_some() {

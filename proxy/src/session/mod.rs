@@ -10,6 +10,7 @@ mod extended;
 mod frames;
 mod placement;
 mod relay;
+mod reports;
 pub mod settings;
 mod setup;
 pub(crate) mod sqlscan;
@@ -148,6 +149,8 @@ pub struct Session {
     /// `desired` holds the values as the client wrote them: read them back, as the server
     /// normalizes them, after the first transaction.
     settings_unnormalized: bool,
+    /// The ParameterStatus values the client has been told (see `reports`).
+    reported: Vec<(String, String)>,
     /// Audit events waiting to be queued (screening is synchronous; queuing may wait).
     audit_pending: Vec<AuditKind>,
     cancel: CancelKey,
@@ -359,6 +362,7 @@ async fn start(app: Arc<App>, mut client: Framed, mut id: ClientIdentity) -> Opt
         skip_until_sync: false,
         held: None,
         settings_unnormalized: false,
+        reported: start.params,
         audit_pending: vec![AuditKind::Connect],
         cancel,
         waits,

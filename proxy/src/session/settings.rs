@@ -241,6 +241,86 @@ pub fn check_setting_sql(setting: &str, value: &str) -> String {
     )
 }
 
+/// `RESET name`, `SET [SESSION | LOCAL] name TO DEFAULT` or `SET TIME ZONE LOCAL`: the name
+/// (lower case) and whether the statement is `LOCAL`.
+pub fn resets_one(sql: &str) -> Option<(String, bool)> {
+    use pg_query::protobuf::VariableSetKind;
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let [stmt] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let Some(pg_query::NodeEnum::VariableSetStmt(v)) = stmt.stmt.as_ref()?.node.as_ref() else {
+        return None;
+    };
+    let resets = v.kind == VariableSetKind::VarReset as i32
+        || v.kind == VariableSetKind::VarSetDefault as i32;
+    resets.then(|| (v.name.to_ascii_lowercase(), v.is_local))
+}
+
+impl super::Session {
+    /// A client's reset of a setting it gave at startup goes back to its startup value, as on
+    /// Postgres, where startup values are the session's defaults. The proxy gave them to the
+    /// server with `set_config`, so the server's own reset would go to the server's default:
+    /// the reset is answered with the startup value set again (`RESET ALL` with all of them).
+    /// Only a simple query of one statement is rewritten (see README, Limitations).
+    pub(super) fn reset_to_startup(&mut self, sql: &str) -> Option<super::enforce::Screen> {
+        let (tag, sql) = match resets_one(sql) {
+            Some((name, local)) => {
+                let (own, value) = self
+                    .startup
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))?
+                    .clone();
+                if local && self.server.is_none() {
+                    // Outside a transaction block: no effect, and Postgres's warning says so.
+                    return None;
+                }
+                if !local {
+                    self.desired.retain(|(k, _)| !k.eq_ignore_ascii_case(&own));
+                    self.desired.push((own.clone(), value.clone()));
+                    self.desired.sort();
+                }
+                let tag = if sql_starts_with_reset(sql) {
+                    "RESET"
+                } else {
+                    "SET"
+                };
+                (
+                    tag,
+                    format!("SELECT {}", set_config_call(&own, &value, local)),
+                )
+            }
+            None if self.tenant.is_none() && !self.startup.is_empty() => {
+                let all = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+                let [stmt] = all.protobuf.stmts.as_slice() else {
+                    return None;
+                };
+                let Some(pg_query::NodeEnum::VariableSetStmt(v)) =
+                    stmt.stmt.as_ref()?.node.as_ref()
+                else {
+                    return None;
+                };
+                if v.kind != pg_query::protobuf::VariableSetKind::VarResetAll as i32 {
+                    return None;
+                }
+                self.desired = self.with_tenant(self.startup.clone());
+                ("RESET", format!("RESET ALL; {}", set_sql(&self.startup)))
+            }
+            None => return None,
+        };
+        Some(super::enforce::Screen::Answer {
+            tag,
+            sql: Some(sql),
+            hidden: None,
+        })
+    }
+}
+
+fn sql_starts_with_reset(sql: &str) -> bool {
+    let s = sql.trim_start();
+    s.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("reset"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -271,6 +351,25 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("OPERATOR(pg_catalog.=) E'o''hara'"), "{sql}");
+    }
+
+    #[test]
+    fn resets_are_recognized() {
+        assert_eq!(
+            resets_one("RESET TimeZone"),
+            Some(("timezone".into(), false))
+        );
+        assert_eq!(
+            resets_one("SET LOCAL DateStyle TO DEFAULT"),
+            Some(("datestyle".into(), true))
+        );
+        assert_eq!(
+            resets_one("SET TIME ZONE LOCAL"),
+            Some(("timezone".into(), false))
+        );
+        assert_eq!(resets_one("SET TimeZone = 'UTC'"), None);
+        assert_eq!(resets_one("RESET ALL"), None);
+        assert_eq!(resets_one("RESET a; RESET b"), None);
     }
 
     #[test]
