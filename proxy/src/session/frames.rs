@@ -755,7 +755,8 @@ impl Session {
             }
             if frame.tag == b'Z' && !self.expected.hidden_first() {
                 // After a DISCARD ALL the proxy answered, the client's settings are restored by
-                // the hidden statement that follows: report once that has run.
+                // the hidden statement that follows: report once that has run, before the
+                // ReadyForQuery held for it.
                 super::reports::report_changes(
                     &mut self.reported,
                     &conn.params,

@@ -242,6 +242,19 @@ async fn transactional_settings_report_as_on_postgres() {
                 SHOW_ALL,
                 "BEGIN; SET TimeZone = 'Europe/Paris'; COMMIT",
                 SHOW_ALL,
+                "BEGIN",
+                "SELECT 1/0",
+                "RESET TimeZone",
+                "ROLLBACK",
+                SHOW_ALL,
+                "BEGIN",
+                "SET LOCAL TimeZone TO DEFAULT",
+                "RESET DateStyle",
+                SHOW_ALL,
+                "ROLLBACK",
+                SHOW_ALL,
+                "SET LOCAL IntervalStyle TO DEFAULT",
+                SHOW_ALL,
             ],
         )
         .await;
@@ -404,6 +417,30 @@ async fn no_set_form_reaches_the_next_client() {
             after = run(&mut fresh, "SHOW ALL").await;
             assert_eq!(after, show_all, "after {sql}");
         }
+    })
+    .await;
+}
+
+/// Session mode gives the startup settings to the server the same way: resets go back to them
+/// there too.
+#[tokio::test]
+async fn session_mode_resets_report_as_on_postgres() {
+    let proxy = TestProxy::start(base_config(PgServer::shared())).await;
+    within(60, "session mode resets", async {
+        assert_same(
+            &proxy,
+            &[
+                "SET TimeZone = 'Europe/Paris'",
+                "RESET TimeZone",
+                "SET DateStyle = 'German'",
+                "RESET ALL",
+                SHOW_ALL,
+                "SET application_name = 'renamed'",
+                "DISCARD ALL",
+                SHOW_ALL,
+            ],
+        )
+        .await;
     })
     .await;
 }
