@@ -149,6 +149,9 @@ pub struct ServerConn {
     pub id: u64,
     pub conn: Framed,
     pub params: Vec<(String, String)>,
+    /// Bumped at each change of `params`: a session that reported them at this version to
+    /// its client need not compare them again.
+    pub params_version: u64,
     /// The server's own BackendKeyData, for forwarding cancels.
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -178,6 +181,7 @@ impl ServerConn {
     }
 
     pub fn set_param(&mut self, name: &str, value: &str) {
+        self.params_version += 1;
         match self.params.iter_mut().find(|(k, _)| k == name) {
             Some(slot) => slot.1 = value.to_string(),
             None => self.params.push((name.to_string(), value.to_string())),
@@ -344,6 +348,7 @@ async fn login(
         id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
         conn,
         params: Vec::new(),
+        params_version: 0,
         backend_pid: 0,
         backend_secret: 0,
         created: Instant::now(),

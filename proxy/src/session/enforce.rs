@@ -330,7 +330,10 @@ impl Session {
                 name.eq_ignore_ascii_case(SWITCH_SETTING)
             }
             StatementKind::Reset { name: None } => self.tenant.is_some(),
-            StatementKind::Discard => self.tenant.is_some() || self.tx_mode,
+            // With startup settings too: the server's DISCARD ALL would drop them.
+            StatementKind::Discard => {
+                self.tenant.is_some() || self.tx_mode || !self.startup.is_empty()
+            }
             StatementKind::Deallocate => self.tx_mode,
             _ => false,
         }
@@ -370,7 +373,7 @@ impl Session {
             }
             StatementKind::Discard
                 if simple
-                    && (self.tenant.is_some() || self.tx_mode)
+                    && (self.tenant.is_some() || self.tx_mode || !self.startup.is_empty())
                     && sql.to_ascii_lowercase().contains("all") =>
             {
                 if self.tx_status() != b'I' {
@@ -410,6 +413,9 @@ impl Session {
                     sql: None,
                     hidden: None,
                 })
+            }
+            StatementKind::Reset { .. } | StatementKind::Set { .. } if simple => {
+                self.reset_to_startup(sql)
             }
             _ => None,
         }

@@ -109,6 +109,10 @@ pub struct Expected {
     /// Queries and FunctionCalls the server skipped after such an error: their
     /// ReadyForQuery will not come (see [`Expected::take_skipped_queries`]).
     skipped_queries: usize,
+    /// The ReadyForQuery of a rewritten statement, held until the hidden statement behind it
+    /// has run, so that the ParameterStatus the two cause together come before it, as the one
+    /// statement's would on Postgres.
+    held_ready: Option<Bytes>,
 }
 
 impl Expected {
@@ -136,6 +140,12 @@ impl Expected {
     /// Are the next replies those of the proxy's check (see [`Expect::Check`])?
     pub fn check_first(&self) -> bool {
         self.queue.front() == Some(&Expect::Check)
+    }
+
+    /// Are the next replies those of a statement the proxy runs unseen after a rewritten
+    /// one (see [`Expect::Hidden`])?
+    pub fn hidden_first(&self) -> bool {
+        self.queue.front() == Some(&Expect::Hidden)
     }
 
     /// The proxy's settings statement has answered in full (see `session::setup`).
@@ -223,6 +233,10 @@ impl Expected {
                             to_client.extend_from_slice(command);
                         }
                         self.queue.pop_front();
+                        if self.hidden_first() {
+                            self.held_ready = Some(frame.raw.clone());
+                            return Route::Drop;
+                        }
                         Route::Forward
                     }
                     _ => Route::Drop,
@@ -231,6 +245,9 @@ impl Expected {
             Some(Expect::Hidden) => {
                 if tag == b'Z' {
                     self.queue.pop_front();
+                    if let Some(ready) = self.held_ready.take() {
+                        return Route::Replace(ready);
+                    }
                 }
                 return Route::Drop;
             }

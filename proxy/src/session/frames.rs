@@ -266,6 +266,7 @@ impl Session {
         backend::command_complete(tag, &mut complete);
         if self.server.is_none() {
             self.to_client.extend_from_slice(&complete);
+            self.report_desired_changes();
             backend::ready_for_query(b'I', &mut self.to_client);
             return;
         }
@@ -703,6 +704,13 @@ impl Session {
                 }
                 continue;
             }
+            if frame.tag == b'S' {
+                // Not relayed: the client is told what changed before its next ReadyForQuery
+                // (see `reports`).
+                conn.record_parameter_status(frame.body());
+                self.progress.settings_dirty = true;
+                continue;
+            }
             if frame.tag == b'E' {
                 conn.statements.note_error(frame.body());
                 // An error ends the server's COPY; after one in an extended-protocol COPY it
@@ -742,10 +750,6 @@ impl Session {
                         self.progress.pending = self.progress.pending.saturating_sub(ignored.syncs);
                     }
                 }
-                b'S' => {
-                    conn.record_parameter_status(frame.body());
-                    self.progress.settings_dirty = true;
-                }
                 _ => {}
             }
             let route = self.expected.route(
@@ -763,6 +767,20 @@ impl Session {
                     // The server is not released before that Sync.
                     self.progress.unsynced = true;
                 }
+            }
+            if frame.tag == b'Z'
+                && !self.expected.hidden_first()
+                && self.reported_from != (conn.id, conn.params_version)
+            {
+                // After a DISCARD ALL the proxy answered, the client's settings are restored by
+                // the hidden statement that follows: report once that has run, before the
+                // ReadyForQuery held for it.
+                super::reports::report_changes(
+                    &mut self.reported,
+                    &conn.params,
+                    &mut self.to_client,
+                );
+                self.reported_from = (conn.id, conn.params_version);
             }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),

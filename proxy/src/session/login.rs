@@ -185,6 +185,8 @@ pub(super) async fn start(
         skip_until_sync: false,
         held: None,
         settings_unnormalized: false,
+        reported: start.params,
+        reported_from: (0, 0),
         audit_pending: vec![AuditKind::Connect],
         cancel,
         waits,

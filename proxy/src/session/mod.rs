@@ -11,6 +11,7 @@ mod frames;
 mod login;
 mod placement;
 mod relay;
+mod reports;
 pub mod settings;
 mod setup;
 pub(crate) mod sqlscan;
@@ -150,6 +151,11 @@ pub struct Session {
     /// `desired` holds the values as the client wrote them: read them back, as the server
     /// normalizes them, after the first transaction.
     settings_unnormalized: bool,
+    /// The ParameterStatus values the client has been told (see `reports`).
+    reported: Vec<(String, String)>,
+    /// ... compared last with the `params` of this server (id, `params_version`): unchanged
+    /// since, they need no comparison at the next ReadyForQuery. (0, 0): none.
+    reported_from: (u64, u64),
     /// Audit events waiting to be queued (screening is synchronous; queuing may wait).
     audit_pending: Vec<AuditKind>,
     cancel: CancelKey,

@@ -1,0 +1,90 @@
+//! ParameterStatus towards the client.
+//!
+//! Postgres (14 and later) reports a `GUC_REPORT` setting whose value changed since it last
+//! reported it, just before ReadyForQuery. A pooled server's "last reported" values are those
+//! it reported to the proxy, not to this client: the proxy's own statements (settings at
+//! checkout, a `DISCARD ALL` answered in two steps) change them, and a client logged in without
+//! a server was told values as it wrote them, not as Postgres spells them. So the server's
+//! ParameterStatus messages are not relayed. The session remembers what the client has been
+//! told and, before each ReadyForQuery it sends, reports the values that differ from the
+//! server's current ones (or, when the proxy answers without a server, from the values the
+//! client's settings give on a server of the pool): the same messages, at the same place, as
+//! on a direct connection.
+
+use super::Session;
+use crate::protocol::backend;
+use bytes::BytesMut;
+
+/// Writes a ParameterStatus for each value in `now` that differs from what the client was
+/// told, and remembers it.
+pub(super) fn report_changes(
+    reported: &mut Vec<(String, String)>,
+    now: &[(String, String)],
+    out: &mut BytesMut,
+) {
+    for (name, value) in now {
+        match reported.iter_mut().find(|(k, _)| k == name) {
+            Some((_, told)) if told == value => {}
+            Some((_, told)) => {
+                backend::parameter_status(name, value, out);
+                value.clone_into(told);
+            }
+            None => {
+                backend::parameter_status(name, value, out);
+                reported.push((name.clone(), value.clone()));
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Before a ReadyForQuery the proxy answers alone (no server attached) after changing the
+    /// client's settings: reports the values they give on a server of the pool, which the
+    /// next checkout brings about.
+    pub(super) fn report_desired_changes(&mut self) {
+        let Some(defaults) = self.id.pool.server_params() else {
+            return;
+        };
+        let now: Vec<(String, String)> = defaults
+            .iter()
+            .map(|(k, v)| {
+                let own = self.desired.iter().find(|(d, _)| d.eq_ignore_ascii_case(k));
+                (k.clone(), own.map_or(v, |(_, dv)| dv).clone())
+            })
+            .collect();
+        report_changes(&mut self.reported, &now, &mut self.to_client);
+        self.reported_from = (0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_changed_values_are_reported_once() {
+        let mut reported = pairs(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]);
+        let mut out = BytesMut::new();
+        report_changes(
+            &mut reported,
+            &pairs(&[("TimeZone", "UTC"), ("DateStyle", "German, DMY")]),
+            &mut out,
+        );
+        let mut want = BytesMut::new();
+        backend::parameter_status("DateStyle", "German, DMY", &mut want);
+        assert_eq!(out, want);
+        out.clear();
+        report_changes(
+            &mut reported,
+            &pairs(&[("DateStyle", "German, DMY")]),
+            &mut out,
+        );
+        assert!(out.is_empty());
+    }
+}
