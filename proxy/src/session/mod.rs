@@ -10,6 +10,7 @@ mod extended;
 mod frames;
 mod login;
 mod placement;
+mod pooled;
 mod relay;
 mod reports;
 pub mod settings;
