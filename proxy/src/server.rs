@@ -149,9 +149,10 @@ pub struct ServerConn {
     pub id: u64,
     pub conn: Framed,
     pub params: Vec<(String, String)>,
-    /// Bumped at each change of `params`: a session that reported them at this version to
-    /// its client need not compare them again.
-    pub params_version: u64,
+    /// A digest of `params`, whatever their order: a session whose client was told values
+    /// with this digest need not compare them at its next ReadyForQuery (servers change
+    /// hands at every transaction, their values seldom differ).
+    pub params_digest: u64,
     /// The server's own BackendKeyData, for forwarding cancels.
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -181,11 +182,11 @@ impl ServerConn {
     }
 
     pub fn set_param(&mut self, name: &str, value: &str) {
-        self.params_version += 1;
         match self.params.iter_mut().find(|(k, _)| k == name) {
             Some(slot) => slot.1 = value.to_string(),
             None => self.params.push((name.to_string(), value.to_string())),
         }
+        self.params_digest = params_digest(&self.params);
     }
 
     /// Runs a simple query whose results nobody needs (resets, SETs) and waits for
@@ -264,6 +265,19 @@ impl ServerConn {
             self.set_param(&k, &v);
         }
     }
+}
+
+/// An order-independent digest of ParameterStatus values, keyed per process (a client cannot
+/// choose values that collide with another set's). Never 0, which stands for "none".
+pub fn params_digest(params: &[(String, String)]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    params
+        .iter()
+        .fold(0u64, |sum, entry| sum.wrapping_add(keys.hash_one(entry)))
+        .max(1)
 }
 
 fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
@@ -348,7 +362,7 @@ async fn login(
         id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
         conn,
         params: Vec::new(),
-        params_version: 0,
+        params_digest: 0,
         backend_pid: 0,
         backend_secret: 0,
         created: Instant::now(),

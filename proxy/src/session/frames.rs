@@ -476,7 +476,7 @@ impl Session {
             }
             if frame.tag == b'Z'
                 && !self.expected.hidden_first()
-                && self.reported_from != (conn.id, conn.params_version)
+                && self.reported_digest != conn.params_digest
             {
                 // After a DISCARD ALL the proxy answered, the client's settings are restored by
                 // the hidden statement that follows: report once that has run, before the
@@ -486,7 +486,7 @@ impl Session {
                     &conn.params,
                     &mut self.to_client,
                 );
-                self.reported_from = (conn.id, conn.params_version);
+                self.reported_digest = conn.params_digest;
             }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),

@@ -186,7 +186,7 @@ pub(super) async fn start(
         held: None,
         settings_unnormalized: false,
         reported: start.params,
-        reported_from: (0, 0),
+        reported_digest: 0,
         audit_pending: vec![AuditKind::Connect],
         cancel,
         waits,

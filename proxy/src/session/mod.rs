@@ -154,9 +154,9 @@ pub struct Session {
     settings_unnormalized: bool,
     /// The ParameterStatus values the client has been told (see `reports`).
     reported: Vec<(String, String)>,
-    /// ... compared last with the `params` of this server (id, `params_version`): unchanged
-    /// since, they need no comparison at the next ReadyForQuery. (0, 0): none.
-    reported_from: (u64, u64),
+    /// ... brought in line with server `params` of this digest (see `ServerConn::params_digest`;
+    /// 0: none): a server with the same digest needs no comparison at a ReadyForQuery.
+    reported_digest: u64,
     /// Audit events waiting to be queued (screening is synchronous; queuing may wait).
     audit_pending: Vec<AuditKind>,
     cancel: CancelKey,

@@ -53,7 +53,7 @@ impl Session {
             })
             .collect();
         report_changes(&mut self.reported, &now, &mut self.to_client);
-        self.reported_from = (0, 0);
+        self.reported_digest = 0;
     }
 }
 
