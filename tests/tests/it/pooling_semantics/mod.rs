@@ -19,6 +19,8 @@ mod lifecycle;
 use lifecycle::*;
 mod abandoned;
 mod copy_listen_discard;
+mod differential;
+mod divergences;
 
 /// [`transaction_mode`] with one server, waited for up to `seconds`.
 fn one_server_waiting(seconds: f64) -> Config {
