@@ -59,7 +59,7 @@ async fn a_simple_query_drops_the_unnamed_statement() {
 
 /// A Parse that PostgreSQL skips because an earlier message of its segment failed creates no
 /// statement, also when the server already held the statement's text under its global name
-/// (the proxy answers such a Parse itself).
+/// (the proxy answers such a Parse itself); a Close skipped that way closes nothing.
 #[tokio::test]
 async fn a_parse_skipped_after_an_error_creates_no_statement() {
     let failing = [
