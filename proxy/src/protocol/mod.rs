@@ -21,6 +21,7 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const QUERY_CANCELED: &str = "57014";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";

@@ -393,6 +393,14 @@ impl Session {
             }
             // Transaction mode: the server knows only the proxy's names for the client's
             // statements, so the proxy deallocates (forgets) them itself.
+            // In a failed transaction block Postgres refuses it and deallocates nothing (the
+            // proxy waited for the replies before it: the status is exact).
+            StatementKind::Deallocate if simple && self.tx_mode && self.tx_status() == b'E' => {
+                Some(Screen::Reject(PgError::error(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                )))
+            }
             StatementKind::Deallocate if simple && self.tx_mode => {
                 let tag = match deallocate_target(sql) {
                     Some(None) => {

@@ -16,8 +16,7 @@
 use crate::protocol::frame::{put_header, BodyReader, Frame};
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 /// A client statement as the servers know it.
 #[derive(Debug)]
@@ -47,13 +46,29 @@ pub enum Expect {
     Close {
         visible: bool,
     },
+    /// The proxy's Close of a statement it evicted from the server's cache (`global`): should
+    /// the server skip it after an error, it still holds that statement.
+    Evict {
+        global: String,
+    },
+    /// A Parse the proxy answers itself (the server holds the statement): ParseComplete when it
+    /// reaches the head of the queue; if an error before it makes the server skip the client's
+    /// messages up to the Sync, the client's record `client_name` is forgotten, as Postgres
+    /// would not have created the statement.
+    AnsweredParse {
+        client_name: (String, u64),
+    },
+    /// A client's Close of a statement, which the proxy forgot when it read it
+    /// ([`Expected::closed`] holds it): answered by the proxy (`forwarded` false) or by the
+    /// server. If the server skips it after an error, the statement is put back, as on Postgres.
+    ClientClose {
+        forwarded: bool,
+    },
     /// Sync: answered up to and including ReadyForQuery.
     Ready,
     /// Query or FunctionCall: the same, but skipped with no reply at all when it comes behind
     /// an extended-protocol message that failed (the server skips to the Sync).
     QueryReady,
-    /// A message the proxy writes itself when it reaches the head of the queue.
-    Synthetic(Bytes),
     /// A request the proxy replaced by one that fails on purpose (so that the server's
     /// transaction is aborted exactly as Postgres would abort it): the server's error is
     /// replaced by `error`. `simple` = a Query, answered up to ReadyForQuery.
@@ -113,7 +128,14 @@ pub struct Expected {
     /// has run, so that the ParameterStatus the two cause together come before it, as the one
     /// statement's would on Postgres.
     held_ready: Option<Bytes>,
+    /// The statements of the [`Expect::ClientClose`]s in the queue, in the same order (None:
+    /// the client closed a name it did not have).
+    closed: VecDeque<Option<Closed>>,
 }
+
+/// ParseComplete and CloseComplete, as the proxy writes them.
+const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
 
 impl Expected {
     /// Did an error leave the server skipping messages until a Sync the client has not sent
@@ -131,6 +153,12 @@ impl Expected {
 
     pub fn push(&mut self, e: Expect) {
         self.queue.push_back(e);
+    }
+
+    /// Queues a client's Close of a statement the proxy has forgotten already (`closed`).
+    pub fn push_client_close(&mut self, closed: Option<Closed>, forwarded: bool) {
+        self.closed.push_back(closed);
+        self.queue.push_back(Expect::ClientClose { forwarded });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -167,7 +195,11 @@ impl Expected {
     pub fn flush_synthetic(&mut self, to_client: &mut BytesMut) {
         loop {
             match self.queue.front() {
-                Some(Expect::Synthetic(msg)) => to_client.extend_from_slice(msg),
+                Some(Expect::AnsweredParse { .. }) => to_client.extend_from_slice(PARSE_COMPLETE),
+                Some(Expect::ClientClose { forwarded: false }) => {
+                    to_client.extend_from_slice(CLOSE_COMPLETE);
+                    self.closed.pop_front();
+                }
                 Some(Expect::CopyEnd) => {}
                 _ => return,
             }
@@ -273,7 +305,8 @@ impl Expected {
             _ => {}
         }
         if tag == b'E' {
-            return self.extended_error(to_client, server_stmts, client);
+            let stale = is_stale_plan_error(frame.body());
+            return self.extended_error(stale, server_stmts, client);
         }
         if let (
             b'1',
@@ -292,6 +325,11 @@ impl Expected {
             (Expect::Parse { visible, .. }, b'1') => (true, *visible),
             (Expect::Bind, b'2') => (true, true),
             (Expect::Close { visible }, b'3') => (true, *visible),
+            (Expect::Evict { .. }, b'3') => (true, false),
+            (Expect::ClientClose { forwarded: true }, b'3') => {
+                self.closed.pop_front();
+                (true, true)
+            }
             (Expect::Describe { statement }, b't') => {
                 if let Some(name) = statement {
                     client.set_param_types(name, frame.body());
@@ -317,14 +355,25 @@ impl Expected {
 
     /// An ErrorResponse outside a simple Query: in the extended protocol the server now skips
     /// everything until Sync, so the replies queued up to the Sync will never come.
+    /// `stale`: the error is Postgres refusing a statement whose result columns changed (see
+    /// [`ServerStatements::stale`]).
     fn extended_error(
         &mut self,
-        _to_client: &mut BytesMut,
+        stale: bool,
         server_stmts: &mut ServerStatements,
         client: &mut ClientStatements,
     ) -> Route {
         let mut route = Route::Forward;
         let mut failing = true;
+        // Parses of the unnamed statement the server skipped: it keeps the one it had before
+        // the first of them.
+        let mut skipped_unnamed: Vec<u64> = Vec::new();
+        // The failing message was a Parse of the unnamed statement: Postgres dropped the one
+        // before it, so skipped Parses behind it have nothing to put back.
+        let mut unnamed_failed = false;
+        // Records of the Parses the error undid: a Close skipped behind one of them has
+        // nothing to put back (the name never existed on Postgres).
+        let mut undone: Vec<u64> = Vec::new();
         loop {
             let Some(front) = self.queue.front() else {
                 self.skipping = true;
@@ -351,16 +400,50 @@ impl Expected {
                     }
                     if let Some((name, record)) = client_name {
                         client.forget_if(name, *record);
+                        undone.push(*record);
+                        if name.is_empty() && !failing {
+                            skipped_unnamed.push(*record);
+                        }
+                        unnamed_failed |= name.is_empty() && failing;
                     }
                 }
+                Expect::AnsweredParse {
+                    client_name: (name, record),
+                } => {
+                    client.forget_if(name, *record);
+                    undone.push(*record);
+                    if name.is_empty() && !failing {
+                        skipped_unnamed.push(*record);
+                    }
+                }
+                Expect::ClientClose { .. } => {
+                    // Put back, as Postgres skipped the Close; except behind the stale-plan
+                    // error, which only pooling causes (README: the client's next run must
+                    // prepare the statement afresh, as it would on a direct connection).
+                    let closed = self.closed.pop_front().flatten();
+                    if let Some(closed) = closed.filter(|c| !stale && !undone.contains(&c.record()))
+                    {
+                        client.restore(closed);
+                    }
+                }
+                Expect::Evict { global } => server_stmts.orphan(global),
                 _ => {}
             }
             self.queue.pop_front();
             failing = false;
         }
+        if let Some(&first) = skipped_unnamed.first() {
+            client.unskip_unnamed((!unnamed_failed).then_some(first), &skipped_unnamed);
+        }
         route
     }
 }
+
+#[path = "client_statements.rs"]
+mod client_statements;
+#[cfg(test)]
+use client_statements::MAX_SUCCESSORS;
+pub use client_statements::{ClientStatement, ClientStatements, Closed};
 
 /// The global statements a server has prepared, least recently used first out.
 pub(crate) struct ServerStatements {
@@ -369,6 +452,9 @@ pub(crate) struct ServerStatements {
     /// refuses it ("cached plan must not change result type") until it is prepared again. The
     /// server's statements are deallocated when it is released.
     pub stale: bool,
+    /// Statements the server holds although they left the LRU: their eviction Close was skipped
+    /// after an error. A Parse of one of them must close it first (else 42P05).
+    orphans: std::collections::HashSet<String>,
 }
 
 impl ServerStatements {
@@ -378,6 +464,7 @@ impl ServerStatements {
         ServerStatements {
             lru: lru::LruCache::new(cap),
             stale: false,
+            orphans: Default::default(),
         }
     }
 
@@ -396,8 +483,25 @@ impl ServerStatements {
         self.lru.pop(global);
     }
 
+    /// The server skipped the Close of `global` (see [`ServerStatements::orphans`]). Beyond
+    /// the cache's size, the server's statements are deallocated when it is released instead.
+    fn orphan(&mut self, global: &str) {
+        if self.orphans.len() >= self.lru.cap().get() {
+            self.stale = true;
+        } else {
+            self.orphans.insert(global.to_string());
+        }
+    }
+
+    /// Is `global` on the server although not in the LRU? It no longer counts as such: the
+    /// caller closes it.
+    pub fn take_orphan(&mut self, global: &str) -> bool {
+        self.orphans.remove(global)
+    }
+
     pub fn clear(&mut self) {
         self.lru.clear();
+        self.orphans.clear();
         self.stale = false;
     }
 
@@ -407,190 +511,32 @@ impl ServerStatements {
     /// when it is released.
     pub fn clear_ahead(&mut self) {
         self.lru.clear();
+        self.orphans.clear();
         self.stale = true;
     }
 
     /// Notes an ErrorResponse from the server: is it a prepared statement that went stale?
     /// Recognized by the routine that raises it, which is not translated (the message may be).
     pub fn note_error(&mut self, body: &[u8]) {
-        let mut r = BodyReader::new(body);
-        let (mut feature_not_supported, mut revalidate) = (false, false);
-        while let Ok(code) = r.u8() {
-            let Ok(value) = r.cstr_bytes() else { break };
-            match code {
-                b'C' => feature_not_supported = value == b"0A000",
-                b'R' => revalidate = value == b"RevalidateCachedQuery",
-                _ => {}
-            }
-        }
-        self.stale |= feature_not_supported && revalidate && !self.lru.is_empty();
+        self.stale |= is_stale_plan_error(body) && !self.lru.is_empty();
     }
 }
 
-/// What the proxy knows of one client statement.
-#[derive(Clone, Default)]
-pub struct ClientStatement {
-    /// The server-side statement (transaction mode; None in session mode).
-    pub global: Option<Arc<Statement>>,
-    /// The policy decision for its text (None when the policy does not apply).
-    pub decision: Option<Arc<tenantgate_policy::Decision>>,
-    /// Parameter type OIDs: from the Parse, completed by the server's ParameterDescription.
-    pub param_types: Vec<u32>,
-    /// The statement text, kept while the policy applies so the decision can be re-made
-    /// when the tenant or its placement changes.
-    pub sql: Option<Arc<str>>,
-    /// What running it may leave on the server's session (transaction mode: read back or
-    /// dropped when the server is released).
-    pub lasting: crate::session::sqlscan::Lasting,
-    /// Which Parse recorded it (set by [`ClientStatements::insert`]): the error of an earlier
-    /// Parse of the name, pipelined before this one, must not drop it.
-    pub record: u64,
-    /// Session mode: its Parse has not been answered yet, and it was sent in the client's
-    /// segment number `segment` (counted by Syncs, Queries and FunctionCalls).
-    pub pending: bool,
-    pub segment: u64,
-    /// Session mode: a later Parse of the same name, sent while this one was unanswered. It
-    /// takes this one's place if this Parse fails; if this one succeeds, the server refuses
-    /// it (42P05).
-    pub successor: Option<Box<ClientStatement>>,
-}
-
-/// Parses of one name that may wait, unanswered, behind each other (session mode).
-const MAX_SUCCESSORS: usize = 8;
-
-/// A client's named statements, and its last unnamed Parse.
-#[derive(Default)]
-pub struct ClientStatements {
-    named: HashMap<String, ClientStatement>,
-    /// The last record number given out.
-    records: u64,
-    pub unnamed: ClientStatement,
-    /// The last Parse of the unnamed statement, to replay on another server.
-    pub unnamed_parse: Option<Bytes>,
-}
-
-impl ClientStatements {
-    pub fn get(&self, name: &str) -> Option<&ClientStatement> {
-        if name.is_empty() {
-            Some(&self.unnamed)
-        } else {
-            self.named.get(name)
+/// Is this ErrorResponse body Postgres refusing a prepared statement whose result columns
+/// changed ("cached plan must not change result type")? Recognized by the routine that raises
+/// it, which is not translated (the message may be).
+fn is_stale_plan_error(body: &[u8]) -> bool {
+    let mut r = BodyReader::new(body);
+    let (mut feature_not_supported, mut revalidate) = (false, false);
+    while let Ok(code) = r.u8() {
+        let Ok(value) = r.cstr_bytes() else { break };
+        match code {
+            b'C' => feature_not_supported = value == b"0A000",
+            b'R' => revalidate = value == b"RevalidateCachedQuery",
+            _ => {}
         }
     }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.named.contains_key(name)
-    }
-
-    /// Records the statement a Parse of `name` makes; returns its record number.
-    pub fn insert(&mut self, name: &str, mut stmt: ClientStatement) -> u64 {
-        self.records += 1;
-        stmt.record = self.records;
-        if name.is_empty() {
-            self.unnamed = stmt;
-        } else {
-            self.named.insert(name.to_string(), stmt);
-        }
-        self.records
-    }
-
-    pub fn remove(&mut self, name: &str) -> Option<ClientStatement> {
-        self.named.remove(name)
-    }
-
-    /// Every statement, the unnamed one included.
-    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut ClientStatement> {
-        self.named
-            .values_mut()
-            .chain(std::iter::once(&mut self.unnamed))
-    }
-
-    pub fn clear(&mut self) {
-        self.named.clear();
-        self.unnamed = ClientStatement::default();
-        self.unnamed_parse = None;
-    }
-
-    /// The unnamed statement is gone (closed, or its Parse failed).
-    pub fn forget_unnamed(&mut self) {
-        self.unnamed = ClientStatement::default();
-        self.unnamed_parse = None;
-    }
-
-    /// Session mode: a Parse of `name` while the name's statement is still unanswered is
-    /// queued behind it (see [`ClientStatement::successor`]); returns its record number.
-    /// None when the name's statement is answered (the server refuses the Parse: 42P05), or
-    /// too many wait already (the Parse is then not tracked: a later Bind gets 26000).
-    pub fn queue_successor(&mut self, name: &str, mut stmt: ClientStatement) -> Option<u64> {
-        let mut last = self.named.get_mut(name).filter(|s| s.pending)?;
-        for _ in 0..MAX_SUCCESSORS {
-            match last.successor {
-                Some(ref mut next) => last = next,
-                None => {
-                    self.records += 1;
-                    stmt.record = self.records;
-                    last.successor = Some(Box::new(stmt));
-                    return Some(self.records);
-                }
-            }
-        }
-        None
-    }
-
-    /// The Parse that recorded `name` as `record` succeeded: Parses queued behind it fail.
-    fn confirm(&mut self, name: &str, record: u64) {
-        let stmt = if name.is_empty() {
-            Some(&mut self.unnamed)
-        } else {
-            self.named.get_mut(name)
-        };
-        if let Some(s) = stmt.filter(|s| s.record == record) {
-            s.pending = false;
-            s.successor = None;
-        }
-    }
-
-    /// The Parse that recorded `name` as `record` failed: if that is still the name's
-    /// statement, the next Parse queued behind it takes its place, or the name is forgotten.
-    fn forget_if(&mut self, name: &str, record: u64) {
-        if self.get(name).is_none_or(|s| s.record != record) {
-            return;
-        }
-        if name.is_empty() {
-            self.forget_unnamed();
-        } else if let Some(s) = self.named.get_mut(name) {
-            match s.successor.take() {
-                Some(next) => *s = *next,
-                None => {
-                    self.named.remove(name);
-                }
-            }
-        }
-    }
-
-    /// Records a ParameterDescription body for a statement whose Parse left types open.
-    fn set_param_types(&mut self, name: &str, body: &[u8]) {
-        let mut r = BodyReader::new(body);
-        let Ok(n) = r.i16() else { return };
-        let types: Option<Vec<u32>> = (0..n.max(0)).map(|_| r.u32().ok()).collect();
-        let (Some(types), Some(stmt)) = (
-            types,
-            if name.is_empty() {
-                Some(&mut self.unnamed)
-            } else {
-                self.named.get_mut(name)
-            },
-        ) else {
-            return;
-        };
-        for (i, t) in types.into_iter().enumerate() {
-            match stmt.param_types.get_mut(i) {
-                Some(slot) if *slot == 0 => *slot = t,
-                Some(_) => {}
-                None => stmt.param_types.push(t),
-            }
-        }
-    }
+    feature_not_supported && revalidate
 }
 
 /// The fields of a Parse message.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 use super::*;
+use std::sync::Arc;
 
 fn frame(raw: Bytes) -> Frame {
     Frame { tag: raw[0], raw }
@@ -48,7 +49,9 @@ fn synthetic_replies_keep_their_place() {
     let mut server = ServerStatements::new(4);
     let mut client = ClientStatements::default();
     q.push(Expect::Bind);
-    q.push(Expect::Synthetic(msg(b'1').raw));
+    q.push(Expect::AnsweredParse {
+        client_name: ("other".into(), 0),
+    });
     q.push(Expect::Ready);
     q.flush_synthetic(&mut out);
     assert!(out.is_empty(), "must wait for BindComplete");
@@ -85,7 +88,9 @@ fn error_skips_to_sync_and_forgets_failed_parses() {
         global: Some(st.global.clone()),
         client_name: Some(("s1".into(), record)),
     });
-    q.push(Expect::Synthetic(msg(b'1').raw));
+    q.push(Expect::AnsweredParse {
+        client_name: ("other".into(), 0),
+    });
     q.push(Expect::Bind);
     q.push(Expect::Ready);
     assert!(matches!(

@@ -111,6 +111,13 @@ impl Session {
                 return None;
             };
             let tag = frame.tag;
+            if tag == b'Q' && self.tx_mode {
+                // Postgres drops the unnamed statement at every simple Query it runs (a later
+                // Bind of it fails with 26000); the proxy does so even for a Query the server
+                // skips behind a failing extended-protocol message (README, Limitations).
+                self.statements.forget_unnamed();
+                self.progress.unnamed_parsed = false;
+            }
             // Rejections and session commands need no server: in transaction mode they are
             // answered locally when none is attached.
             let needs_server = matches!(screened, Screened::Relay(_));
@@ -488,6 +495,10 @@ impl Session {
                 );
                 self.reported_digest = conn.params_digest;
             }
+            if frame.tag == b'Z' && self.expected.is_empty() {
+                // Every Parse is answered: none can be skipped any more.
+                self.statements.settled();
+            }
             match route {
                 Route::Forward => self.to_client.extend_from_slice(&frame.raw),
                 Route::Replace(msg) => self.to_client.extend_from_slice(&msg),
@@ -497,11 +508,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// A message with an empty body (ParseComplete '1', CloseComplete '3').
-pub(super) fn empty_message(tag: u8) -> bytes::Bytes {
-    bytes::Bytes::copy_from_slice(&[tag, 0, 0, 0, 4])
 }
 
 pub(super) fn query_text(frame: &Frame) -> &str {

@@ -6,7 +6,7 @@ use super::extended::{
     bind_statement, global_statement, parse_parse, parse_target, put_target, rename_bind,
     ClientStatement, Expect, Statement,
 };
-use super::frames::{empty_message, query_text};
+use super::frames::query_text;
 use super::sqlscan::{self, Lasting};
 use super::Session;
 use crate::protocol::frame::Frame;
@@ -121,7 +121,6 @@ impl Session {
         if name.is_empty() && !self.app.config().proxy.cache_unnamed_statements {
             self.progress.unnamed_parsed = true;
             self.progress.unnamed_unsure |= behind;
-            self.statements.unnamed_parse = Some(frame.raw.clone());
             let record = self.statements.insert(
                 "",
                 ClientStatement {
@@ -133,6 +132,8 @@ impl Session {
                     ..Default::default()
                 },
             );
+            // After the insert, which keeps the statement it replaces.
+            self.statements.unnamed_parse = Some(frame.raw.clone());
             // A failed Parse drops the unnamed statement: not to be replayed either.
             self.expected.push(Expect::Parse {
                 visible: true,
@@ -142,11 +143,7 @@ impl Session {
             return self.to_server.extend_from_slice(&frame.raw);
         }
         let stmt = Arc::new(global_statement(query, msg.types));
-        if name.is_empty() {
-            // `cache_unnamed_statements`: a new unnamed statement replaces the last one, as on
-            // Postgres; it is prepared under its global name like a named one.
-            self.statements.unnamed_parse = Some(stmt.parse.clone());
-        } else if self.statements.contains(name) {
+        if !name.is_empty() && self.statements.contains(name) {
             // Re-using a name without Close: make the server raise "already exists" (42P05)
             // by preparing the global name twice, as a direct connection would fail.
             self.ensure_prepared(&stmt);
@@ -171,10 +168,21 @@ impl Session {
                 ..Default::default()
             },
         );
-        if known {
-            self.expected.push(Expect::Synthetic(empty_message(b'1')));
+        if name.is_empty() {
+            // `cache_unnamed_statements`: a new unnamed statement replaces the last one, as on
+            // Postgres; it is prepared under its global name like a named one.
+            self.statements.unnamed_parse = Some(stmt.parse.clone());
+        }
+        let client_name = (name.to_string(), record);
+        if known && self.server_may_be_aborted() {
+            // Postgres refuses a Parse in a failed transaction block (25P02), which the proxy
+            // cannot rule out here: the server prepares the statement again, after a Close.
+            self.close_on_server(&stmt.global);
+            self.prepare(&stmt, true, Some(client_name));
+        } else if known {
+            self.expected.push(Expect::AnsweredParse { client_name });
         } else {
-            self.prepare(&stmt, true, Some((name.to_string(), record)));
+            self.prepare(&stmt, true, Some(client_name));
         }
     }
 
@@ -232,18 +240,14 @@ impl Session {
         match parse_target(&frame) {
             // Other clients may share the server-side statement: forget the client's name and
             // answer CloseComplete ourselves (closing a missing name is not an error either).
-            Some((b'S', name)) if !name.is_empty() => {
-                self.statements.remove(name);
-                self.expected.push(Expect::Synthetic(empty_message(b'3')));
+            Some((b'S', name)) if !name.is_empty() || self.statements.unnamed.global.is_some() => {
+                let closed = self.statements.take_for_close(name);
+                self.expected.push_client_close(closed, false);
             }
-            Some((b'S', "")) if self.statements.unnamed.global.is_some() => {
-                self.statements.forget_unnamed();
-                self.expected.push(Expect::Synthetic(empty_message(b'3')));
-            }
-            Some((b'S', "")) => {
-                // Not to be replayed on the next server.
-                self.statements.forget_unnamed();
-                self.expected.push(Expect::Close { visible: true });
+            Some((b'S', _)) => {
+                // Not to be replayed on the next server (unless the server skips the Close).
+                let closed = self.statements.take_for_close("");
+                self.expected.push_client_close(closed, true);
                 self.to_server.extend_from_slice(&frame.raw);
             }
             _ => {
@@ -275,8 +279,14 @@ impl Session {
             .as_mut()
             .and_then(|s| s.conn.statements.insert(&stmt.global));
         if let Some(old) = evicted {
-            put_target(&mut self.to_server, b'C', b'S', &old);
-            self.expected.push(Expect::Close { visible: false });
+            self.close_on_server(&old);
+        }
+        let orphan = self
+            .server
+            .as_mut()
+            .is_some_and(|s| s.conn.statements.take_orphan(&stmt.global));
+        if orphan {
+            self.close_on_server(&stmt.global);
         }
         self.to_server.extend_from_slice(&stmt.parse);
         self.expected.push(Expect::Parse {
@@ -284,6 +294,24 @@ impl Session {
             global: Some(stmt.global.clone()),
             client_name,
         });
+    }
+
+    /// Closes a global statement on the attached server; the reply is swallowed.
+    fn close_on_server(&mut self, global: &str) {
+        put_target(&mut self.to_server, b'C', b'S', global);
+        self.expected.push(Expect::Evict {
+            global: global.to_string(),
+        });
+    }
+
+    /// Could the server be in a failed transaction block when it reads the next message: it
+    /// said so, or replies that may change that are outstanding?
+    fn server_may_be_aborted(&self) -> bool {
+        self.progress.pending > 0
+            || self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.conn.tx_status == b'E')
     }
 
     /// A Bind or Describe of the unnamed statement on a server that did not see the client's

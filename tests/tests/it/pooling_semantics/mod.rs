@@ -19,6 +19,8 @@ mod lifecycle;
 use lifecycle::*;
 mod abandoned;
 mod copy_listen_discard;
+mod differential;
+mod divergences;
 mod parameter_status;
 
 /// [`transaction_mode`] with one server, waited for up to `seconds`.

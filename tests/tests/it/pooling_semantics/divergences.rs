@@ -1,0 +1,171 @@
+//! Minimal reproductions of divergences between transaction pooling and a direct connection,
+//! found by the differential test (`differential.rs`) or by hand: each script runs against
+//! PostgreSQL (one connection per client) and through the proxy (clients sharing one server),
+//! and the replies must be the same.
+
+use super::*;
+use pipeline::query;
+
+/// One step: which client sends `batch`, and how many ReadyForQuery it brings.
+struct Step(usize, Vec<u8>, usize);
+
+/// Runs `steps` with `clients` clients directly and through a proxy with `config`; asserts
+/// that every reply is the same.
+async fn same_as_direct(config: Config, clients: usize, steps: &[Step]) {
+    let proxy = TestProxy::start(config).await;
+    within(60, "script", async {
+        let mut direct = Vec::new();
+        let mut proxied = Vec::new();
+        for _ in 0..clients {
+            direct.push(raw_direct().await);
+            proxied.push(raw_proxy(&proxy).await);
+        }
+        for (i, Step(who, batch, readies)) in steps.iter().enumerate() {
+            let d = pipeline::round_trip(&mut direct[*who], batch, *readies)
+                .await
+                .unwrap();
+            let p = pipeline::round_trip(&mut proxied[*who], batch, *readies)
+                .await
+                .unwrap();
+            assert_eq!(
+                pipeline::summarize(&p),
+                pipeline::summarize(&d),
+                "step {i} (client {who}): proxy (left) and PostgreSQL (right) differ"
+            );
+        }
+    })
+    .await;
+}
+
+fn run(statement: &str) -> Vec<u8> {
+    [bind("", statement, &[], &[]), execute("", 0), sync()].concat()
+}
+
+/// A simple Query drops the unnamed statement (PostgreSQL's `exec_simple_query`): a later Bind
+/// or Describe of it fails with 26000, also when the server changed in between.
+#[tokio::test]
+async fn a_simple_query_drops_the_unnamed_statement() {
+    let steps = [
+        Step(0, [parse("", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(0, query("SELECT 2"), 1),
+        Step(0, run(""), 1),
+        Step(0, [parse("", "SELECT 3", &[]), sync()].concat(), 1),
+        Step(1, query("SELECT 4"), 1),
+        Step(0, query("SELECT 5"), 1),
+        Step(0, [describe(b'S', ""), sync()].concat(), 1),
+    ];
+    same_as_direct(transaction_mode(1), 2, &steps).await;
+}
+
+/// A Parse that PostgreSQL skips because an earlier message of its segment failed creates no
+/// statement, also when the server already held the statement's text under its global name
+/// (the proxy answers such a Parse itself); a Close skipped that way closes nothing.
+#[tokio::test]
+async fn a_parse_skipped_after_an_error_creates_no_statement() {
+    let failing = [
+        parse("", "SELECT 1/0", &[]),
+        bind("", "", &[], &[]),
+        execute("", 0),
+    ]
+    .concat();
+    let steps = [
+        // Client 0 leaves the text prepared on the only server.
+        Step(0, [parse("s1", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(
+            1,
+            [failing, parse("s1", "SELECT 1", &[]), sync()].concat(),
+            1,
+        ),
+        Step(1, run("s1"), 1),
+        Step(1, [parse("s1", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(1, run("s1"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 2, &steps).await;
+}
+
+/// With a statement cache of one, preparing a second statement evicts the first (the proxy
+/// closes it on the server). If an earlier error makes the server skip that Close, the server
+/// still holds the first statement, and using it again must not fail with 42P05.
+#[tokio::test]
+async fn an_eviction_close_skipped_after_an_error_leaves_no_duplicate() {
+    let mut config = transaction_mode(1);
+    config.proxy.max_prepared_statements = 1;
+    let steps = [
+        Step(0, [parse("a", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(
+            0,
+            [
+                bind("", "a", &[], &[]),
+                execute("", 0),
+                execute("nope", 0),
+                parse("b", "SELECT 2", &[]),
+                sync(),
+            ]
+            .concat(),
+            1,
+        ),
+        Step(0, run("a"), 1),
+        Step(0, [parse("b", "SELECT 2", &[]), sync()].concat(), 1),
+        Step(0, run("b"), 1),
+        Step(0, run("a"), 1),
+    ];
+    same_as_direct(config, 1, &steps).await;
+}
+
+/// In a failed transaction block PostgreSQL refuses a Parse with 25P02 (and creates nothing),
+/// even of a text the server has prepared already.
+#[tokio::test]
+async fn a_parse_in_a_failed_transaction_block_fails_with_25p02() {
+    let steps = [
+        Step(0, [parse("s0", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(1, query("BEGIN"), 1),
+        Step(1, query("SELECT 1/0"), 1),
+        Step(1, [parse("s1", "SELECT 1", &[]), sync()].concat(), 1),
+        // The empty query and ROLLBACK are allowed there.
+        Step(1, [parse("s2", "", &[]), sync()].concat(), 1),
+        Step(1, query("ROLLBACK"), 1),
+        Step(1, run("s1"), 1),
+        Step(1, run("s2"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 2, &steps).await;
+}
+
+/// `DEALLOCATE` in a failed transaction block fails with 25P02 and deallocates nothing.
+#[tokio::test]
+async fn deallocate_in_a_failed_transaction_block_fails_with_25p02() {
+    let steps = [
+        Step(0, [parse("s1", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(0, query("BEGIN"), 1),
+        Step(0, query("SELECT 1/0"), 1),
+        Step(0, query("DEALLOCATE s1"), 1),
+        Step(0, query("DEALLOCATE nope"), 1),
+        Step(0, query("DEALLOCATE ALL"), 1),
+        Step(0, query("ROLLBACK"), 1),
+        Step(0, run("s1"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 1, &steps).await;
+}
+
+/// A Close of a name whose own Parse, earlier in the same segment, is skipped after an error:
+/// PostgreSQL skips both, so the name never exists. The proxy must not put the Parse's
+/// statement back when it learns that the Close was skipped.
+#[tokio::test]
+async fn a_close_behind_a_skipped_parse_of_its_name_restores_nothing() {
+    let steps = [
+        Step(
+            0,
+            [
+                parse("", "SELECT 1/$1::int", &[]),
+                bind("", "", &[], &[Some(b"0")]),
+                execute("", 0),
+                parse("s2", "SELECT 2", &[]),
+                close(b'S', "s2"),
+                sync(),
+            ]
+            .concat(),
+            1,
+        ),
+        Step(0, run("s2"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 1, &steps).await;
+}
