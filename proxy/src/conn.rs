@@ -34,18 +34,8 @@ impl Framed {
 
     /// Reads one complete frame. Cancel-safe: bytes read stay in `rbuf`.
     pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
-        loop {
-            if let Some(frame) = next_frame(&mut self.rbuf, self.max_message)? {
-                return Ok(frame);
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(4096);
-            }
-            let n = self.stream.read_buf(&mut self.rbuf).await?;
-            if n == 0 {
-                return Err(ConnError::Closed);
-            }
-        }
+        let max = self.max_message;
+        self.read_checked(|_| Some(max)).await
     }
 
     /// Reads one client message after login: a type byte no frontend message has is refused

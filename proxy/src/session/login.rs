@@ -156,6 +156,7 @@ pub(super) async fn start(
         .filter(|(k, _)| k.contains('.') && !k.eq_ignore_ascii_case(&setting))
         .map(|(k, _)| k.to_ascii_lowercase())
         .collect();
+    let reported = super::reports::Reported::new(id.pool.server_params(), &start.params);
     let mut session = Box::new(Session {
         app,
         id,
@@ -185,7 +186,7 @@ pub(super) async fn start(
         skip_until_sync: false,
         held: None,
         settings_unnormalized: false,
-        reported: start.params,
+        reported,
         reported_digest: 0,
         audit_pending: vec![AuditKind::Connect],
         cancel,

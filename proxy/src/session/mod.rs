@@ -153,7 +153,7 @@ pub struct Session {
     /// normalizes them, after the first transaction.
     settings_unnormalized: bool,
     /// The ParameterStatus values the client has been told (see `reports`).
-    reported: Vec<(String, String)>,
+    reported: reports::Reported,
     /// ... brought in line with server `params` of this digest (see `ServerConn::params_digest`;
     /// 0: none): a server with the same digest needs no comparison at a ReadyForQuery.
     reported_digest: u64,

@@ -12,27 +12,60 @@
 //! on a direct connection.
 
 use super::Session;
+use crate::pool::ServerParams;
 use crate::protocol::backend;
 use bytes::BytesMut;
+
+/// The ParameterStatus values a client has been told: the pool's values (shared by its
+/// clients) and those that differ for this client. Kept per idle client, so the shared part
+/// is not copied: with 10,000 idle clients a full copy each cost about 1.5 KiB per client.
+#[derive(Default)]
+pub(super) struct Reported {
+    base: ServerParams,
+    own: Vec<(String, String)>,
+}
+
+impl Reported {
+    /// `told`: what the client was told at login; `base`: the pool's values, if known.
+    pub fn new(base: Option<ServerParams>, told: &[(String, String)]) -> Reported {
+        let mut r = Reported {
+            base: base.unwrap_or_default(),
+            own: Vec::new(),
+        };
+        for (name, value) in told {
+            r.set(name, value);
+        }
+        r
+    }
+
+    fn told(&self, name: &str) -> Option<&str> {
+        self.own
+            .iter()
+            .chain(self.base.iter())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set(&mut self, name: &str, value: &str) {
+        self.own.retain(|(k, _)| k != name);
+        let in_base = self.base.iter().any(|(k, v)| k == name && v == value);
+        if !in_base {
+            self.own.push((name.to_string(), value.to_string()));
+        }
+    }
+}
 
 /// Writes a ParameterStatus for each value in `now` that differs from what the client was
 /// told, and remembers it.
 pub(super) fn report_changes(
-    reported: &mut Vec<(String, String)>,
+    reported: &mut Reported,
     now: &[(String, String)],
     out: &mut BytesMut,
 ) {
     for (name, value) in now {
-        match reported.iter_mut().find(|(k, _)| k == name) {
-            Some((_, told)) if told == value => {}
-            Some((_, told)) => {
-                backend::parameter_status(name, value, out);
-                value.clone_into(told);
-            }
-            None => {
-                backend::parameter_status(name, value, out);
-                reported.push((name.clone(), value.clone()));
-            }
+        if reported.told(name) != Some(value.as_str()) {
+            backend::parameter_status(name, value, out);
+            reported.set(name, value);
         }
     }
 }
@@ -69,7 +102,9 @@ mod tests {
 
     #[test]
     fn only_changed_values_are_reported_once() {
-        let mut reported = pairs(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]);
+        let base = std::sync::Arc::new(pairs(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]));
+        let mut reported = Reported::new(Some(base.clone()), &base);
+        assert!(reported.own.is_empty(), "the pool's values are not copied");
         let mut out = BytesMut::new();
         report_changes(
             &mut reported,

@@ -72,7 +72,7 @@ async fn send_and_expect_refusal(addr: SocketAddr, bytes: Vec<u8>, then: Then, w
     }
 }
 
-async fn assert_proxy_still_works(proxy: &TestProxy, after: &str) {
+pub(crate) async fn assert_proxy_still_works(proxy: &TestProxy, after: &str) {
     let client = proxy
         .connect(ACME_USER, ACME_PASSWORD, pg::APP_DB)
         .await

@@ -275,14 +275,7 @@ async fn run_case(proxy: &TestProxy, seed: u64, n: u64, case: &Case) -> Result<O
 }
 
 async fn healthy(proxy: &TestProxy, after: &str) {
-    let client = proxy
-        .connect(ACME_USER, ACME_PASSWORD, pg::APP_DB)
-        .await
-        .unwrap_or_else(|e| panic!("after {after}: a normal client cannot connect: {e:?}"));
-    client
-        .simple_query("SELECT 1")
-        .await
-        .unwrap_or_else(|e| panic!("after {after}: a normal query fails: {e:?}"));
+    crate::malformed::assert_proxy_still_works(proxy, after).await;
     assert_no_panics(after);
 }
 

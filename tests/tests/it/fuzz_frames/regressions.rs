@@ -38,6 +38,19 @@ async fn query_pipelined_behind_the_startup_packet_is_answered() {
     .await;
 }
 
+/// A connection of the md5 user `MD5_CLIENT` that has sent its startup packet and been asked
+/// for its password: and the salt.
+async fn md5_requested(proxy: &TestProxy) -> (RawConn, [u8; 4]) {
+    let mut raw = RawConn::connect(proxy.addr).await.unwrap();
+    let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(MD5_CLIENT));
+    raw.send(&startup).await.unwrap();
+    let request = raw.read_message().await.unwrap().unwrap();
+    let mut body = request.body.clone();
+    assert_eq!((request.tag, body.get_i32()), (b'R', 5), "md5 expected");
+    let salt: [u8; 4] = body[..4].try_into().unwrap();
+    (raw, salt)
+}
+
 /// The same behind an md5 password message, in transaction mode: the authentication read took
 /// the query into its buffer along with the password.
 #[tokio::test]
@@ -45,13 +58,7 @@ async fn query_pipelined_behind_the_password_message_is_answered() {
     let (_db, config) = fuzz_config(PoolMode::Transaction).await;
     let proxy = TestProxy::start(config).await;
     within(30, "pipelined password", async {
-        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-        let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(MD5_CLIENT));
-        raw.send(&startup).await.unwrap();
-        let request = raw.read_message().await.unwrap().unwrap();
-        let mut body = request.body.clone();
-        assert_eq!((request.tag, body.get_i32()), (b'R', 5), "md5 expected");
-        let salt: [u8; 4] = body[..4].try_into().unwrap();
+        let (mut raw, salt) = md5_requested(&proxy).await;
         let hash = postgres_protocol::authentication::md5_hash(
             MD5_CLIENT.as_bytes(),
             MD5_CLIENT_PASSWORD.as_bytes(),
@@ -127,11 +134,7 @@ async fn long_password_message_is_refused_before_its_body() {
     let (_db, config) = fuzz_config(PoolMode::Session).await;
     let proxy = TestProxy::start(config).await;
     within(30, "long password message", async {
-        let mut raw = RawConn::connect(proxy.addr).await.unwrap();
-        let startup = wire::startup_packet(wire::PROTOCOL_3_0, &startup_packet(MD5_CLIENT));
-        raw.send(&startup).await.unwrap();
-        let request = raw.read_message().await.unwrap().unwrap();
-        assert_eq!(request.tag, b'R');
+        let (mut raw, _) = md5_requested(&proxy).await;
         raw.send(&wire::message_with_len(b'p', 16 << 20, b"md5"))
             .await
             .unwrap();
