@@ -80,16 +80,21 @@ async fn query_pipelined_behind_the_password_message_is_answered() {
     .await;
 }
 
+/// The next message is an ErrorResponse with SQLSTATE 08P01 (protocol violation).
+async fn expect_08p01(raw: &mut RawConn, what: &str) {
+    match raw.expect_refusal(5).await {
+        Ok(wire::Refusal::Error(f)) => assert_eq!(f.get(&b'C').map(String::as_str), Some("08P01")),
+        other => panic!("{what}: expected ErrorResponse 08P01, got {other:?}"),
+    }
+}
+
 /// Logs in as `user`, sends `bytes` and keeps the socket open: an ErrorResponse and a close must
 /// follow within seconds, although the declared body never arrives.
 async fn refused_at_the_header(proxy: &TestProxy, user: &str, bytes: &[u8], what: &str) {
     let mut raw = RawConn::connect(proxy.addr).await.unwrap();
     raw.startup(user, pg::APP_DB, None).await.unwrap();
     raw.send(bytes).await.unwrap();
-    match raw.expect_refusal(5).await {
-        Ok(wire::Refusal::Error(f)) => assert_eq!(f.get(&b'C').map(String::as_str), Some("08P01")),
-        other => panic!("{what}: expected ErrorResponse 08P01, got {other:?}"),
-    }
+    expect_08p01(&mut raw, what).await;
     raw.expect_close(5)
         .await
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -138,12 +143,7 @@ async fn long_password_message_is_refused_before_its_body() {
         raw.send(&wire::message_with_len(b'p', 16 << 20, b"md5"))
             .await
             .unwrap();
-        match raw.expect_refusal(5).await {
-            Ok(wire::Refusal::Error(f)) => {
-                assert_eq!(f.get(&b'C').map(String::as_str), Some("08P01"))
-            }
-            other => panic!("expected ErrorResponse 08P01, got {other:?}"),
-        }
+        expect_08p01(&mut raw, "").await;
     })
     .await;
 }
@@ -162,12 +162,7 @@ async fn second_startup_message_during_authentication_is_refused_at_once() {
             .unwrap();
         let request = raw.read_message().await.unwrap().unwrap();
         assert_eq!(request.tag, b'R');
-        match raw.expect_refusal(5).await {
-            Ok(wire::Refusal::Error(f)) => {
-                assert_eq!(f.get(&b'C').map(String::as_str), Some("08P01"))
-            }
-            other => panic!("expected ErrorResponse 08P01, got {other:?}"),
-        }
+        expect_08p01(&mut raw, "").await;
     })
     .await;
 }
