@@ -652,6 +652,21 @@ impl Session {
             .is_some_and(|s| s.pending && s.segment != self.progress.segments)
     }
 
+    /// Transaction mode: a Bind or Describe of the unnamed statement while the server has not
+    /// answered an unnamed Parse that went out behind other messages before a Sync. Should one
+    /// of those fail, Postgres skipped the Parse and the client's unnamed statement is the older
+    /// one (or none: 26000); the proxy learns which from the replies, and so the message waits.
+    pub(super) fn unnamed_must_wait(&self, frame: &Frame) -> bool {
+        if !self.progress.unnamed_in_doubt || self.progress.pending == 0 || self.progress.copy_in {
+            return false;
+        }
+        match frame.tag {
+            b'B' => bind_statement(frame) == Some(""),
+            b'D' => super::extended::parse_target(frame) == Some((b'S', "")),
+            _ => false,
+        }
+    }
+
     /// Session mode: the statement's Parse is unanswered and went out before the last Sync.
     /// (In transaction mode Binds name the statement's text, so they need not wait.)
     fn unanswered_before(&self, stmt: &ClientStatement) -> bool {

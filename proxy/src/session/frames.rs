@@ -26,10 +26,12 @@ enum Screened {
     },
 }
 
-/// A statement the server cannot prepare (the function does not exist) and that has no
-/// effect: sent in place of a rejected request so the server fails it, aborting an open
-/// transaction exactly as the rejected statement's own error would have.
-const FAILING_SQL: &str = "SELECT pg_catalog.tenantgate_policy_rejection()";
+/// A statement that fails while it runs and has no effect: sent in place of a refused simple
+/// query so the server fails it, aborting an open transaction exactly as the refused
+/// statement's own error would have. It fails at execution (the sub-select is not folded at
+/// planning), as most statements do: an error there leaves the unnamed portal in the aborted
+/// transaction, and a later Execute of it gets 25P02 as on Postgres, not 34000.
+const FAILING_SQL: &str = "SELECT 1 / (SELECT 0) AS tenantgate_policy_rejection";
 
 /// The body of a Bind that fails without touching the client's unnamed statement or portal (a
 /// failed Parse of "" would drop them): of a statement that does not exist, and should one of
@@ -100,6 +102,7 @@ impl Session {
             }
             if (frame.tag == b'B' && self.bind_must_wait(&frame))
                 || (frame.tag == b'P' && self.parse_must_wait(&frame))
+                || self.unnamed_must_wait(&frame)
             {
                 self.held = Some(frame);
                 self.progress.holding = true;
@@ -444,6 +447,9 @@ impl Session {
             match frame.tag {
                 b'Z' => {
                     self.progress.pending = self.progress.pending.saturating_sub(1);
+                    if self.progress.pending == 0 {
+                        self.progress.unnamed_in_doubt = false;
+                    }
                     conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
                     self.metrics
                         .ready_for_query(conn.tx_status, self.progress.pending);

@@ -82,6 +82,10 @@ struct Progress {
     /// it and keeps its older unnamed statement. After the Sync the client's is replayed
     /// before it is used again, so what runs is what the policy checked.
     unnamed_unsure: bool,
+    /// ... and its Sync went out: until the server has answered, whether it took that Parse is
+    /// not known, so a Bind or Describe of the unnamed statement waits (see
+    /// `Session::unnamed_must_wait`).
+    unnamed_in_doubt: bool,
     /// The proxy's settings statement went out with the client's first request and its
     /// outcome is not known yet (see `setup`).
     setup_unconfirmed: bool,

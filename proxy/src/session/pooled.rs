@@ -41,6 +41,7 @@ impl Session {
                 self.progress.unsynced = false;
                 if std::mem::take(&mut self.progress.unnamed_unsure) {
                     self.progress.unnamed_parsed = false;
+                    self.progress.unnamed_in_doubt = true;
                 }
                 self.progress.gate_closed = self.progress.setup_unconfirmed;
                 self.expected.push(Expect::Ready);

@@ -288,8 +288,6 @@ async fn random_pipelines_one_server_two_clients() {
 /// Two servers for three clients, a statement cache of two (statements are evicted while
 /// clients still use them) and cached unnamed statements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known divergence with cache_unnamed_statements and a tiny statement cache: seed 23 \
-            (TENANTGATE_DIFF_SEED) answers 34000 where PostgreSQL answers 25P02 (README, Limitations)"]
 async fn random_pipelines_two_servers_tiny_cache_unnamed_cached() {
     let mut config = transaction_mode(2);
     config.proxy.max_prepared_statements = 2;

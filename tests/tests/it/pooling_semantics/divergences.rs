@@ -169,3 +169,43 @@ async fn a_close_behind_a_skipped_parse_of_its_name_restores_nothing() {
     ];
     same_as_direct(transaction_mode(1), 1, &steps).await;
 }
+
+/// A simple query that fails while it runs leaves its unnamed portal in the aborted
+/// transaction (PostgreSQL drops it only at the ROLLBACK), so an Execute of the unnamed portal
+/// then fails with 25P02, not 34000. The proxy answers `DEALLOCATE nope` itself and sends a
+/// statement that fails in its place: that statement must fail at execution too (seed 23).
+#[tokio::test]
+async fn a_refused_simple_query_leaves_its_portal_as_postgres_does() {
+    let steps = [
+        Step(0, query("BEGIN"), 1),
+        Step(0, query("DEALLOCATE nope"), 1),
+        Step(0, [execute("", 0), sync()].concat(), 1),
+        Step(0, query("ROLLBACK"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 1, &steps).await;
+}
+
+/// An unnamed Parse that PostgreSQL skips after an earlier error of its segment leaves no
+/// unnamed statement when a simple Query dropped the last one: a Bind of it sent right behind
+/// the Sync gets 26000 (seed 225). The proxy must not replay the skipped Parse for it.
+#[tokio::test]
+async fn a_bind_behind_a_skipped_unnamed_parse_finds_no_statement() {
+    let steps = [
+        Step(0, [parse("", "SELECT 1 AS a", &[]), sync()].concat(), 1),
+        Step(0, query("SELECT 2"), 1),
+        Step(
+            0,
+            [
+                describe(b'P', ""),
+                parse("", "SELECT 3 AS c", &[]),
+                sync(),
+                bind("", "", &[], &[]),
+                execute("", 0),
+                sync(),
+            ]
+            .concat(),
+            2,
+        ),
+    ];
+    same_as_direct(transaction_mode(1), 1, &steps).await;
+}
