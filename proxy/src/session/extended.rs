@@ -192,10 +192,16 @@ impl Expected {
     }
 
     /// Writes synthetic replies that have reached the head of the queue.
-    pub fn flush_synthetic(&mut self, to_client: &mut BytesMut) {
+    pub fn flush_synthetic(&mut self, to_client: &mut BytesMut, client: &mut ClientStatements) {
         loop {
             match self.queue.front() {
-                Some(Expect::AnsweredParse { .. }) => to_client.extend_from_slice(PARSE_COMPLETE),
+                Some(Expect::AnsweredParse {
+                    client_name: (name, record),
+                }) => {
+                    // Not skipped after an error: the client's statement exists now.
+                    client.confirm(name, *record);
+                    to_client.extend_from_slice(PARSE_COMPLETE);
+                }
                 Some(Expect::ClientClose { forwarded: false }) => {
                     to_client.extend_from_slice(CLOSE_COMPLETE);
                     self.closed.pop_front();
@@ -244,7 +250,7 @@ impl Expected {
         server_stmts: &mut ServerStatements,
         client: &mut ClientStatements,
     ) -> Route {
-        self.flush_synthetic(to_client);
+        self.flush_synthetic(to_client, client);
         let tag = frame.tag;
         if matches!(tag, b'N' | b'A' | b'S') {
             // Asynchronous messages can arrive at any point.

@@ -53,7 +53,7 @@ fn synthetic_replies_keep_their_place() {
         client_name: ("other".into(), 0),
     });
     q.push(Expect::Ready);
-    q.flush_synthetic(&mut out);
+    q.flush_synthetic(&mut out, &mut client);
     assert!(out.is_empty(), "must wait for BindComplete");
     assert!(matches!(
         q.route(&msg(b'2'), &mut out, &mut server, &mut client),

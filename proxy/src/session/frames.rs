@@ -149,7 +149,8 @@ impl Session {
             if matches!(tag, b'Q' | b'S' | b'F') && self.progress.pending > 0 {
                 self.metrics.request_sent();
             }
-            self.expected.flush_synthetic(&mut self.to_client);
+            self.expected
+                .flush_synthetic(&mut self.to_client, &mut self.statements);
             self.flush_audit().await;
         }
     }
@@ -510,7 +511,8 @@ impl Session {
                 Route::Replace(msg) => self.to_client.extend_from_slice(&msg),
                 Route::Drop => {}
             }
-            self.expected.flush_synthetic(&mut self.to_client);
+            self.expected
+                .flush_synthetic(&mut self.to_client, &mut self.statements);
         }
         Ok(())
     }

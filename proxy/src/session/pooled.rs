@@ -164,7 +164,9 @@ impl Session {
                 decision,
                 param_types,
                 lasting,
-                pending: !known,
+                // Answered by the proxy or not, its outcome is known once the replies before
+                // it are: an error among them makes the server skip it.
+                pending: true,
                 segment: self.progress.segments,
                 ..Default::default()
             },

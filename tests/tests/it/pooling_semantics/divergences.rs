@@ -209,3 +209,29 @@ async fn a_bind_behind_a_skipped_unnamed_parse_finds_no_statement() {
     ];
     same_as_direct(transaction_mode(1), 1, &steps).await;
 }
+
+/// A Parse the proxy answers itself (the server has the text already) that PostgreSQL skips
+/// after an error creates no name, so a Parse of the same name right behind the Sync succeeds
+/// (seed 845). The proxy must wait for the replies before it treats the name as taken.
+#[tokio::test]
+async fn a_parse_behind_a_skipped_answered_parse_of_its_name_succeeds() {
+    let steps = [
+        // The server gets the text prepared; the client's name goes, the server's stays.
+        Step(0, [parse("s9", "SELECT 5", &[]), sync()].concat(), 1),
+        Step(0, [close(b'S', "s9"), sync()].concat(), 1),
+        Step(
+            0,
+            [
+                execute("p1", 0),
+                parse("s2", "SELECT 5", &[]),
+                sync(),
+                parse("s2", "SELECT 6", &[]),
+                sync(),
+            ]
+            .concat(),
+            2,
+        ),
+        Step(0, run("s2"), 1),
+    ];
+    same_as_direct(transaction_mode(1), 1, &steps).await;
+}
