@@ -122,6 +122,8 @@ pub enum StatementKind {
     Set {
         name: String,
         local: bool,
+        /// `SET name TO DEFAULT` (or `SET TIME ZONE LOCAL`): a reset, `LOCAL` or not.
+        to_default: bool,
     },
     /// `None` = RESET ALL.
     Reset {

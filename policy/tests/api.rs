@@ -239,14 +239,32 @@ fn statement_kinds() {
         kind("SET tenantgate.tenant = 'x'"),
         vec![StatementKind::Set {
             name: "tenantgate.tenant".into(),
-            local: false
+            local: false,
+            to_default: false
         }]
     );
     assert_eq!(
         kind("SET LOCAL statement_timeout = 5"),
         vec![StatementKind::Set {
             name: "statement_timeout".into(),
-            local: true
+            local: true,
+            to_default: false
+        }]
+    );
+    assert_eq!(
+        kind("SET LOCAL DateStyle TO DEFAULT"),
+        vec![StatementKind::Set {
+            name: "datestyle".into(),
+            local: true,
+            to_default: true
+        }]
+    );
+    assert_eq!(
+        kind("SET TIME ZONE LOCAL"),
+        vec![StatementKind::Set {
+            name: "timezone".into(),
+            local: false,
+            to_default: true
         }]
     );
     assert_eq!(kind("RESET ALL"), vec![StatementKind::Reset { name: None }]);

@@ -52,6 +52,7 @@ fn set_kind(v: &VariableSetStmt) -> StatementKind {
         StatementKind::Set {
             name,
             local: v.is_local,
+            to_default: v.kind == VariableSetKind::VarSetDefault as i32,
         }
     }
 }

@@ -341,7 +341,7 @@ impl Session {
 
     fn intercept_now(&mut self, kind: &StatementKind, sql: &str, simple: bool) -> Option<Screen> {
         match kind {
-            StatementKind::Set { name, local } if name.eq_ignore_ascii_case(SWITCH_SETTING) => {
+            StatementKind::Set { name, local, .. } if name.eq_ignore_ascii_case(SWITCH_SETTING) => {
                 Some(self.switch_tenant(set_value(sql), *local, simple))
             }
             // Schema isolation: the proxy owns search_path. Setting it to exactly what it is
@@ -423,7 +423,7 @@ impl Session {
                 })
             }
             StatementKind::Reset { .. } | StatementKind::Set { .. } if simple => {
-                self.reset_to_startup(sql)
+                self.reset_to_startup(kind)
             }
             _ => None,
         }

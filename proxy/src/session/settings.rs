@@ -241,95 +241,57 @@ pub fn check_setting_sql(setting: &str, value: &str) -> String {
     )
 }
 
-/// A statement that resets session settings (see [`reset_of`]).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reset {
-    /// `RESET name`, `SET [SESSION | LOCAL] name TO DEFAULT` or `SET TIME ZONE LOCAL`: the
-    /// name (lower case) and whether the statement is `LOCAL`.
-    One(String, bool),
-    /// `RESET ALL`.
-    All,
-}
-
-/// Is `sql` one statement that resets session settings?
-pub fn reset_of(sql: &str) -> Option<Reset> {
-    use pg_query::protobuf::VariableSetKind;
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
-    let [stmt] = parsed.protobuf.stmts.as_slice() else {
-        return None;
-    };
-    let Some(pg_query::NodeEnum::VariableSetStmt(v)) = stmt.stmt.as_ref()?.node.as_ref() else {
-        return None;
-    };
-    if v.kind == VariableSetKind::VarResetAll as i32 {
-        return Some(Reset::All);
-    }
-    let resets = v.kind == VariableSetKind::VarReset as i32
-        || v.kind == VariableSetKind::VarSetDefault as i32;
-    resets.then(|| Reset::One(v.name.to_ascii_lowercase(), v.is_local))
-}
-
 impl super::Session {
     /// A client's reset of a setting it gave at startup goes back to its startup value, as on
     /// Postgres, where startup values are the session's defaults. The proxy gave them to the
     /// server with `set_config`, so the server's own reset would go to the server's default:
     /// the reset is answered with the startup value set again (`RESET ALL` with all of them).
     /// Only a simple query of one statement is rewritten (see README, Limitations).
-    pub(super) fn reset_to_startup(&mut self, sql: &str) -> Option<super::enforce::Screen> {
-        // Every simple SET comes here: parse again only what may be a reset of a startup
-        // setting (RESET, TO DEFAULT, SET TIME ZONE LOCAL).
-        const RESET_WORDS: [&[u8]; 3] = [b"reset", b"default", b"local"];
-        let may_reset = RESET_WORDS.iter().any(|w| {
-            sql.as_bytes()
-                .windows(w.len())
-                .any(|x| x.eq_ignore_ascii_case(w))
-        });
-        if self.startup.is_empty() || !may_reset {
-            return None;
-        }
-        let (tag, sql) = match reset_of(sql)? {
-            Reset::One(name, local) => {
-                let (own, value) = self
-                    .startup
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))?
-                    .clone();
-                if local && self.server.is_none() {
-                    // Outside a transaction block: no effect, and Postgres's warning says so.
+    pub(super) fn reset_to_startup(
+        &mut self,
+        kind: &tenantgate_policy::StatementKind,
+    ) -> Option<super::enforce::Screen> {
+        use tenantgate_policy::StatementKind;
+        let (name, local, tag) = match kind {
+            StatementKind::Reset { name: Some(name) } => (name, false, "RESET"),
+            StatementKind::Set {
+                name,
+                local,
+                to_default: true,
+            } => (name, *local, "SET"),
+            StatementKind::Reset { name: None } if self.tenant.is_none() => {
+                if self.startup.is_empty() {
                     return None;
                 }
-                if !local {
-                    self.desired.retain(|(k, _)| !k.eq_ignore_ascii_case(&own));
-                    self.desired.push((own.clone(), value.clone()));
-                    self.desired.sort();
-                }
-                let tag = if sql_starts_with_reset(sql) {
-                    "RESET"
-                } else {
-                    "SET"
-                };
-                (
-                    tag,
-                    format!("SELECT {}", set_config_call(&own, &value, local)),
-                )
-            }
-            Reset::All if self.tenant.is_none() => {
                 self.desired = self.with_tenant(self.startup.clone());
-                ("RESET", format!("RESET ALL; {}", set_sql(&self.startup)))
+                return Some(super::enforce::Screen::Answer {
+                    tag: "RESET",
+                    sql: Some(format!("RESET ALL; {}", set_sql(&self.startup))),
+                    hidden: None,
+                });
             }
-            Reset::All => return None,
+            _ => return None,
         };
+        let (own, value) = self
+            .startup
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))?
+            .clone();
+        if local && self.server.is_none() {
+            // Outside a transaction block: no effect, and Postgres's warning says so.
+            return None;
+        }
+        if !local {
+            self.desired.retain(|(k, _)| !k.eq_ignore_ascii_case(&own));
+            self.desired.push((own.clone(), value.clone()));
+            self.desired.sort();
+        }
         Some(super::enforce::Screen::Answer {
             tag,
-            sql: Some(sql),
+            sql: Some(format!("SELECT {}", set_config_call(&own, &value, local))),
             hidden: None,
         })
     }
-}
-
-fn sql_starts_with_reset(sql: &str) -> bool {
-    let s = sql.trim_start();
-    s.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("reset"))
 }
 
 #[cfg(test)]
@@ -362,20 +324,6 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("OPERATOR(pg_catalog.=) E'o''hara'"), "{sql}");
-    }
-
-    #[test]
-    fn resets_are_recognized() {
-        let one = |name: &str, local| Some(Reset::One(name.into(), local));
-        assert_eq!(reset_of("RESET TimeZone"), one("timezone", false));
-        assert_eq!(
-            reset_of("SET LOCAL DateStyle TO DEFAULT"),
-            one("datestyle", true)
-        );
-        assert_eq!(reset_of("SET TIME ZONE LOCAL"), one("timezone", false));
-        assert_eq!(reset_of("SET TimeZone = 'UTC'"), None);
-        assert_eq!(reset_of("RESET ALL"), Some(Reset::All));
-        assert_eq!(reset_of("RESET a; RESET b"), None);
     }
 
     #[test]
