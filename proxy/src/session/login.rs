@@ -229,16 +229,7 @@ async fn start_session(
         if let Some(cached) = pool.server_params() {
             // No server needed to log in: report the pool's values with the client's own
             // settings over them; the first checkout applies the settings.
-            let params = cached
-                .iter()
-                .map(|(k, v)| {
-                    let own = startup.iter().find(|(sk, _)| sk.eq_ignore_ascii_case(k));
-                    (
-                        k.clone(),
-                        own.map_or_else(|| v.clone(), |(_, sv)| sv.clone()),
-                    )
-                })
-                .collect();
+            let params = super::reports::with_settings(&cached, startup);
             let mut desired = startup.to_vec();
             desired.sort();
             return Ok(Start {

@@ -70,6 +70,21 @@ pub(super) fn report_changes(
     }
 }
 
+/// The pool's ParameterStatus values with a client's own settings over them: what a server
+/// of the pool reports once it has the client's settings.
+pub(super) fn with_settings(
+    defaults: &[(String, String)],
+    settings: &[(String, String)],
+) -> Vec<(String, String)> {
+    defaults
+        .iter()
+        .map(|(k, v)| {
+            let own = settings.iter().find(|(s, _)| s.eq_ignore_ascii_case(k));
+            (k.clone(), own.map_or(v, |(_, sv)| sv).clone())
+        })
+        .collect()
+}
+
 impl Session {
     /// Before a ReadyForQuery the proxy answers alone (no server attached) after changing the
     /// client's settings: reports the values they give on a server of the pool, which the
@@ -78,13 +93,7 @@ impl Session {
         let Some(defaults) = self.id.pool.server_params() else {
             return;
         };
-        let now: Vec<(String, String)> = defaults
-            .iter()
-            .map(|(k, v)| {
-                let own = self.desired.iter().find(|(d, _)| d.eq_ignore_ascii_case(k));
-                (k.clone(), own.map_or(v, |(_, dv)| dv).clone())
-            })
-            .collect();
+        let now = with_settings(&defaults, &self.desired);
         report_changes(&mut self.reported, &now, &mut self.to_client);
         self.reported_digest = 0;
     }
