@@ -8,7 +8,7 @@ use super::{ClientIdentity, Progress, Session};
 use crate::app::App;
 use crate::audit::AuditKind;
 use crate::conn::Framed;
-use crate::pool::{Affinity, Pool};
+use crate::pool::{Affinity, Pool, TenantPermit};
 use crate::protocol::{backend, sqlstate, PgError};
 use crate::server::{ServerConn, ServerError};
 use bytes::BytesMut;
@@ -80,28 +80,12 @@ pub(super) async fn start(
             placement::search_path(&placed_with, schema),
         ));
     }
-    let quota = id.user_config.config.max_tenant_connections;
-    // The waits for the tenant's quota and for a server watch the client, as `attach` does: a
-    // client that gives up (a connect timeout, a retry storm) leaves the queue at once instead
-    // of later taking a server for a login nobody reads, ahead of the live clients behind it.
-    let permit = match (&tenant, quota, tx_mode) {
-        (Some(t), Some(limit), false) => {
-            let permit = tokio::select! {
-                biased;
-                p = id.pool.tenant_permit(t, limit) => p,
-                () = relay::client_gone(&mut client, None) => return None,
-            };
-            match permit {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    send_fatal(&mut client, pool_error(&e)).await;
-                    return None;
-                }
-            }
-        }
+    // Session mode: the session holds its server, within the tenant's quota.
+    let quota = match (&tenant, tx_mode) {
+        (Some(t), false) => Some(t.as_str()).zip(id.user_config.config.max_tenant_connections),
         _ => None,
     };
-    let start = match start_session(&id.pool, &startup, tx_mode, &mut client).await {
+    let start = match start_session(&id.pool, &startup, tx_mode, quota, &mut client).await {
         Ok(s) => s,
         Err(None) => {
             tracing::debug!(user = %id.user, database = %id.database, "client left while its login waited for a server");
@@ -201,7 +185,7 @@ pub(super) async fn start(
         }
         Some(server) => {
             let pool = session.id.pool.clone();
-            session.attach_conn(server, pool, permit)
+            session.attach_conn(server, pool, start.permit)
         }
         None => {}
     }
@@ -212,17 +196,21 @@ pub(super) async fn start(
 /// ParameterStatus values are unknown), its settings, and the ParameterStatus to report.
 struct Start {
     server: Option<ServerConn>,
+    /// The tenant's quota permit for `server` (session mode).
+    permit: Option<TenantPermit>,
     desired: Vec<(String, String)>,
     params: Vec<(String, String)>,
     /// `desired` is as the server normalized it.
     normalized: bool,
 }
 
-/// Err(None): the client left while it waited for a server.
+/// `quota`: the tenant and its `max_tenant_connections`, when the server is held for the
+/// session. Err(None): the client left while it waited for a server.
 async fn start_session(
     pool: &Arc<Pool>,
     startup: &[(String, String)],
     tx_mode: bool,
+    quota: Option<(&str, usize)>,
     client: &mut Framed,
 ) -> Result<Start, Option<PgError>> {
     if tx_mode {
@@ -234,22 +222,29 @@ async fn start_session(
             desired.sort();
             return Ok(Start {
                 server: None,
+                permit: None,
                 desired,
                 params,
                 normalized: false,
             });
         }
     }
-    // Dropped before it completes, the acquire holds no server (see `pool`).
-    let mut server = tokio::select! {
+    // The wait watches the client, as `attach` does: a client that gives up (a connect
+    // timeout, a retry storm) leaves the queue at once instead of later taking a server for a
+    // login nobody reads, ahead of the live clients behind it. Dropped before it completes,
+    // the checkout holds nothing (see `pool`).
+    let (tenant, limit) = quota.unzip();
+    let checkout = super::checkout(pool, tenant, limit, Affinity::of(startup));
+    let (permit, mut server) = tokio::select! {
         biased;
-        acquired = pool.acquire(Affinity::of(startup)) => acquired.map_err(|e| pool_error(&e))?,
+        checked_out = checkout => checked_out.map_err(|e| pool_error(&e))?,
         () = relay::client_gone(client, None) => return Err(None),
     };
     match apply_startup(&mut server, startup, tx_mode).await {
         Ok(desired) => Ok(Start {
             params: server.params.clone(),
             server: Some(server),
+            permit,
             desired,
             normalized: true,
         }),
