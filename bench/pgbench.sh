@@ -16,7 +16,11 @@
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per cell          SCALE [10]   pgbench -i scale factor
 #   JOBS [2]       pgbench -j                CLIENTS ["1 32 1000"]
-#   MODES ["simple extended prepared"]       TARGETS ["direct pgbouncer tenantgate"]
+#   MODES ["simple extended prepared"]       TARGETS ["direct relay pgbouncer tenantgate"]
+#                  relay: proxy/examples/relay_floor.rs, one upstream connection per client and
+#                  bytes copied both ways on one tokio thread, no parsing or pooling: what any
+#                  relaying proxy costs on this machine (TCP client leg; cells above
+#                  DIRECT_MAX_CLIENTS skipped like direct's)
 #   DIRECT_MAX_CLIENTS [100]  direct cells with more clients are skipped (see README)
 #   CONNECT_ALLOWANCE [15]  seconds added to -T per 1000 clients (integer arithmetic: none for 32):
 #                  pgbench's -T clock starts before its clients have connected, and 1000 SCRAM
@@ -48,7 +52,7 @@ SCALE="${SCALE:-10}"
 JOBS="${JOBS:-2}"
 CLIENTS="${CLIENTS:-1 32 1000}"
 MODES="${MODES:-simple extended prepared}"
-TARGETS="${TARGETS:-direct pgbouncer tenantgate}"
+TARGETS="${TARGETS:-direct relay pgbouncer tenantgate}"
 DIRECT_MAX_CLIENTS="${DIRECT_MAX_CLIENTS:-100}"
 CONNECT_ALLOWANCE="${CONNECT_ALLOWANCE:-15}"
 CELL_TIMEOUT="${CELL_TIMEOUT:-}"
@@ -122,11 +126,15 @@ PGBOUNCER=/usr/sbin/pgbouncer
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 BIN="$TARGET_DIR/release/tenantgate"
+RELAY_BIN="$TARGET_DIR/release/examples/relay_floor"
 if [ "$SKIP_BUILD" = 1 ]; then
     [ -x "$BIN" ] || die "SKIP_BUILD=1 but $BIN does not exist"
+    if [[ " $TARGETS " == *" relay "* ]] && [ ! -x "$RELAY_BIN" ]; then
+        die "SKIP_BUILD=1 but $RELAY_BIN does not exist (cargo build --release -p tenantgate --example relay_floor)"
+    fi
 else
-    log "building tenantgate (cargo build --release -p tenantgate)"
-    cargo build --release -p tenantgate
+    log "building tenantgate (cargo build --release -p tenantgate --bin tenantgate --example relay_floor)"
+    cargo build --release -p tenantgate --bin tenantgate --example relay_floor
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +143,7 @@ fi
 TS="$(date -u +%Y%m%dT%H%M%SZ)"
 TMP=""
 TG_PID=""
+RELAY_PID=""
 IDLE_PID=""
 CELL_PID=""
 RUN_LOGS="$RESULTS/pgbench-$TS"
@@ -180,6 +189,7 @@ cleanup() {
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         log "cleaning up"
         stop_tenantgate
+        stop_pid "$RELAY_PID" relay_floor
         stop_pgbouncer "$TMP"
         stop_postgres "$TMP"
         mkdir -p "$RUN_LOGS"
@@ -206,6 +216,7 @@ for d in /tmp/tenantgate-bench.*; do
     kill -0 "$(cat "$d/runner.pid")" 2>/dev/null && continue
     log "removing leftovers of an earlier run in $d"
     [ -f "$d/tenantgate.pid" ] && stop_pid "$(cat "$d/tenantgate.pid")" tenantgate
+    [ -f "$d/relay.pid" ] && stop_pid "$(cat "$d/relay.pid")" relay_floor
     stop_pgbouncer "$d"
     stop_postgres "$d"
     rm -rf "$d"
@@ -246,8 +257,10 @@ case "$CLIENT_SOCKET" in
 esac
 PGB_PORT="$(free_port)"
 TG_PORT="$(free_port)"
+RELAY_PORT="$(free_port)"
 while [ "$PGB_PORT" = "$PG_PORT" ]; do PGB_PORT="$(free_port)"; done
 while [ "$TG_PORT" = "$PG_PORT" ] || [ "$TG_PORT" = "$PGB_PORT" ]; do TG_PORT="$(free_port)"; done
+while [[ " $PG_PORT $PGB_PORT $TG_PORT " == *" $RELAY_PORT "* ]]; do RELAY_PORT="$(free_port)"; done
 
 # ---------------------------------------------------------------------------------------------
 # 2. PostgreSQL
@@ -374,9 +387,22 @@ start_tenantgate() {
 log "tenantgate ($BIN) on 127.0.0.1:$TG_PORT"
 start_tenantgate
 
+if [[ " $TARGETS " == *" relay "* ]]; then
+    case "$SERVER_SOCKET" in
+        tcp) RELAY_UPSTREAM="127.0.0.1:$PG_PORT" ;;
+        unix) RELAY_UPSTREAM="$TMP/sock/.s.PGSQL.$PG_PORT" ;;
+    esac
+    log "relay floor ($RELAY_BIN) on 127.0.0.1:$RELAY_PORT to $RELAY_UPSTREAM"
+    "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "$RELAY_UPSTREAM" >>"$TMP/relay.log" 2>&1 &
+    RELAY_PID=$!
+    echo "$RELAY_PID" >"$TMP/relay.pid"
+    wait_port "$RELAY_PORT" 10 || { cat "$TMP/relay.log" >&2; die "the relay is not listening"; }
+fi
+
 target_host() {
     case "$1" in
         direct) echo "$DIRECT_CLIENT_HOST" ;;
+        relay) echo 127.0.0.1 ;;
         *) echo "$POOLER_CLIENT_HOST" ;;
     esac
 }
@@ -386,6 +412,7 @@ target_port() {
         direct) echo "$PG_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
         tenantgate*) echo "$TG_PORT" ;;
+        relay) echo "$RELAY_PORT" ;;
     esac
 }
 
@@ -419,6 +446,7 @@ pooler_pid() {
     case "$1" in
         pgbouncer) cat "$TMP/pgbouncer/pgbouncer.pid" 2>/dev/null ;;
         tenantgate*) echo "$TG_PID" ;;
+        relay) echo "$RELAY_PID" ;;
     esac
 }
 cpu_ticks() { [ -n "$1" ] && awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null; }
@@ -461,10 +489,10 @@ run_cell() {   # run_cell TARGET MODE CLIENTS [extra pgbench args...]
     shift 3
     local name="$target-$mode-$clients"
     local out="$TMP/cells/$name.txt"
-    if [ "$target" = direct ] && [ "$clients" -gt "$DIRECT_MAX_CLIENTS" ]; then
+    if { [ "$target" = direct ] || [ "$target" = relay ]; } && [ "$clients" -gt "$DIRECT_MAX_CLIENTS" ]; then
         log "$name: skipped"
         record "$target" "$mode" "$clients" skipped "" "" "" "" "" "" "" "" \
-            "direct connections above $DIRECT_MAX_CLIENTS are not measured: one backend per client is what a pooler exists to avoid" "" ""
+            "$target connections above $DIRECT_MAX_CLIENTS are not measured: one backend per client is what a pooler exists to avoid" "" ""
         return 0
     fi
     if [ "$target" != "${target#tenantgate}" ] && ! tg_alive; then

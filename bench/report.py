@@ -16,7 +16,7 @@ CELL_FIELDS = ["target", "mode", "clients", "status", "tps", "latency_ms", "fail
                "aborted_clients", "transactions", "exit_code", "elapsed_s", "error", "note",
                "connection_ms", "pgbench_T_s", "pooler_cpu_user_us_per_txn",
                "pooler_cpu_sys_us_per_txn"]
-TARGET_ORDER = {"direct": 0, "pgbouncer": 1, "tenantgate": 2}
+TARGET_ORDER = {"direct": 0, "relay": 1, "pgbouncer": 2, "tenantgate": 3}
 MODE_ORDER = {"simple": 0, "extended": 1, "prepared": 2}
 INT_FIELDS = ("clients", "failed_transactions", "aborted_clients", "transactions", "exit_code",
               "pgbench_T_s")
@@ -97,6 +97,8 @@ def main():
     for c in cells:
         c["ratio_vs_direct"] = ratio(c, by_key.get(("direct", c["mode"], c["clients"])))
         c["ratio_vs_pgbouncer"] = ratio(c, by_key.get(("pgbouncer", c["mode"], c["clients"])))
+        # The relay floor (proxy/examples/relay_floor.rs): what relaying alone costs.
+        c["ratio_vs_relay"] = ratio(c, by_key.get(("relay", c["mode"], c["clients"])))
     cells.sort(key=lambda c: (MODE_ORDER.get(c["mode"], 9), c["clients"] or 0,
                               TARGET_ORDER.get(c["target"], 9), c["target"]))
 
@@ -114,16 +116,17 @@ def main():
                  f"{meta.get('pool_size', '?')} (both poolers; clients over {meta.get('client_socket', 'tcp')}, poolers to Postgres over {meta.get('server_socket', 'tcp')}), commit {meta.get('git_commit', '?')}"
                  f" — {meta.get('timestamp', '')}")
     lines.append("")
-    lines.append("| target | mode | clients | tps | latency ms | failed txns | vs direct | vs pgbouncer | pooler CPU µs/txn (user + sys) | connect ms | status |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| target | mode | clients | tps | latency ms | failed txns | vs direct | vs relay | vs pgbouncer | pooler CPU µs/txn (user + sys) | connect ms | status |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cells:
         u, k = c.get("pooler_cpu_user_us_per_txn"), c.get("pooler_cpu_sys_us_per_txn")
         cpu = f"{u + k:.1f} ({u:.1f} + {k:.1f})" if u is not None and k is not None else "–"
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             c["target"], c["mode"], c["clients"],
             fmt(c["tps"], ".0f"), fmt(c["latency_ms"], ".3f"),
             fmt(c["failed_transactions"], "d"),
-            fmt(c["ratio_vs_direct"], ".2f"), fmt(c["ratio_vs_pgbouncer"], ".2f"),
+            fmt(c["ratio_vs_direct"], ".2f"), fmt(c["ratio_vs_relay"], ".2f"),
+            fmt(c["ratio_vs_pgbouncer"], ".2f"),
             cpu, fmt(c["connection_ms"], ".0f"),
             md_escape(status_text(c))[:300]))
     if idle is not None:
