@@ -171,6 +171,9 @@ pub struct ServerConn {
     /// Cancels forwarded to this server's backend and not finished: until they are, it must
     /// not serve another client.
     pub(crate) cancels: Arc<CancelsInFlight>,
+    /// Transaction mode: a client's statement may have drawn sequence values on it since its
+    /// last `DISCARD SEQUENCES` (sent ahead of the next client's request).
+    pub(crate) sequences_drawn: bool,
 }
 
 impl ServerConn {
@@ -373,6 +376,7 @@ async fn login(
         slot: None,
         affinity: crate::pool::Affinity::NONE,
         cancels: Arc::default(),
+        sequences_drawn: false,
     };
     loop {
         let frame = server.conn.read_frame().await?;

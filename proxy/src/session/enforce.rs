@@ -93,8 +93,9 @@ fn set_values(sql: &str) -> Option<Vec<String>> {
 }
 
 /// Words looked for in every statement before anything else: the first seven may start a
-/// feature transaction pooling cannot serve, the last five a change of session state (see
-/// [`super::sqlscan::scan_session_effects`]; `&"` starts a Unicode-escaped identifier).
+/// feature transaction pooling cannot serve, the others a change of session state (see
+/// [`super::sqlscan::EFFECT_WORDS`], the same words; `&"` starts a Unicode-escaped
+/// identifier).
 const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"listen",
     b"prepare",
@@ -108,9 +109,16 @@ const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"deallocate",
     b"temp",
     b"&\"",
+    b"nextval",
+    b"insert",
+    b"merge",
+    b"copy",
+    b"default",
+    b"alter",
+    b"currval",
 ]);
 const SESSION_ONLY_WORDS: u32 = (1 << 7) - 1;
-const SESSION_EFFECT_WORDS: u32 = ((1 << 12) - 1) & !SESSION_ONLY_WORDS;
+const SESSION_EFFECT_WORDS: u32 = ((1 << 19) - 1) & !SESSION_ONLY_WORDS;
 
 /// Cheap test for words that may start a session-only feature (transaction mode).
 #[cfg(test)]

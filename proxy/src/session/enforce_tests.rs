@@ -81,3 +81,19 @@ fn allowed_tenants_match_exactly_or_by_prefix() {
     assert!(!tenant_allowed(&allowed, "acme2"));
     assert!(!tenant_allowed(&allowed, "us-1"));
 }
+
+/// The screening's first pass finds every word the session-effect scan acts on: a statement it
+/// passes over as effect-free must be one the scan would find effect-free too.
+#[test]
+fn the_screening_looks_for_every_session_effect_word() {
+    let effect_words =
+        SCREEN_WORDS.hits(super::super::sqlscan::EFFECT_WORDS.join(&b' ').as_slice());
+    assert_eq!(effect_words & !SESSION_ONLY_WORDS, SESSION_EFFECT_WORDS);
+    for word in super::super::sqlscan::EFFECT_WORDS {
+        assert!(
+            SCREEN_WORDS.contains(word),
+            "{} is not screened for",
+            String::from_utf8_lossy(word)
+        );
+    }
+}

@@ -84,6 +84,10 @@ pub enum Expect {
     },
     /// A Query of the proxy's own that the client never sees, ReadyForQuery included.
     Hidden,
+    /// A reset of the proxy's own at checkout (`DISCARD SEQUENCES`), a Query ahead of
+    /// everything the client sent: none of its replies reach the session's accounting either
+    /// (see `Session::server_frames`).
+    Reset,
     /// The proxy's settings statement at checkout, sent ahead of the client's first request
     /// (a Query the client never sees; the session checks its outcome, see `session::setup`).
     Setup,
@@ -174,6 +178,18 @@ impl Expected {
     /// one (see [`Expect::Hidden`])?
     pub fn hidden_first(&self) -> bool {
         self.queue.front() == Some(&Expect::Hidden)
+    }
+
+    /// Are the next replies those of the proxy's reset at checkout (see [`Expect::Reset`])?
+    pub fn reset_first(&self) -> bool {
+        self.queue.front() == Some(&Expect::Reset)
+    }
+
+    /// The reset at checkout has answered in full.
+    pub fn reset_done(&mut self) {
+        if self.reset_first() {
+            self.queue.pop_front();
+        }
     }
 
     /// The proxy's settings statement has answered in full (see `session::setup`).
@@ -280,7 +296,7 @@ impl Expected {
                     _ => Route::Drop,
                 };
             }
-            Some(Expect::Hidden) => {
+            Some(Expect::Hidden | Expect::Reset) => {
                 if tag == b'Z' {
                     self.queue.pop_front();
                     if let Some(ready) = self.held_ready.take() {
@@ -393,6 +409,7 @@ impl Expected {
                 Expect::QueryReady
                 | Expect::Rewrite { .. }
                 | Expect::Hidden
+                | Expect::Reset
                 | Expect::Reject { simple: true, .. } => self.skipped_queries += 1,
                 // The error is the rejected message's own, not an earlier message's.
                 Expect::Reject { error, .. } if failing => route = Route::Replace(error.clone()),
@@ -639,7 +656,12 @@ pub fn parse_target(frame: &Frame) -> Option<(u8, &str)> {
 
 /// The statement name a Bind refers to.
 pub fn bind_statement(frame: &Frame) -> Option<&str> {
-    let mut r = BodyReader::new(frame.body());
+    bind_statement_name(frame.body())
+}
+
+/// The statement name in a Bind's body.
+pub fn bind_statement_name(body: &[u8]) -> Option<&str> {
+    let mut r = BodyReader::new(body);
     r.cstr_bytes().ok()?;
     r.cstr().ok()
 }

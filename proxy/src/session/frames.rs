@@ -407,6 +407,32 @@ impl Session {
         // One allocation for what this batch relays, instead of growing message by message.
         self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
+            if self.expected.reset_first() {
+                // The proxy's DISCARD SEQUENCES at checkout. Should it fail (a cancel of the
+                // client's landed on it), the client's request must not run: the session ends
+                // as when its settings cannot be applied.
+                match frame.tag {
+                    b'E' => {
+                        let msg = crate::server::ServerMessage::parse(frame.body()).message;
+                        self.progress.setup_error = Some(msg);
+                    }
+                    b'S' => conn.record_parameter_status(frame.body()),
+                    b'Z' => {
+                        self.progress.pending = self.progress.pending.saturating_sub(1);
+                        conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                        self.expected.reset_done();
+                        if let Some(msg) = self.progress.setup_error.take() {
+                            self.progress.setup_failed = Some(PgError::fatal(
+                                sqlstate::CONNECTION_FAILURE,
+                                format!("tenantgate: could not reset the server's sequence values: {msg}"),
+                            ));
+                            return Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             if let Some(form) = self.expected.setup_first() {
                 // The proxy's settings statement: nothing of it reaches the client.
                 let reply = if *form == Expect::Setup {

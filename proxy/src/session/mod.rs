@@ -76,6 +76,9 @@ struct Progress {
     /// ... or reseeded `random()`: the server is closed instead of reused (in session mode
     /// for the whole session, a prepared statement included).
     reseeded: bool,
+    /// ... or may have drawn a sequence value: `currval` would answer the next client with
+    /// it (DISCARD SEQUENCES at release).
+    sequences_dirty: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
     /// ... behind other messages of its segment: should one of them fail, the server skips
@@ -280,6 +283,8 @@ impl Session {
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, pool, quota);
+        // Ahead of the settings statement, which may share the client's implicit transaction.
+        self.discard_foreign_sequences(first);
         if let Some((plan, sql)) = pipelined {
             self.queue_setup(plan, &sql);
         }
@@ -321,10 +326,11 @@ impl Session {
             // Boxed: rare, and its state would otherwise be part of every idle session.
             return Box::pin(self.release_slowly()).await;
         }
-        let Some(Attached { conn, pool, .. }) = self.server.take() else {
+        let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
             return;
         };
         self.cancel.slot.set(None);
+        conn.sequences_drawn |= self.progress.sequences_dirty;
         self.progress = Progress::default();
         if conn.cancels.busy() {
             // Rare: the client's cancel is still on its way to the server (see `finish`). The
@@ -348,6 +354,7 @@ impl Session {
             return;
         };
         self.cancel.slot.set(None);
+        conn.sequences_drawn |= self.progress.sequences_dirty;
         if std::mem::take(&mut self.progress.reseeded) {
             // No statement makes its random() sequence unknown again; a new backend does.
             tracing::debug!(server = conn.id, "random() reseeded; closing server");
@@ -471,6 +478,7 @@ impl Session {
             // discards everything in `finish`, except a reseeded random(): closed.
             let p = &self.progress;
             let changed = p.settings_dirty || p.temp_dirty || p.reseeded;
+            attached.conn.sequences_drawn |= p.sequences_dirty;
             if reusable && self.tx_mode && changed {
                 if roll_back(&mut attached.conn).await {
                     Box::pin(self.release_slowly()).await;
@@ -530,6 +538,7 @@ async fn finish(pool: &Pool, mut server: ServerConn, reusable: bool, discard_all
                 server.exec_quiet("DISCARD ALL").await?;
                 server.statements.clear();
                 server.session_settings.clear();
+                server.sequences_drawn = false;
             }
             Ok::<(), ServerError>(())
         };

@@ -3,19 +3,23 @@
 //! the client is owed (or must not see) is queued in `expected`.
 
 use super::extended::{
-    bind_statement, global_statement, parse_parse, parse_target, put_target, rename_bind,
-    ClientStatement, Expect, Statement,
+    bind_statement, bind_statement_name, global_statement, parse_parse, parse_target, put_target,
+    rename_bind, ClientStatement, Expect, Statement,
 };
 use super::frames::query_text;
 use super::sqlscan::{self, Lasting};
 use super::Session;
 use crate::protocol::frame::Frame;
+use postgres_protocol::message::frontend;
 use std::sync::Arc;
 use tenantgate_policy::Decision;
 
 impl Session {
     /// Transaction mode: named statements are renamed, and every reply is accounted for.
     pub(super) fn forward_pooled(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
+        if !self.progress.unsynced {
+            self.discard_foreign_sequences(&frame);
+        }
         match frame.tag {
             b'Q' => {
                 self.note_sql(query_text(&frame));
@@ -61,6 +65,46 @@ impl Session {
         self.to_server.extend_from_slice(&frame.raw);
     }
 
+    /// Before a segment (`first` and what follows it in the read buffer) that may read
+    /// `currval`: if earlier clients' statements may have drawn sequence values on this server
+    /// and this client has drawn none on it yet, the server discards them first, so that
+    /// `currval` fails (55000) as on a session that never drew them, instead of answering with
+    /// another client's (tenant's) value. Sent ahead of the segment, no round trip of its own;
+    /// apps that do not call `currval` never pay for it.
+    pub(super) fn discard_foreign_sequences(&mut self, first: &Frame) {
+        let foreign = !self.progress.sequences_dirty
+            && self.server.as_ref().is_some_and(|s| s.conn.sequences_drawn);
+        if !foreign || !self.segment_may_read_sequences(first) {
+            return;
+        }
+        if let Some(s) = self.server.as_mut() {
+            s.conn.sequences_drawn = false;
+        }
+        let _ = frontend::query("DISCARD SEQUENCES", &mut self.to_server);
+        self.progress.pending += 1;
+        self.expected.push(Expect::Reset);
+    }
+
+    /// Does the segment name `currval` (a Query or Parse text, or the statement a Bind runs)?
+    /// A segment not complete in the read buffer may.
+    fn segment_may_read_sequences(&self, first: &Frame) -> bool {
+        let mut complete = false;
+        for (tag, body) in self.segment(first) {
+            let reads = match tag {
+                b'Q' | b'P' => sqlscan::may_read_sequences(body),
+                b'B' => bind_statement_name(body)
+                    .and_then(|name| self.statements.get(name))
+                    .is_some_and(|s| s.lasting.reads_sequences),
+                _ => false,
+            };
+            if reads {
+                return true;
+            }
+            complete = matches!(tag, b'S' | b'Q');
+        }
+        !complete
+    }
+
     /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
     pub(super) fn copy_end(&mut self) {
         self.progress.copy_in = false;
@@ -80,6 +124,8 @@ impl Session {
             settings: fx.settings,
             temp: fx.temp,
             reseeds: fx.reseeds,
+            sequences: fx.sequences,
+            reads_sequences: fx.reads_sequences,
         };
         self.note_lasting(lasting);
         if fx.statements {
@@ -103,6 +149,7 @@ impl Session {
         self.progress.settings_dirty |= lasting.settings;
         self.progress.temp_dirty |= lasting.temp;
         self.progress.reseeded |= lasting.reseeds;
+        self.progress.sequences_dirty |= lasting.sequences;
     }
 
     fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {

@@ -132,15 +132,9 @@ impl Session {
             return Some(sqlscan::plain_statements(sql)? || several);
         }
         let mut executes = 0;
-        /// Frames looked at before giving up: a long segment takes the slow path.
-        const MAX_FRAMES: usize = 64;
-        let buf = &self.client.rbuf[..];
         let mut unnamed_parsed = false;
         let mut controls = false;
-        let mut at = 0;
-        let mut next = Some((first.tag, first.body()));
-        for _ in 0..MAX_FRAMES {
-            let (tag, body) = next?;
+        for (tag, body) in self.segment(first) {
             let mut r = BodyReader::new(body);
             match tag {
                 b'S' => return Some(controls || executes > 1),
@@ -163,16 +157,30 @@ impl Session {
                 b'D' | b'C' | b'H' => {}
                 _ => return None,
             }
-            next = match frame::peek(&buf[at..], self.client.max_message) {
-                Ok(Peek::Complete { tag, len }) => {
-                    let body = &buf[at + 5..at + len];
-                    at += len;
-                    Some((tag, body))
-                }
-                _ => None,
-            };
         }
         None
+    }
+
+    /// `first` (taken from the read buffer) and the complete client messages behind it there,
+    /// as (tag, body), up to and including the first Sync or Query, at most 64 of them: a
+    /// longer segment is not looked at in full.
+    pub(super) fn segment<'a>(&'a self, first: &'a Frame) -> impl Iterator<Item = (u8, &'a [u8])> {
+        const MAX_FRAMES: usize = 64;
+        let buf = &self.client.rbuf[..];
+        let max = self.client.max_message;
+        let mut at = 0;
+        let mut next = Some((first.tag, first.body()));
+        std::iter::from_fn(move || {
+            let item = next.take()?;
+            if !matches!(item.0, b'S' | b'Q') {
+                if let Ok(Peek::Complete { tag, len }) = frame::peek(&buf[at..], max) {
+                    next = Some((tag, &buf[at + 5..at + len]));
+                    at += len;
+                }
+            }
+            Some(item)
+        })
+        .take(MAX_FRAMES)
     }
 
     /// [`sqlscan::plain_statements`] of the statement a Bind names (prepared before this

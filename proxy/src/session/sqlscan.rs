@@ -14,17 +14,27 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     let mut fx = SessionEffects::default();
     // Every word the scan acts on contains one of these (`&"` starts a Unicode-escaped
     // identifier, U&"…", which can spell any name): most statements are done after one cheap
-    // pass.
-    const WORDS: Keywords = Keywords::new(&[b"set", b"discard", b"deallocate", b"temp", b"&\""]);
+    // pass. The words after it draw sequence values: `nextval`/`setval` themselves, and the
+    // statements that may fill a column default (serial, identity) with `nextval`.
+    const WORDS: Keywords = Keywords::new(EFFECT_WORDS);
     const UNICODE_IDENT: u32 = 1 << 4;
+    const SEQUENCE_WORDS: u32 = ((1 << 11) - 1) & !((1 << 5) - 1);
+    const CURRVAL: u32 = 1 << 11;
     let hits = WORDS.hits(b);
     if hits == 0 {
         return fx;
     }
+    // Anywhere, quoted or in a comment too: a false positive costs one statement at release.
+    // (`setval` contains `set`, which the prefilter found.)
+    fx.sequences =
+        hits & SEQUENCE_WORDS != 0 || find_all_ignore_case(b, b"setval").next().is_some();
+    fx.reads_sequences = hits & CURRVAL != 0;
     if hits & UNICODE_IDENT != 0 && unicode_identifier(b) {
         fx.settings = true;
         fx.temp = true;
         fx.reseeds = true;
+        fx.sequences = true;
+        fx.reads_sequences = true;
     }
     // Anywhere, even quoted ("set_config"(…)) or in a comment: a call cannot hide from this.
     for at in find_all_ignore_case(b, b"set_config") {
@@ -78,6 +88,23 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     fx
 }
 
+/// The words [`scan_session_effects`] looks for first: text without any of them has no
+/// effect. (The session's screening looks for them in the same pass as its own words.)
+pub(crate) const EFFECT_WORDS: &[&[u8]] = &[
+    b"set",
+    b"discard",
+    b"deallocate",
+    b"temp",
+    b"&\"",
+    b"nextval",
+    b"insert",
+    b"merge",
+    b"copy",
+    b"default",
+    b"alter",
+    b"currval",
+];
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SessionEffects {
     pub settings: bool,
@@ -90,6 +117,18 @@ pub struct SessionEffects {
     /// It may reseed `random()` (`setseed`, `SET seed`): the backend's sequence is then
     /// predictable, and only a new backend makes it unknown again.
     pub reseeds: bool,
+    /// It may draw a sequence value (`nextval`, `setval`, a serial or identity default):
+    /// `currval` on that server would then answer another client with it.
+    pub sequences: bool,
+    /// It may read one (`currval`; see [`may_read_sequences`]).
+    pub reads_sequences: bool,
+}
+
+/// Could this statement text (or message body) read a sequence value drawn earlier in the
+/// server's session: does it name `currval`, quoted, commented or not, or hold a
+/// Unicode-escaped identifier? (`lastval` is refused in transaction mode.)
+pub fn may_read_sequences(b: &[u8]) -> bool {
+    find_all_ignore_case(b, b"currval").next().is_some() || unicode_identifier(b)
 }
 
 /// What running a statement may leave on the server's session.
@@ -98,6 +137,8 @@ pub struct Lasting {
     pub settings: bool,
     pub temp: bool,
     pub reseeds: bool,
+    pub sequences: bool,
+    pub reads_sequences: bool,
 }
 
 /// Positions of `pat` (ASCII, lower case) in `b`, ignoring ASCII case.
@@ -358,6 +399,12 @@ impl Keywords {
         }
     }
 
+    /// Is `word` one of the words?
+    #[cfg(test)]
+    pub fn contains(&self, word: &[u8]) -> bool {
+        self.words.contains(&word)
+    }
+
     /// Bit `i` is set if `words[i]` occurs in `hay`.
     pub fn hits(&self, hay: &[u8]) -> u32 {
         let mut hits = 0u32;
@@ -561,6 +608,26 @@ mod tests {
 
     #[test]
     fn detects_reseeding() {
+        let sequences = |s: &str| scan_session_effects(s).sequences;
+        assert!(sequences("SELECT nextval('orders_id_seq')"));
+        assert!(sequences("SELECT \"setval\"('s', 1)"));
+        assert!(sequences("insert into orders (tenant_id) values ($1)"));
+        assert!(sequences("WITH x AS (SELECT 1) MERGE INTO t USING x ON true WHEN NOT MATCHED THEN INSERT DEFAULT VALUES"));
+        assert!(sequences("COPY orders (tenant_id) FROM STDIN"));
+        assert!(sequences("UPDATE t SET id = DEFAULT"));
+        assert!(sequences("ALTER TABLE t ADD COLUMN id serial"));
+        assert!(sequences("SELECT U&\"\\006Eextval\"('s')"));
+        assert!(!sequences(
+            "SELECT currval('s'), id FROM orders WHERE tenant_id = $1"
+        ));
+        assert!(!sequences("UPDATE orders SET note = $1 WHERE id = $2"));
+        let reads = |s: &str| scan_session_effects(s).reads_sequences;
+        assert!(reads("SELECT currval('s')"));
+        assert!(reads("SELECT \"CURRVAL\"('s')"));
+        assert!(reads("SELECT U&\"\\0063urrval\"('s')"));
+        assert!(!reads("SELECT nextval('s')"));
+        assert!(may_read_sequences(b"SELECT pg_catalog.currval($1)"));
+        assert!(!may_read_sequences(b"SELECT nextval($1)"));
         let reseeds = |s: &str| scan_session_effects(s).reseeds;
         assert!(reseeds("SELECT setseed(0.5)"));
         assert!(reseeds("SELECT \"setseed\"(0.5)"));

@@ -21,6 +21,7 @@ INSERT INTO orders VALUES ('acme', 1), ('acme', 2), ('acme', 3),
     ('globex', 4), ('globex', 5), ('globex', 6);
 CREATE SEQUENCE reuse_seq;
 CREATE TABLE reuse_log (id int);
+CREATE TABLE serials (id serial, note text);
 GRANT ALL ON ALL TABLES IN SCHEMA public TO app_rw;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app_rw;
 ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
@@ -236,6 +237,65 @@ async fn lastval_is_refused_however_it_is_written() {
                 Ok(rows) => panic!("{sql}: acme read globex's lastval {:?}", first_values(rows)),
             }
         }
+    })
+    .await;
+}
+
+/// `currval('seq')` answers for the server session too: after another client's `nextval` on
+/// the same server it would return that client's (tenant's) value. After a statement that may
+/// draw one (an INSERT's serial default, `nextval`/`setval` themselves, prepared and run later
+/// too), the next client's first segment that names `currval` (in its text, or as a prepared
+/// statement it binds) has the server discard its sequence values first. So a `currval`
+/// outside the transaction that drew the value gets Postgres' own 55000, while inside it
+/// works as on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_value_drawn_by_one_client_is_not_read_by_the_next() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "currval", async {
+        let prepared = g.prepare("SELECT nextval('reuse_seq')").await.unwrap();
+        for draw in [
+            "SELECT nextval('reuse_seq')",
+            "SELECT setval('reuse_seq', 41)",
+            "INSERT INTO serials (note) VALUES ('x')",
+            "prepared",
+        ] {
+            if draw == "prepared" {
+                drop(g.query(&prepared, &[]).await.unwrap());
+            } else {
+                g.simple_query(draw).await.unwrap();
+            }
+            for sql in [
+                "SELECT currval('reuse_seq')",
+                "SELECT currval('serials_id_seq')",
+            ] {
+                match a.simple_query(sql).await {
+                    Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{draw} / {sql}: {e:?}"),
+                    Ok(rows) => panic!(
+                        "after globex's {draw:?}, acme's {sql} read {:?}",
+                        first_values(rows)
+                    ),
+                }
+            }
+        }
+        // In a later segment of a transaction, and as a statement prepared earlier.
+        let read_later = a.prepare("SELECT currval('reuse_seq')").await.unwrap();
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        a.simple_query("BEGIN").await.unwrap();
+        let e = a.simple_query("SELECT currval('reuse_seq')").await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("55000"), "in a transaction: {e:?}");
+        a.simple_query("ROLLBACK").await.unwrap();
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let e = a.query(&read_later, &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("55000"), "prepared: {e:?}");
+        // In the transaction that drew it, currval works as on Postgres.
+        let same = simple(
+            &a,
+            "INSERT INTO serials (note) VALUES ('y'); SELECT currval('serials_id_seq')::text",
+        )
+        .await;
+        assert_eq!(same.len(), 1, "{same:?}");
     })
     .await;
 }
