@@ -15,20 +15,23 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     // Every word the scan acts on contains one of these (`&"` starts a Unicode-escaped
     // identifier, U&"…", which can spell any name): most statements are done after one cheap
     // pass. The words after it draw sequence values: `nextval`/`setval` themselves, and the
-    // statements that may fill a column default (serial, identity) with `nextval`.
+    // statements that may fill a column default (serial, identity) with `nextval`; then
+    // `currval`, which reads one.
     const WORDS: Keywords = Keywords::new(EFFECT_WORDS);
+    const STATE_WORDS: u32 = (1 << 5) - 1;
     const UNICODE_IDENT: u32 = 1 << 4;
-    const SEQUENCE_WORDS: u32 = ((1 << 11) - 1) & !((1 << 5) - 1);
+    const SEQUENCE_WORDS: u32 = ((1 << 11) - 1) & !STATE_WORDS;
     const CURRVAL: u32 = 1 << 11;
     let hits = WORDS.hits(b);
-    if hits == 0 {
+    // Anywhere, quoted or in a comment too: a false positive costs a `DISCARD SEQUENCES` sent
+    // ahead of a later `currval`.
+    fx.sequences = hits & SEQUENCE_WORDS != 0;
+    fx.reads_sequences = hits & CURRVAL != 0;
+    if hits & STATE_WORDS == 0 {
         return fx;
     }
-    // Anywhere, quoted or in a comment too: a false positive costs one statement at release.
-    // (`setval` contains `set`, which the prefilter found.)
-    fx.sequences =
-        hits & SEQUENCE_WORDS != 0 || find_all_ignore_case(b, b"setval").next().is_some();
-    fx.reads_sequences = hits & CURRVAL != 0;
+    // (`setval` contains `set`.)
+    fx.sequences |= find_all_ignore_case(b, b"setval").next().is_some();
     if hits & UNICODE_IDENT != 0 && unicode_identifier(b) {
         fx.settings = true;
         fx.temp = true;
