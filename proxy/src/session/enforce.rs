@@ -3,7 +3,7 @@
 
 use super::extended::{bind_statement, ClientStatement};
 use super::settings::{set_config_call, set_sql};
-use super::sqlscan::{Keywords, SessionEffects};
+use super::sqlscan::{Keywords, SessionEffects, EFFECT_WORDS};
 use super::Session;
 use crate::audit::AuditKind;
 use crate::protocol::frame::{BodyReader, Frame};
@@ -92,11 +92,8 @@ fn set_values(sql: &str) -> Option<Vec<String>> {
         .collect()
 }
 
-/// Words looked for in every statement before anything else: the first seven may start a
-/// feature transaction pooling cannot serve, the others a change of session state (see
-/// [`super::sqlscan::EFFECT_WORDS`], the same words; `&"` starts a Unicode-escaped
-/// identifier).
-const SCREEN_WORDS: Keywords = Keywords::new(&[
+/// Words that may start a feature transaction pooling cannot serve.
+const SESSION_ONLY: &[&[u8]] = &[
     b"listen",
     b"prepare",
     b"execute",
@@ -104,21 +101,27 @@ const SCREEN_WORDS: Keywords = Keywords::new(&[
     b"advisory_lock",
     b"advisory_unlock",
     b"lastval",
-    b"set",
-    b"discard",
-    b"deallocate",
-    b"temp",
-    b"&\"",
-    b"nextval",
-    b"insert",
-    b"merge",
-    b"copy",
-    b"default",
-    b"alter",
-    b"currval",
-]);
-const SESSION_ONLY_WORDS: u32 = (1 << 7) - 1;
-const SESSION_EFFECT_WORDS: u32 = ((1 << 19) - 1) & !SESSION_ONLY_WORDS;
+];
+/// Words looked for in every statement before anything else, in one pass: those of
+/// [`SESSION_ONLY`], then those that may change session state
+/// ([`super::sqlscan::EFFECT_WORDS`]).
+const SCREEN_LIST: [&[u8]; SESSION_ONLY.len() + EFFECT_WORDS.len()] = {
+    let mut all: [&[u8]; SESSION_ONLY.len() + EFFECT_WORDS.len()] =
+        [b""; SESSION_ONLY.len() + EFFECT_WORDS.len()];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < SESSION_ONLY.len() {
+            SESSION_ONLY[i]
+        } else {
+            EFFECT_WORDS[i - SESSION_ONLY.len()]
+        };
+        i += 1;
+    }
+    all
+};
+const SCREEN_WORDS: Keywords = Keywords::new(&SCREEN_LIST);
+const SESSION_ONLY_WORDS: u32 = (1 << SESSION_ONLY.len()) - 1;
+const SESSION_EFFECT_WORDS: u32 = ((1 << SCREEN_LIST.len()) - 1) & !SESSION_ONLY_WORDS;
 
 /// Cheap test for words that may start a session-only feature (transaction mode).
 #[cfg(test)]

@@ -82,18 +82,20 @@ fn allowed_tenants_match_exactly_or_by_prefix() {
     assert!(!tenant_allowed(&allowed, "us-1"));
 }
 
-/// The screening's first pass finds every word the session-effect scan acts on: a statement it
-/// passes over as effect-free must be one the scan would find effect-free too.
+/// The screening's first pass finds every word the session-effect scan acts on, in the bits
+/// it takes for them: a statement it passes over as effect-free is one the scan would find
+/// effect-free too.
 #[test]
 fn the_screening_looks_for_every_session_effect_word() {
-    let effect_words =
-        SCREEN_WORDS.hits(super::super::sqlscan::EFFECT_WORDS.join(&b' ').as_slice());
-    assert_eq!(effect_words & !SESSION_ONLY_WORDS, SESSION_EFFECT_WORDS);
-    for word in super::super::sqlscan::EFFECT_WORDS {
-        assert!(
-            SCREEN_WORDS.contains(word),
-            "{} is not screened for",
+    for word in EFFECT_WORDS {
+        let hits = SCREEN_WORDS.hits(word);
+        assert_ne!(
+            hits & SESSION_EFFECT_WORDS,
+            0,
+            "{}",
             String::from_utf8_lossy(word)
         );
     }
+    let all = SCREEN_WORDS.hits(EFFECT_WORDS.join(&b' ').as_slice());
+    assert_eq!(all & !SESSION_ONLY_WORDS, SESSION_EFFECT_WORDS);
 }

@@ -402,12 +402,6 @@ impl Keywords {
         }
     }
 
-    /// Is `word` one of the words?
-    #[cfg(test)]
-    pub fn contains(&self, word: &[u8]) -> bool {
-        self.words.contains(&word)
-    }
-
     /// Bit `i` is set if `words[i]` occurs in `hay`.
     pub fn hits(&self, hay: &[u8]) -> u32 {
         let mut hits = 0u32;

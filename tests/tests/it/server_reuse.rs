@@ -283,7 +283,10 @@ async fn a_sequence_value_drawn_by_one_client_is_not_read_by_the_next() {
         let read_later = a.prepare("SELECT currval('reuse_seq')").await.unwrap();
         g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
         a.simple_query("BEGIN").await.unwrap();
-        let e = a.simple_query("SELECT currval('reuse_seq')").await.unwrap_err();
+        let e = a
+            .simple_query("SELECT currval('reuse_seq')")
+            .await
+            .unwrap_err();
         assert_eq!(sqlstate(&e), Some("55000"), "in a transaction: {e:?}");
         a.simple_query("ROLLBACK").await.unwrap();
         g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
