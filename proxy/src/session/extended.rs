@@ -84,10 +84,14 @@ pub enum Expect {
     },
     /// A Query of the proxy's own that the client never sees, ReadyForQuery included.
     Hidden,
-    /// A reset of the proxy's own at checkout (`DISCARD SEQUENCES`), a Query ahead of
-    /// everything the client sent: none of its replies reach the session's accounting either
-    /// (see `Session::server_frames`).
-    Reset,
+    /// A reset of the proxy's own (`DISCARD SEQUENCES`), a Query ahead of a client segment:
+    /// none of its replies reach the session's accounting either (see
+    /// `Session::server_frames`). `tolerant`: the segment cannot end the client's
+    /// transaction, so should the reset be refused in it as aborted (25P02), the segment's
+    /// `currval` is refused too and the session may go on.
+    Reset {
+        tolerant: bool,
+    },
     /// The proxy's settings statement at checkout, sent ahead of the client's first request
     /// (a Query the client never sees; the session checks its outcome, see `session::setup`).
     Setup,
@@ -180,14 +184,17 @@ impl Expected {
         self.queue.front() == Some(&Expect::Hidden)
     }
 
-    /// Are the next replies those of the proxy's reset at checkout (see [`Expect::Reset`])?
-    pub fn reset_first(&self) -> bool {
-        self.queue.front() == Some(&Expect::Reset)
+    /// Are the next replies those of the proxy's reset (see [`Expect::Reset`])? Some(tolerant).
+    pub fn reset_first(&self) -> Option<bool> {
+        match self.queue.front() {
+            Some(Expect::Reset { tolerant }) => Some(*tolerant),
+            _ => None,
+        }
     }
 
-    /// The reset at checkout has answered in full.
+    /// The reset has answered in full.
     pub fn reset_done(&mut self) {
-        if self.reset_first() {
+        if self.reset_first().is_some() {
             self.queue.pop_front();
         }
     }
@@ -296,7 +303,7 @@ impl Expected {
                     _ => Route::Drop,
                 };
             }
-            Some(Expect::Hidden | Expect::Reset) => {
+            Some(Expect::Hidden | Expect::Reset { .. }) => {
                 if tag == b'Z' {
                     self.queue.pop_front();
                     if let Some(ready) = self.held_ready.take() {
@@ -409,7 +416,7 @@ impl Expected {
                 Expect::QueryReady
                 | Expect::Rewrite { .. }
                 | Expect::Hidden
-                | Expect::Reset
+                | Expect::Reset { .. }
                 | Expect::Reject { simple: true, .. } => self.skipped_queries += 1,
                 // The error is the rejected message's own, not an earlier message's.
                 Expect::Reject { error, .. } if failing => route = Route::Replace(error.clone()),

@@ -407,15 +407,20 @@ impl Session {
         // One allocation for what this batch relays, instead of growing message by message.
         self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
-            if self.expected.reset_first() {
-                // The proxy's DISCARD SEQUENCES at checkout. Should it fail (a cancel of the
-                // client's landed on it), the client's request must not run: the session ends
-                // as when its settings cannot be applied.
+            if let Some(tolerant) = self.expected.reset_first() {
+                // The proxy's DISCARD SEQUENCES. Should it fail (a cancel of the client's
+                // landed on it), the client's request must not run: the session ends as when
+                // its settings cannot be applied; unless the client's transaction is aborted
+                // and its segment cannot end it: then its `currval` fails too (25P02), and the
+                // server, still marked, is reset before a later segment.
                 match frame.tag {
                     b'E' => {
-                        let msg = crate::server::ServerMessage::parse(frame.body()).message;
-                        self.progress.setup_error = Some(msg);
+                        let msg = crate::server::ServerMessage::parse(frame.body());
+                        if !(tolerant && msg.code == sqlstate::IN_FAILED_SQL_TRANSACTION) {
+                            self.progress.setup_error = Some(msg.message);
+                        }
                     }
+                    b'C' => conn.sequences_drawn = false,
                     b'S' => conn.record_parameter_status(frame.body()),
                     b'Z' => {
                         self.progress.pending = self.progress.pending.saturating_sub(1);

@@ -77,8 +77,15 @@ struct Progress {
     /// for the whole session, a prepared statement included).
     reseeded: bool,
     /// ... or may have drawn a sequence value: `currval` would answer the next client with
-    /// it (DISCARD SEQUENCES at release).
+    /// it (the server is marked at release, see `Session::discard_foreign_sequences`).
     sequences_dirty: bool,
+    /// ... by a statement that names the draw (see `sqlscan::SessionEffects::draws`): a later
+    /// `currval` of this attachment may read the client's own value, which no reset may
+    /// discard.
+    sequences_own: bool,
+    /// The last client message sent was a Query or FunctionCall: the next starts a segment,
+    /// Sync or not.
+    request_ended: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
     /// ... behind other messages of its segment: should one of them fail, the server skips
@@ -283,9 +290,10 @@ impl Session {
             conn.session_settings = self.desired.clone();
         }
         self.attach_conn(conn, pool, quota);
-        // Ahead of the settings statement, which may share the client's implicit transaction.
-        self.discard_foreign_sequences(first);
         if let Some((plan, sql)) = pipelined {
+            // Ahead of the settings statement, which may share the client's implicit
+            // transaction (without it, `forward_pooled` sends the reset).
+            self.discard_foreign_sequences(first);
             self.queue_setup(plan, &sql);
         }
         if self.settings_unnormalized {

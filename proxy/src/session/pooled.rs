@@ -10,6 +10,7 @@ use super::frames::query_text;
 use super::sqlscan::{self, Lasting};
 use super::Session;
 use crate::protocol::frame::Frame;
+use crate::protocol::BodyReader;
 use postgres_protocol::message::frontend;
 use std::sync::Arc;
 use tenantgate_policy::Decision;
@@ -17,7 +18,11 @@ use tenantgate_policy::Decision;
 impl Session {
     /// Transaction mode: named statements are renamed, and every reply is accounted for.
     pub(super) fn forward_pooled(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
-        if !self.progress.unsynced {
+        // A Query or FunctionCall ends the implicit transaction of extended-protocol messages
+        // before it, Sync or not: what follows is a segment of its own.
+        let starts = !self.progress.unsynced || self.progress.request_ended;
+        self.progress.request_ended = matches!(frame.tag, b'Q' | b'F');
+        if starts {
             self.discard_foreign_sequences(&frame);
         }
         match frame.tag {
@@ -34,6 +39,8 @@ impl Session {
                 self.expected.push(Expect::QueryReady);
             }
             b'F' => {
+                // It may call `nextval` (by its OID), which no text names.
+                self.progress.sequences_dirty = true;
                 self.progress.pending += 1;
                 self.progress.segments += 1;
                 self.expected.push(Expect::QueryReady);
@@ -67,26 +74,26 @@ impl Session {
 
     /// Before a segment (`first` and what follows it in the read buffer) that may read
     /// `currval`: if earlier clients' statements may have drawn sequence values on this server
-    /// and this client has drawn none on it yet, the server discards them first, so that
+    /// and this client has named no draw on it yet, the server discards them first, so that
     /// `currval` fails (55000) as on a session that never drew them, instead of answering with
     /// another client's (tenant's) value. Sent ahead of the segment, no round trip of its own;
-    /// apps that do not call `currval` never pay for it.
+    /// apps that do not call `currval` never pay for it. The server stays marked until a reset
+    /// has succeeded (see `Session::server_frames`): one that fails, or is left unanswered by a
+    /// client that vanished, leaves it marked.
     pub(super) fn discard_foreign_sequences(&mut self, first: &Frame) {
-        let foreign = !self.progress.sequences_dirty
+        let foreign = !self.progress.sequences_own
             && self.server.as_ref().is_some_and(|s| s.conn.sequences_drawn);
         if !foreign || !self.segment_may_read_sequences(first) {
             return;
         }
-        if let Some(s) = self.server.as_mut() {
-            s.conn.sequences_drawn = false;
-        }
+        let tolerant = !self.segment_may_end_transaction(first);
         let _ = frontend::query("DISCARD SEQUENCES", &mut self.to_server);
         self.progress.pending += 1;
-        self.expected.push(Expect::Reset);
+        self.expected.push(Expect::Reset { tolerant });
     }
 
-    /// Does the segment name `currval` (a Query or Parse text, or the statement a Bind runs)?
-    /// A segment not complete in the read buffer may.
+    /// Does the segment name `currval` (a Query or Parse text, or the statement a Bind runs),
+    /// or call a function by OID (FunctionCall)? A segment not complete in the read buffer may.
     fn segment_may_read_sequences(&self, first: &Frame) -> bool {
         let mut complete = false;
         for (tag, body) in self.segment(first) {
@@ -95,9 +102,40 @@ impl Session {
                 b'B' => bind_statement_name(body)
                     .and_then(|name| self.statements.get(name))
                     .is_some_and(|s| s.lasting.reads_sequences),
+                b'F' => true,
                 _ => false,
             };
             if reads {
+                return true;
+            }
+            complete = matches!(tag, b'S' | b'Q');
+        }
+        !complete
+    }
+
+    /// May the segment end the client's transaction (transaction control, or a statement the
+    /// scan cannot tell)? In an aborted transaction Postgres refuses the reset (25P02), but
+    /// would run a `currval` behind a `ROLLBACK` in the same segment.
+    fn segment_may_end_transaction(&self, first: &Frame) -> bool {
+        let mut complete = false;
+        for (tag, body) in self.segment(first) {
+            let plain = match tag {
+                b'Q' => BodyReader::new(body)
+                    .cstr()
+                    .ok()
+                    .and_then(sqlscan::plain_statements),
+                b'P' => {
+                    let mut r = BodyReader::new(body);
+                    r.cstr_bytes()
+                        .ok()
+                        .and_then(|_| r.cstr().ok())
+                        .and_then(sqlscan::plain_statements)
+                }
+                b'B' => bind_statement_name(body).and_then(|n| self.bound_plain_statement(n)),
+                b'D' | b'E' | b'C' | b'H' | b'S' => Some(false),
+                _ => None,
+            };
+            if plain != Some(false) {
                 return true;
             }
             complete = matches!(tag, b'S' | b'Q');
@@ -126,6 +164,7 @@ impl Session {
             reseeds: fx.reseeds,
             sequences: fx.sequences,
             reads_sequences: fx.reads_sequences,
+            draws: fx.draws,
         };
         self.note_lasting(lasting);
         if fx.statements {
@@ -150,6 +189,7 @@ impl Session {
         self.progress.temp_dirty |= lasting.temp;
         self.progress.reseeded |= lasting.reseeds;
         self.progress.sequences_dirty |= lasting.sequences;
+        self.progress.sequences_own |= lasting.draws;
     }
 
     fn forward_parse(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {

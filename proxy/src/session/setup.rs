@@ -185,7 +185,7 @@ impl Session {
 
     /// [`sqlscan::plain_statements`] of the statement a Bind names (prepared before this
     /// segment).
-    fn bound_plain_statement(&self, name: &str) -> Option<bool> {
+    pub(super) fn bound_plain_statement(&self, name: &str) -> Option<bool> {
         let parse = if name.is_empty() {
             self.statements.unnamed_parse.clone()
         } else {

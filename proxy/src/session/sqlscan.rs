@@ -27,17 +27,22 @@ pub fn scan_session_effects(sql: &str) -> SessionEffects {
     // ahead of a later `currval`.
     fx.sequences = hits & SEQUENCE_WORDS != 0;
     fx.reads_sequences = hits & CURRVAL != 0;
+    fx.draws = fx.sequences && names_a_draw(b);
     if hits & STATE_WORDS == 0 {
         return fx;
     }
     // (`setval` contains `set`.)
-    fx.sequences |= find_all_ignore_case(b, b"setval").next().is_some();
+    if !fx.sequences && find_all_ignore_case(b, b"setval").next().is_some() {
+        fx.sequences = true;
+        fx.draws = names_a_draw(b);
+    }
     if hits & UNICODE_IDENT != 0 && unicode_identifier(b) {
         fx.settings = true;
         fx.temp = true;
         fx.reseeds = true;
         fx.sequences = true;
         fx.reads_sequences = true;
+        fx.draws = names_a_draw(b);
     }
     // Anywhere, even quoted ("set_config"(…)) or in a comment: a call cannot hide from this.
     for at in find_all_ignore_case(b, b"set_config") {
@@ -125,6 +130,28 @@ pub struct SessionEffects {
     pub sequences: bool,
     /// It may read one (`currval`; see [`may_read_sequences`]).
     pub reads_sequences: bool,
+    /// It may draw one, and names the statement or function that does as a word of its own
+    /// (not inside another name such as `inserted_at`, a literal or a comment): a `currval`
+    /// after it may read the client's own value (see [`names_a_draw`]).
+    pub draws: bool,
+}
+
+/// Does `b` name `nextval`, `setval`, `INSERT`, `MERGE`, `COPY`, `DEFAULT` or `ALTER` as a
+/// keyword or name outside comments and literals? Text the word scan may misread counts as
+/// naming one. (A quoted `"nextval"` does not: its `currval` then fails with 55000 in a later
+/// segment, rather than a mere mention letting another client's value through.)
+fn names_a_draw(b: &[u8]) -> bool {
+    const DRAWS: &[&[u8]] = &[
+        b"nextval", b"setval", b"insert", b"merge", b"copy", b"default", b"alter",
+    ];
+    if misreadable(b) {
+        return true;
+    }
+    let mut found = false;
+    visit_words(b, |word, _, _| {
+        found |= DRAWS.iter().any(|d| word.eq_ignore_ascii_case(d));
+    });
+    found
 }
 
 /// Could this statement text (or message body) read a sequence value drawn earlier in the
@@ -142,6 +169,7 @@ pub struct Lasting {
     pub reseeds: bool,
     pub sequences: bool,
     pub reads_sequences: bool,
+    pub draws: bool,
 }
 
 /// Positions of `pat` (ASCII, lower case) in `b`, ignoring ASCII case.
@@ -618,6 +646,13 @@ mod tests {
             "SELECT currval('s'), id FROM orders WHERE tenant_id = $1"
         ));
         assert!(!sequences("UPDATE orders SET note = $1 WHERE id = $2"));
+        let draws = |s: &str| scan_session_effects(s).draws;
+        assert!(draws("insert into orders (tenant_id) values ($1)"));
+        assert!(draws("SELECT setval('reuse_seq', 41)"));
+        assert!(draws("UPDATE t SET id = DEFAULT"));
+        assert!(!draws("SELECT now() AS inserted_at, 1 AS default_rank"));
+        assert!(!draws("SELECT 'insert' /* nextval */ -- copy"));
+        assert!(sequences("SELECT now() AS inserted_at"));
         let reads = |s: &str| scan_session_effects(s).reads_sequences;
         assert!(reads("SELECT currval('s')"));
         assert!(reads("SELECT \"CURRVAL\"('s')"));

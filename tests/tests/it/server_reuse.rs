@@ -421,3 +421,246 @@ async fn a_reseeded_random_does_not_reach_the_next_client() {
     })
     .await;
 }
+
+/// The reset before `currval` runs where the client's transaction may be aborted (an earlier
+/// statement failed): Postgres refuses it (25P02) as it refuses the client's `currval`. The
+/// client must get that 25P02, not lose its session, and its ROLLBACK must work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_in_an_aborted_transaction_gets_25p02_not_a_fatal_error() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "aborted currval", async {
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        a.simple_query("BEGIN").await.unwrap();
+        let e = a.simple_query("SELECT 1 / 0").await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("22012"), "{e:?}");
+        let e = a
+            .simple_query("SELECT currval('reuse_seq')")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), Some("25P02"), "{e:?}");
+        a.simple_query("ROLLBACK").await.unwrap();
+        let e = a
+            .simple_query("SELECT currval('reuse_seq')")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), Some("55000"), "after the rollback: {e:?}");
+        // Pipelined: the reset refused in the aborted transaction must not stand for the
+        // `currval` behind the ROLLBACK TO; nor may one in the same query as that rollback.
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let mut raw = raw_acme(&proxy).await;
+        for sql in ["BEGIN", "SAVEPOINT s", "SELECT 1 / 0"] {
+            raw.simple_query(sql).await.unwrap();
+        }
+        let batch = [
+            pipeline::query("SELECT currval('reuse_seq')"),
+            pipeline::query("ROLLBACK TO SAVEPOINT s"),
+            pipeline::query("SELECT currval('reuse_seq')"),
+        ]
+        .concat();
+        let replies = pipeline::round_trip(&mut raw, &batch, 3).await.unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(
+            seen.iter().any(|m| m.starts_with("Error 25P02"))
+                && seen.iter().any(|m| m.starts_with("Error 55000"))
+                && !seen.iter().any(|m| m.starts_with("Row")),
+            "{seen:?}"
+        );
+        raw.simple_query("ROLLBACK").await.unwrap();
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        for sql in ["BEGIN", "SAVEPOINT s", "SELECT 1 / 0"] {
+            raw.simple_query(sql).await.unwrap();
+        }
+        let replies = raw
+            .simple_query("ROLLBACK TO SAVEPOINT s; SELECT currval('reuse_seq')")
+            .await;
+        if let Ok(replies) = replies {
+            let seen = pipeline::summarize(&replies);
+            assert!(!seen.iter().any(|m| m.starts_with("Row")), "{seen:?}");
+        }
+    })
+    .await;
+}
+
+/// `INSERT` and `currval` in separate requests of one transaction (or of one extended-protocol
+/// batch) on a server another client drew on: `currval` reads the client's own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_after_the_transactions_own_insert_in_a_later_request_works() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "own currval", async {
+        g.simple_query("SELECT nextval('serials_id_seq')")
+            .await
+            .unwrap();
+        a.simple_query("BEGIN").await.unwrap();
+        let id = simple(
+            &a,
+            "INSERT INTO serials (note) VALUES ('z') RETURNING id::text",
+        )
+        .await;
+        let read = simple(&a, "SELECT currval('serials_id_seq')::text").await;
+        a.simple_query("COMMIT").await.unwrap();
+        assert_eq!(read, id);
+        let mut raw = raw_acme(&proxy).await;
+        // One batch (one Sync), and an explicit transaction over several, pipelined.
+        let batch = [
+            pipeline::parse("", "INSERT INTO serials (note) VALUES ('w')", &[]),
+            pipeline::bind("", "", &[], &[]),
+            pipeline::execute("", 0),
+            pipeline::parse("", "SELECT currval('serials_id_seq')::text", &[]),
+            pipeline::bind("", "", &[], &[]),
+            pipeline::execute("", 0),
+            pipeline::sync(),
+            pipeline::query("BEGIN"),
+            pipeline::simple_extended("INSERT INTO serials (note) VALUES ('v')", &[]),
+            pipeline::simple_extended("SELECT currval('serials_id_seq')::text", &[]),
+            pipeline::query("COMMIT"),
+        ]
+        .concat();
+        g.simple_query("SELECT nextval('serials_id_seq')")
+            .await
+            .unwrap();
+        let replies = pipeline::round_trip(&mut raw, &batch, 5).await.unwrap();
+        let seen = pipeline::summarize(&replies);
+        assert!(!seen.iter().any(|m| m.starts_with("Error")), "{seen:?}");
+        assert_eq!(
+            seen.iter().filter(|m| m.starts_with("Row")).count(),
+            2,
+            "{seen:?}"
+        );
+    })
+    .await;
+}
+
+/// A client that leaves with its `currval` (and the reset before it) unanswered, in an
+/// aborted transaction: the reset fails there, so the server still holds the value another
+/// client drew, and the next client's `currval` must not read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_that_failed_while_settling_leaves_the_server_marked() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let g = globex(&proxy).await;
+    within(60, "settled reset", async {
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let mut raw = raw_acme(&proxy).await;
+        raw.simple_query("BEGIN").await.unwrap();
+        raw.simple_query("SELECT 1 / 0").await.unwrap();
+        let batch = [
+            pipeline::query("SELECT currval('reuse_seq')"),
+            b"X\0\0\0\x04".to_vec(),
+        ]
+        .concat();
+        raw.send(&batch).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = raw.read_message().await {}
+        })
+        .await;
+        let a = proxy.connect_acme().await;
+        match a.simple_query("SELECT currval('reuse_seq')").await {
+            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
+            Ok(rows) => panic!("acme read globex's value {:?}", first_values(rows)),
+        }
+    })
+    .await;
+}
+
+/// A simple Query behind extended-protocol messages with no Sync ends their implicit
+/// transaction: a request after it starts a new segment, and `currval` there must not read
+/// the value another client drew on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_after_a_query_without_sync_does_not_read_another_clients_value() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let g = globex(&proxy).await;
+    within(60, "query without sync", async {
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let mut raw = raw_acme(&proxy).await;
+        let batch = [
+            pipeline::parse("", "SELECT 1", &[]),
+            pipeline::bind("", "", &[], &[]),
+            pipeline::execute("", 0),
+            pipeline::query("SELECT 2"),
+        ]
+        .concat();
+        pipeline::round_trip(&mut raw, &batch, 1).await.unwrap();
+        let replies = raw
+            .simple_query("SELECT currval('reuse_seq')")
+            .await
+            .unwrap();
+        let error = pipeline::first_error(&replies);
+        assert_eq!(
+            error.as_ref().map(|e| e.0.as_str()),
+            Some("55000"),
+            "{:?}",
+            pipeline::summarize(&replies)
+        );
+    })
+    .await;
+}
+
+/// `currval` and `nextval` called with the FunctionCall message (which the policy refuses,
+/// but not when it is off): no text names them, yet they read and draw sequence values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn currval_by_function_call_does_not_read_another_clients_value() {
+    const NEXTVAL: u32 = 1574;
+    const CURRVAL: u32 = 1575;
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let g = globex(&proxy).await;
+    within(60, "function call", async {
+        let seq = simple(&g, "SELECT 'reuse_seq'::regclass::oid::text").await;
+        let seq = seq[0].as_bytes();
+        // Drawn by SQL, read by FunctionCall.
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let mut raw = raw_acme(&proxy).await;
+        // With a complete request behind it in the same write.
+        let call = [
+            pipeline::function_call(CURRVAL, &[Some(seq)]),
+            pipeline::query("SELECT 1"),
+        ]
+        .concat();
+        let replies = pipeline::round_trip(&mut raw, &call, 2).await.unwrap();
+        let error = pipeline::first_error(&replies);
+        assert_eq!(
+            error.as_ref().map(|e| e.0.as_str()),
+            Some("55000"),
+            "{:?}",
+            pipeline::summarize(&replies)
+        );
+        // Drawn by FunctionCall, read by SQL.
+        let mut other = raw_acme(&proxy).await;
+        let call = pipeline::function_call(NEXTVAL, &[Some(seq)]);
+        pipeline::round_trip(&mut other, &call, 1).await.unwrap();
+        let a = proxy.connect_acme().await;
+        match a.simple_query("SELECT currval('reuse_seq')").await {
+            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
+            Ok(rows) => panic!(
+                "read a value drawn by FunctionCall: {:?}",
+                first_values(rows)
+            ),
+        }
+    })
+    .await;
+}
+
+/// A word that only looks like a draw (`inserted_at`, in an earlier segment of the
+/// transaction) must not make the proxy take the transaction's `currval` as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_word_in_an_identifier_does_not_skip_the_reset() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let a = proxy.connect_acme().await;
+    let g = globex(&proxy).await;
+    within(60, "draw word", async {
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        a.simple_query("BEGIN").await.unwrap();
+        a.simple_query("SELECT now() AS inserted_at, 1 AS default_rank")
+            .await
+            .unwrap();
+        let read = a.simple_query("SELECT currval('reuse_seq')").await;
+        a.simple_query("ROLLBACK").await.unwrap();
+        match read {
+            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
+            Ok(rows) => panic!("acme read globex's value {:?}", first_values(rows)),
+        }
+    })
+    .await;
+}
