@@ -144,6 +144,18 @@ fn names_a_draw(b: &[u8]) -> bool {
     const DRAWS: &[&[u8]] = &[
         b"nextval", b"setval", b"insert", b"merge", b"copy", b"default", b"alter",
     ];
+    // Most draws are a statement that starts with its keyword: no need to walk the text.
+    let start = b.trim_ascii_start();
+    let first_word = start
+        .iter()
+        .position(|&c| !is_ident(c))
+        .map_or(start, |e| &start[..e]);
+    if [&b"insert"[..], b"merge", b"copy"]
+        .iter()
+        .any(|w| first_word.eq_ignore_ascii_case(w))
+    {
+        return true;
+    }
     if misreadable(b) {
         return true;
     }
