@@ -93,32 +93,23 @@ impl Session {
     }
 
     /// Does the segment name `currval` (a Query or Parse text, or the statement a Bind runs),
-    /// or call a function by OID (FunctionCall)? A segment not complete in the read buffer may.
+    /// or call a function by OID (FunctionCall)?
     fn segment_may_read_sequences(&self, first: &Frame) -> bool {
-        let mut complete = false;
-        for (tag, body) in self.segment(first) {
-            let reads = match tag {
-                b'Q' | b'P' => sqlscan::may_read_sequences(body),
-                b'B' => bind_statement_name(body)
-                    .and_then(|name| self.statements.get(name))
-                    .is_some_and(|s| s.lasting.reads_sequences),
-                b'F' => true,
-                _ => false,
-            };
-            if reads {
-                return true;
-            }
-            complete = matches!(tag, b'S' | b'Q');
-        }
-        !complete
+        self.segment_may(first, |tag, body| match tag {
+            b'Q' | b'P' => sqlscan::may_read_sequences(body),
+            b'B' => bind_statement_name(body)
+                .and_then(|name| self.statements.get(name))
+                .is_some_and(|s| s.lasting.reads_sequences),
+            b'F' => true,
+            _ => false,
+        })
     }
 
     /// May the segment end the client's transaction (transaction control, or a statement the
     /// scan cannot tell)? In an aborted transaction Postgres refuses the reset (25P02), but
     /// would run a `currval` behind a `ROLLBACK` in the same segment.
     fn segment_may_end_transaction(&self, first: &Frame) -> bool {
-        let mut complete = false;
-        for (tag, body) in self.segment(first) {
+        self.segment_may(first, |tag, body| {
             let plain = match tag {
                 b'Q' => BodyReader::new(body)
                     .cstr()
@@ -135,7 +126,16 @@ impl Session {
                 b'D' | b'E' | b'C' | b'H' | b'S' => Some(false),
                 _ => None,
             };
-            if plain != Some(false) {
+            plain != Some(false)
+        })
+    }
+
+    /// Does `hit` hold for one of the segment's messages (see `Session::segment`)? A segment
+    /// not complete in the read buffer may hold anything: yes.
+    fn segment_may(&self, first: &Frame, mut hit: impl FnMut(u8, &[u8]) -> bool) -> bool {
+        let mut complete = false;
+        for (tag, body) in self.segment(first) {
+            if hit(tag, body) {
                 return true;
             }
             complete = matches!(tag, b'S' | b'Q');
