@@ -77,6 +77,25 @@ async fn simple(c: &Client, sql: &str) -> Vec<String> {
     first_values(c.simple_query(sql).await.unwrap())
 }
 
+/// `currval` must have failed as on a session that never drew the value (55000), not answered.
+fn assert_undefined(read: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>, what: &str) {
+    match read {
+        Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{what}: {e:?}"),
+        Ok(rows) => panic!("{what}: read {:?}", first_values(rows)),
+    }
+}
+
+/// The same for raw replies: their first error is 55000.
+fn assert_first_error_undefined(replies: &[tenantgate_tests::wire::BackendMessage]) {
+    let error = pipeline::first_error(replies);
+    assert_eq!(
+        error.as_ref().map(|e| e.0.as_str()),
+        Some("55000"),
+        "{:?}",
+        pipeline::summarize(replies)
+    );
+}
+
 /// With RLS on and the policy off: the tenants of the rows `orders` shows the client.
 async fn tenants_seen(c: &Client) -> Vec<String> {
     simple(c, "SELECT tenant_id FROM orders ORDER BY id").await
@@ -270,13 +289,10 @@ async fn a_sequence_value_drawn_by_one_client_is_not_read_by_the_next() {
                 "SELECT currval('reuse_seq')",
                 "SELECT currval('serials_id_seq')",
             ] {
-                match a.simple_query(sql).await {
-                    Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{draw} / {sql}: {e:?}"),
-                    Ok(rows) => panic!(
-                        "after globex's {draw:?}, acme's {sql} read {:?}",
-                        first_values(rows)
-                    ),
-                }
+                assert_undefined(
+                    a.simple_query(sql).await,
+                    &format!("after globex's {draw:?}, acme's {sql}"),
+                );
             }
         }
         // In a later segment of a transaction, and as a statement prepared earlier.
@@ -557,10 +573,10 @@ async fn a_reset_that_failed_while_settling_leaves_the_server_marked() {
         })
         .await;
         let a = proxy.connect_acme().await;
-        match a.simple_query("SELECT currval('reuse_seq')").await {
-            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
-            Ok(rows) => panic!("acme read globex's value {:?}", first_values(rows)),
-        }
+        assert_undefined(
+            a.simple_query("SELECT currval('reuse_seq')").await,
+            "acme read globex's value",
+        );
     })
     .await;
 }
@@ -587,13 +603,7 @@ async fn currval_after_a_query_without_sync_does_not_read_another_clients_value(
             .simple_query("SELECT currval('reuse_seq')")
             .await
             .unwrap();
-        let error = pipeline::first_error(&replies);
-        assert_eq!(
-            error.as_ref().map(|e| e.0.as_str()),
-            Some("55000"),
-            "{:?}",
-            pipeline::summarize(&replies)
-        );
+        assert_first_error_undefined(&replies);
     })
     .await;
 }
@@ -619,25 +629,16 @@ async fn currval_by_function_call_does_not_read_another_clients_value() {
         ]
         .concat();
         let replies = pipeline::round_trip(&mut raw, &call, 2).await.unwrap();
-        let error = pipeline::first_error(&replies);
-        assert_eq!(
-            error.as_ref().map(|e| e.0.as_str()),
-            Some("55000"),
-            "{:?}",
-            pipeline::summarize(&replies)
-        );
+        assert_first_error_undefined(&replies);
         // Drawn by FunctionCall, read by SQL.
         let mut other = raw_acme(&proxy).await;
         let call = pipeline::function_call(NEXTVAL, &[Some(seq)]);
         pipeline::round_trip(&mut other, &call, 1).await.unwrap();
         let a = proxy.connect_acme().await;
-        match a.simple_query("SELECT currval('reuse_seq')").await {
-            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
-            Ok(rows) => panic!(
-                "read a value drawn by FunctionCall: {:?}",
-                first_values(rows)
-            ),
-        }
+        assert_undefined(
+            a.simple_query("SELECT currval('reuse_seq')").await,
+            "read a value drawn by FunctionCall",
+        );
     })
     .await;
 }
@@ -657,10 +658,7 @@ async fn a_draw_word_in_an_identifier_does_not_skip_the_reset() {
             .unwrap();
         let read = a.simple_query("SELECT currval('reuse_seq')").await;
         a.simple_query("ROLLBACK").await.unwrap();
-        match read {
-            Err(e) => assert_eq!(sqlstate(&e), Some("55000"), "{e:?}"),
-            Ok(rows) => panic!("acme read globex's value {:?}", first_values(rows)),
-        }
+        assert_undefined(read, "acme read globex's value");
     })
     .await;
 }
