@@ -481,6 +481,12 @@ impl Session {
                     self.progress.pending = self.progress.pending.saturating_sub(1);
                     if self.progress.pending == 0 {
                         self.progress.unnamed_in_doubt = false;
+                        if self.progress.request_ended {
+                            // The last message sent was a Query (or FunctionCall) and this is
+                            // its ReadyForQuery (a skipped one has none): it ended the implicit
+                            // transaction of any extended-protocol messages before it.
+                            self.progress.unsynced = false;
+                        }
                     }
                     conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
                     self.metrics

@@ -86,6 +86,8 @@ struct Progress {
     /// The last client message sent was a Query or FunctionCall: the next starts a segment,
     /// Sync or not.
     request_ended: bool,
+    /// ... was a Flush: the client may be waiting for the replies to what it sent.
+    flushed: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
     /// ... behind other messages of its segment: should one of them fail, the server skips

@@ -22,6 +22,7 @@ impl Session {
         // before it, Sync or not: what follows is a segment of its own.
         let starts = !self.progress.unsynced || self.progress.request_ended;
         self.progress.request_ended = matches!(frame.tag, b'Q' | b'F');
+        self.progress.flushed = frame.tag == b'H';
         if starts {
             self.discard_foreign_sequences(&frame);
         }

@@ -336,6 +336,11 @@ impl Session {
                         "tenantgate: terminating connection due to administrator command",
                     );
                 }
+                Event::IdleInTransaction if self.to_server.len() >= HIGH_WATER => {
+                    // The client's batch is waiting for the server, so its socket is not read:
+                    // not idle. The timer starts again.
+                    self.waits.idle_tx = None;
+                }
                 Event::IdleInTransaction => {
                     self.flush_client().await;
                     return fatal(
@@ -376,12 +381,18 @@ impl Session {
         let Some(timeout) = self.waits.idle_tx_timeout else {
             return;
         };
-        let waiting_for_client = self
-            .server
-            .as_ref()
-            .is_some_and(|s| s.conn.tx_status != b'I')
-            && self.progress.pending == 0
-            && self.to_server.is_empty();
+        // Inside a transaction block with nothing sent or owed, or (transaction mode) holding
+        // the server with extended-protocol messages and no Sync: an implicit transaction that
+        // only the client can end, whatever the server is doing meanwhile, unless the client
+        // is waiting for the replies to its Flush.
+        let p = &self.progress;
+        let unsynced =
+            self.tx_mode && p.unsynced && !p.copy_in && (!p.flushed || self.expected.is_empty());
+        let waiting_for_client = p.pending == 0
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.conn.tx_status != b'I' && self.to_server.is_empty() || unsynced);
         if !waiting_for_client {
             self.waits.idle_tx = None;
         } else if self.waits.idle_tx.is_none() {

@@ -129,3 +129,113 @@ async fn a_request_not_sent_before_shutdown_does_not_run_after_57p01() {
         .await
         .unwrap();
 }
+
+/// A client that sends extended-protocol messages without a Sync (or Flush) and then idles
+/// holds its server in an implicit transaction: with `idle_transaction_timeout` it is
+/// disconnected with 25P03 like a client idle inside BEGIN, its work rolled back, and the
+/// server serves the next client; otherwise `pool_size` such clients would starve the pool.
+/// A client whose Flush is answered and which then idles is disconnected as well; one still
+/// waiting for the replies to its Flush is not.
+#[tokio::test]
+async fn a_client_idle_in_an_unsynced_batch_is_timed_out() {
+    let mut config = one_server_waiting(30.0);
+    config.databases[0].idle_transaction_timeout = 1.0;
+    let proxy = TestProxy::start(config).await;
+    within(60, "idle in an unsynced batch", async {
+        let pid = pipeline::query("SELECT pg_backend_pid()");
+        for (label, batch) in [
+            (
+                "no Sync",
+                vec![
+                    parse("", "SELECT 1", &[]),
+                    bind("", "", &[], &[]),
+                    execute("", 0),
+                ],
+            ),
+            (
+                "answered Flush",
+                vec![
+                    parse("", "SELECT 1", &[]),
+                    bind("", "", &[], &[]),
+                    execute("", 0),
+                    pipeline::flush(),
+                ],
+            ),
+            (
+                "Flush of a query still running",
+                vec![
+                    parse("", "SELECT pg_sleep(1.5)", &[]),
+                    bind("", "", &[], &[]),
+                    execute("", 0),
+                    pipeline::flush(),
+                ],
+            ),
+        ] {
+            let mut a = raw_proxy(&proxy).await;
+            let before = backend(&pipeline::round_trip(&mut a, &pid, 1).await.unwrap());
+            a.send(&batch.concat()).await.unwrap();
+            let started = std::time::Instant::now();
+            match a.expect_refusal(10).await.unwrap() {
+                wire::Refusal::Error(f) => {
+                    assert_eq!(
+                        f.get(&b'C').map(String::as_str),
+                        Some("25P03"),
+                        "{label}: {f:?}"
+                    )
+                }
+                wire::Refusal::Closed => panic!("{label}: closed without an ErrorResponse"),
+            }
+            let waited = started.elapsed();
+            let least = if label.contains("running") { 2300 } else { 800 };
+            assert!(
+                waited >= Duration::from_millis(least) && waited < Duration::from_secs(6),
+                "{label}: disconnected after {waited:?}"
+            );
+            let mut b = raw_proxy(&proxy).await;
+            let after = backend(&pipeline::round_trip(&mut b, &pid, 1).await.unwrap());
+            assert_eq!(
+                after, before,
+                "{label}: the server was closed instead of given back"
+            );
+        }
+    })
+    .await;
+}
+
+/// A simple Query behind extended-protocol messages without a Sync ends their implicit
+/// transaction: once it is answered the server is at rest, and goes back to the pool instead
+/// of staying with the client until it sends a Sync.
+#[tokio::test]
+async fn a_query_that_ends_an_unsynced_batch_releases_the_server() {
+    let proxy = TestProxy::start(one_server_waiting(30.0)).await;
+    within(60, "query ending an unsynced batch", async {
+        let mut a = raw_proxy(&proxy).await;
+        let batch = [
+            parse("", "SELECT 1", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+            pipeline::query("SELECT 2"),
+        ]
+        .concat();
+        let replies = pipeline::round_trip(&mut a, &batch, 1).await.unwrap();
+        assert_eq!(
+            pipeline::summarize(&replies).last().map(String::as_str),
+            Some("Ready I")
+        );
+        let mut b = raw_proxy(&proxy).await;
+        let pid = pipeline::query("SELECT pg_backend_pid()");
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline::round_trip(&mut b, &pid, 1),
+        )
+        .await;
+        assert!(served.is_ok(), "the next client waited for a server");
+        // The first client goes on as usual.
+        let replies = pipeline::round_trip(&mut a, &pid, 1).await.unwrap();
+        assert_eq!(
+            pipeline::summarize(&replies).last().map(String::as_str),
+            Some("Ready I")
+        );
+    })
+    .await;
+}
