@@ -253,6 +253,8 @@ impl Session {
             }
             return;
         }
+        // What the server is sent in its place decides, as in `forward_pooled`.
+        self.progress.request_ended = simple;
         if simple {
             let _ = frontend::query(FAILING_SQL, &mut self.to_server);
             self.progress.pending += 1;
@@ -289,6 +291,7 @@ impl Session {
         }
         let _ = frontend::query(&sql, &mut self.to_server);
         self.progress.pending += 1;
+        self.progress.request_ended = true;
         self.expected.push(Expect::Rewrite {
             tag: complete.freeze(),
             failed: false,

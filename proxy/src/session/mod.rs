@@ -83,8 +83,9 @@ struct Progress {
     /// `currval` of this attachment may read the client's own value, which no reset may
     /// discard.
     sequences_own: bool,
-    /// The last client message sent was a Query or FunctionCall: the next starts a segment,
-    /// Sync or not.
+    /// The last message sent for the client was a Query or FunctionCall (its own, or one the
+    /// proxy sent in its place): the next starts a segment, Sync or not, and its
+    /// ReadyForQuery ends the implicit transaction of extended-protocol messages before it.
     request_ended: bool,
     /// ... was a Flush: the client may be waiting for the replies to what it sent.
     flushed: bool,
