@@ -139,6 +139,10 @@ pub struct Expected {
     /// The statements of the [`Expect::ClientClose`]s in the queue, in the same order (None:
     /// the client closed a name it did not have).
     closed: VecDeque<Option<Closed>>,
+    /// Entries ever queued, and how many of them the client's last Flush covered (see
+    /// [`Expected::flush_owed`]).
+    pushed: u64,
+    flush_mark: u64,
 }
 
 /// ParseComplete and CloseComplete, as the proxy writes them.
@@ -160,13 +164,25 @@ impl Expected {
     }
 
     pub fn push(&mut self, e: Expect) {
+        self.pushed += 1;
         self.queue.push_back(e);
     }
 
     /// Queues a client's Close of a statement the proxy has forgotten already (`closed`).
     pub fn push_client_close(&mut self, closed: Option<Closed>, forwarded: bool) {
         self.closed.push_back(closed);
-        self.queue.push_back(Expect::ClientClose { forwarded });
+        self.push(Expect::ClientClose { forwarded });
+    }
+
+    /// The client sent a Flush: the server sends the replies to everything queued so far.
+    pub fn mark_flush(&mut self) {
+        self.flush_mark = self.pushed;
+    }
+
+    /// Is a reply the client's last Flush asked for still to come (entries leave the queue
+    /// in order, bar Syncs dropped during a COPY)?
+    pub fn flush_owed(&self) -> bool {
+        self.pushed - (self.queue.len() as u64) < self.flush_mark
     }
 
     pub fn is_empty(&self) -> bool {

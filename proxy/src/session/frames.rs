@@ -307,6 +307,11 @@ impl Session {
     /// transaction mode so that rejections and rewrites keep their place.
     fn forward_direct(&mut self, frame: &Frame, decision: Option<Arc<Decision>>) {
         let p = &mut self.progress;
+        if !matches!(frame.tag, b'd' | b'c' | b'f') {
+            // As in `forward_pooled`: the ReadyForQuery that ends `pending` ends the implicit
+            // transaction of unsynced messages only if they came before this Query.
+            p.request_ended = matches!(frame.tag, b'Q' | b'F');
+        }
         match frame.tag {
             b'S' if p.copy_extended => {} // ignored by the server in copy-in mode
             b'Q' | b'F' | b'S' => {

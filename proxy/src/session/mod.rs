@@ -87,8 +87,6 @@ struct Progress {
     /// proxy sent in its place): the next starts a segment, Sync or not, and its
     /// ReadyForQuery ends the implicit transaction of extended-protocol messages before it.
     request_ended: bool,
-    /// ... was a Flush: the client may be waiting for the replies to what it sent.
-    flushed: bool,
     /// The client sent a Parse of the unnamed statement on this attachment.
     unnamed_parsed: bool,
     /// ... behind other messages of its segment: should one of them fail, the server skips

@@ -20,9 +20,18 @@ impl Session {
     pub(super) fn forward_pooled(&mut self, frame: Frame, decision: Option<Arc<Decision>>) {
         // A Query or FunctionCall ends the implicit transaction of extended-protocol messages
         // before it, Sync or not: what follows is a segment of its own.
-        let starts = !self.progress.unsynced || self.progress.request_ended;
-        self.progress.request_ended = matches!(frame.tag, b'Q' | b'F');
-        self.progress.flushed = frame.tag == b'H';
+        // COPY data and its end belong to the COPY's request: they start nothing, nor end
+        // one (the COPY query's ReadyForQuery still ends what came before it).
+        let copy = matches!(frame.tag, b'd' | b'c' | b'f');
+        let starts = !copy && (!self.progress.unsynced || self.progress.request_ended);
+        if !copy {
+            self.progress.request_ended = matches!(frame.tag, b'Q' | b'F');
+        }
+        if frame.tag == b'H' {
+            // The client may wait for the replies to what it sent so far, even if it sends
+            // more (without a Flush) meanwhile.
+            self.expected.mark_flush();
+        }
         if starts {
             self.discard_foreign_sequences(&frame);
         }

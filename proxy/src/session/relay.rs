@@ -384,10 +384,9 @@ impl Session {
         // Inside a transaction block with nothing sent or owed, or (transaction mode) holding
         // the server with extended-protocol messages and no Sync: an implicit transaction that
         // only the client can end, whatever the server is doing meanwhile, unless the client
-        // is waiting for the replies to its Flush.
+        // is waiting for the replies to a Flush (its last message or not).
         let p = &self.progress;
-        let unsynced =
-            self.tx_mode && p.unsynced && !p.copy_in && (!p.flushed || self.expected.is_empty());
+        let unsynced = self.tx_mode && p.unsynced && !p.copy_in && !self.expected.flush_owed();
         let waiting_for_client = p.pending == 0
             && self
                 .server

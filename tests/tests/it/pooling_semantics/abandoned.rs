@@ -239,3 +239,146 @@ async fn a_query_that_ends_an_unsynced_batch_releases_the_server() {
     })
     .await;
 }
+
+/// A pipelining client (libpq's `PQsendFlushRequest`) flushes an Execute and queues more
+/// messages behind it before it reads the Execute's rows: it waits for replies it is owed, so
+/// `idle_transaction_timeout` must not fire while that Execute is still running.
+#[tokio::test]
+async fn a_client_waiting_for_a_flushed_execute_behind_more_messages_is_not_timed_out() {
+    let mut config = one_server_waiting(30.0);
+    config.databases[0].idle_transaction_timeout = 1.0;
+    let proxy = TestProxy::start(config).await;
+    within(60, "flushed Execute behind more messages", async {
+        let mut a = raw_proxy(&proxy).await;
+        let batch = [
+            parse("", "SELECT pg_sleep(2)", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+            pipeline::flush(),
+            parse("", "SELECT 2", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+        ]
+        .concat();
+        a.send(&batch).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), a.read_message())
+                .await
+                .expect("the flushed Execute's replies")
+                .unwrap()
+                .expect("a message");
+            let complete = m.tag == b'C';
+            seen.push(m);
+            if complete || seen.last().is_some_and(|m| m.tag == b'E') {
+                break;
+            }
+        }
+        let told = pipeline::summarize(&seen);
+        assert!(
+            pipeline::first_error(&seen).is_none(),
+            "disconnected while waiting for its flushed Execute: {told:?}"
+        );
+    })
+    .await;
+}
+
+/// Session mode: after a session command the proxy answers itself (`DISCARD ALL` of a tenant
+/// user), a Query followed by extended-protocol messages without a Sync. The Query's
+/// ReadyForQuery does not end the implicit transaction of the messages sent after it: a drain
+/// waits for their Sync instead of ending the session in the middle of that transaction.
+#[tokio::test]
+async fn session_mode_unsynced_messages_after_a_query_are_not_at_rest() {
+    let mut config = base_config(PgServer::shared());
+    config.proxy.shutdown_timeout = 10.0;
+    let proxy = TestProxy::start(config).await;
+    within(60, "unsynced messages after a query, session mode", async {
+        let mut a = RawConn::connect(proxy.addr).await.unwrap();
+        a.startup(ACME_USER, pg::APP_DB, Some(ACME_PASSWORD))
+            .await
+            .unwrap();
+        let replies = pipeline::round_trip(&mut a, &pipeline::query("DISCARD ALL"), 1)
+            .await
+            .unwrap();
+        assert!(pipeline::first_error(&replies).is_none(), "{replies:?}");
+        let batch = [
+            pipeline::query("SELECT 1"),
+            parse("", "SELECT 2", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+        ]
+        .concat();
+        let replies = pipeline::round_trip(&mut a, &batch, 1).await.unwrap();
+        assert!(pipeline::first_error(&replies).is_none(), "{replies:?}");
+        let shut = tokio::spawn(proxy.shutdown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let replies = pipeline::round_trip(&mut a, &sync(), 1).await;
+        let told = replies.map(|r| pipeline::summarize(&r));
+        assert!(
+            told.as_ref()
+                .is_ok_and(|t| t.iter().any(|m| m == "Complete SELECT 1")),
+            "the drain ended the session inside the client's batch: {told:?}"
+        );
+        drop(a);
+        let _ = shut.await;
+    })
+    .await;
+}
+
+/// Transaction mode: a COPY FROM STDIN as a simple Query after extended-protocol messages
+/// without a Sync. The Query ends their implicit transaction, CopyData included: at its
+/// ReadyForQuery the server goes back to the pool, and the client is not timed out as idle.
+#[tokio::test]
+async fn a_copy_query_that_ends_an_unsynced_batch_releases_the_server() {
+    let mut config = one_server_waiting(30.0);
+    config.databases[0].idle_transaction_timeout = 1.0;
+    let proxy = TestProxy::start(config).await;
+    let (direct, table) = super::copy_listen_discard::copy_table("copy_unsynced").await;
+    within(60, "COPY query ending an unsynced batch", async {
+        let mut a = raw_proxy(&proxy).await;
+        let batch = [
+            parse("", "SELECT 1", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+            pipeline::query(&format!("COPY {table} FROM STDIN")),
+        ]
+        .concat();
+        a.send(&batch).await.unwrap();
+        let mut started = false;
+        for _ in 0..10 {
+            let m = a.read_message().await.unwrap().expect("a message");
+            if m.tag == b'G' {
+                started = true;
+                break;
+            }
+        }
+        assert!(started, "no CopyInResponse");
+        let mut data = Vec::new();
+        for (tag, body) in [(b'd', &b"1\n"[..]), (b'c', &b""[..])] {
+            data.push(tag);
+            data.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            data.extend_from_slice(body);
+        }
+        let replies = pipeline::round_trip(&mut a, &data, 1).await.unwrap();
+        assert_eq!(
+            pipeline::summarize(&replies).last().map(String::as_str),
+            Some("Ready I")
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pid = pipeline::query("SELECT pg_backend_pid()");
+        let mut b = raw_proxy(&proxy).await;
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline::round_trip(&mut b, &pid, 1),
+        )
+        .await;
+        assert!(served.is_ok(), "the next client waited for a server");
+        let replies = pipeline::round_trip(&mut a, &pid, 1).await;
+        assert!(replies.is_ok(), "the client was disconnected: {replies:?}");
+    })
+    .await;
+    direct
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
