@@ -182,7 +182,7 @@ impl Expected {
     /// Is a reply the client's last Flush asked for still to come (entries leave the queue
     /// in order, bar Syncs dropped during a COPY)?
     pub fn flush_owed(&self) -> bool {
-        self.pushed - (self.queue.len() as u64) < self.flush_mark
+        self.pushed.saturating_sub(self.queue.len() as u64) < self.flush_mark
     }
 
     pub fn is_empty(&self) -> bool {
