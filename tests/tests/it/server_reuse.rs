@@ -662,3 +662,44 @@ async fn a_draw_word_in_an_identifier_does_not_skip_the_reset() {
     })
     .await;
 }
+
+/// A COPY FROM STDIN on a server where another client drew a sequence value: its data
+/// messages are part of the COPY's request, so no reset may be sent between them (it would
+/// fail the COPY), whatever arrives in which read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_on_a_marked_server_is_not_interrupted_by_a_reset() {
+    let (_db, proxy) = one_server(PolicyMode::Off).await;
+    let g = globex(&proxy).await;
+    within(60, "copy on a marked server", async {
+        g.simple_query("SELECT nextval('reuse_seq')").await.unwrap();
+        let mut raw = raw_acme(&proxy).await;
+        raw.send(&pipeline::query("COPY serials (note) FROM STDIN"))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Some(m) = raw.read_message().await.unwrap() {
+            let tag = m.tag;
+            seen.push(m);
+            if tag == b'G' {
+                break;
+            }
+        }
+        for row in [&b"a\n"[..], b"b\n"] {
+            let mut data = vec![b'd'];
+            data.extend_from_slice(&(4 + row.len() as i32).to_be_bytes());
+            data.extend_from_slice(row);
+            raw.send(&data).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let replies = pipeline::round_trip(&mut raw, &[b'c', 0, 0, 0, 4], 1)
+            .await
+            .unwrap();
+        let summary = pipeline::summarize(&replies);
+        assert!(
+            summary.iter().any(|m| m.contains("COPY 2"))
+                && pipeline::first_error(&replies).is_none(),
+            "{summary:?}"
+        );
+    })
+    .await;
+}
