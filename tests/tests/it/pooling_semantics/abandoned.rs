@@ -130,6 +130,13 @@ async fn a_request_not_sent_before_shutdown_does_not_run_after_57p01() {
         .unwrap();
 }
 
+/// One server, `idle_transaction_timeout = 1`.
+async fn one_server_idle_timeout() -> TestProxy {
+    let mut config = one_server_waiting(30.0);
+    config.databases[0].idle_transaction_timeout = 1.0;
+    TestProxy::start(config).await
+}
+
 /// A client that sends extended-protocol messages without a Sync (or Flush) and then idles
 /// holds its server in an implicit transaction: with `idle_transaction_timeout` it is
 /// disconnected with 25P03 like a client idle inside BEGIN, its work rolled back, and the
@@ -138,9 +145,7 @@ async fn a_request_not_sent_before_shutdown_does_not_run_after_57p01() {
 /// waiting for the replies to its Flush is not.
 #[tokio::test]
 async fn a_client_idle_in_an_unsynced_batch_is_timed_out() {
-    let mut config = one_server_waiting(30.0);
-    config.databases[0].idle_transaction_timeout = 1.0;
-    let proxy = TestProxy::start(config).await;
+    let proxy = one_server_idle_timeout().await;
     within(60, "idle in an unsynced batch", async {
         let pid = pipeline::query("SELECT pg_backend_pid()");
         for (label, batch) in [
@@ -245,9 +250,7 @@ async fn a_query_that_ends_an_unsynced_batch_releases_the_server() {
 /// `idle_transaction_timeout` must not fire while that Execute is still running.
 #[tokio::test]
 async fn a_client_waiting_for_a_flushed_execute_behind_more_messages_is_not_timed_out() {
-    let mut config = one_server_waiting(30.0);
-    config.databases[0].idle_transaction_timeout = 1.0;
-    let proxy = TestProxy::start(config).await;
+    let proxy = one_server_idle_timeout().await;
     within(60, "flushed Execute behind more messages", async {
         let mut a = raw_proxy(&proxy).await;
         let batch = [
@@ -330,9 +333,7 @@ async fn session_mode_unsynced_messages_after_a_query_are_not_at_rest() {
 /// ReadyForQuery the server goes back to the pool, and the client is not timed out as idle.
 #[tokio::test]
 async fn a_copy_query_that_ends_an_unsynced_batch_releases_the_server() {
-    let mut config = one_server_waiting(30.0);
-    config.databases[0].idle_transaction_timeout = 1.0;
-    let proxy = TestProxy::start(config).await;
+    let proxy = one_server_idle_timeout().await;
     let (direct, table) = super::copy_listen_discard::copy_table("copy_unsynced").await;
     within(60, "COPY query ending an unsynced batch", async {
         let mut a = raw_proxy(&proxy).await;
