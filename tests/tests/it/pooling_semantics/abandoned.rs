@@ -12,6 +12,17 @@ fn backend(replies: &[BackendMessage]) -> String {
         .expect("a row with the backend pid")
 }
 
+/// Reads until CopyInResponse (within ten messages), so that the proxy has seen the COPY start.
+async fn wait_copy_in(a: &mut RawConn) {
+    for _ in 0..10 {
+        let m = a.read_message().await.unwrap().expect("a message");
+        if m.tag == b'G' {
+            return;
+        }
+    }
+    panic!("no CopyInResponse");
+}
+
 /// A client that sends `[failing Execute, Query, Sync]` and leaves at once: the server skips the
 /// Query, so no ReadyForQuery comes for it. The cleanup must count that and give the server
 /// back, not wait for that reply, time out and close the server.
@@ -58,16 +69,7 @@ async fn a_client_leaving_inside_an_extended_copy_does_not_cost_the_server() {
         ]
         .concat();
         a.send(&batch).await.unwrap();
-        // Wait for CopyInResponse, so that the proxy has seen the COPY start.
-        let mut started = false;
-        for _ in 0..10 {
-            let m = a.read_message().await.unwrap().expect("a message");
-            if m.tag == b'G' {
-                started = true;
-                break;
-            }
-        }
-        assert!(started, "no CopyInResponse");
+        wait_copy_in(&mut a).await;
         drop(a);
         let mut b = raw_proxy(&proxy).await;
         let after = backend(&pipeline::round_trip(&mut b, &pid, 1).await.unwrap());
@@ -345,15 +347,7 @@ async fn a_copy_query_that_ends_an_unsynced_batch_releases_the_server() {
         ]
         .concat();
         a.send(&batch).await.unwrap();
-        let mut started = false;
-        for _ in 0..10 {
-            let m = a.read_message().await.unwrap().expect("a message");
-            if m.tag == b'G' {
-                started = true;
-                break;
-            }
-        }
-        assert!(started, "no CopyInResponse");
+        wait_copy_in(&mut a).await;
         let mut data = Vec::new();
         for (tag, body) in [(b'd', &b"1\n"[..]), (b'c', &b""[..])] {
             data.push(tag);
