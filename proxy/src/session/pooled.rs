@@ -10,7 +10,6 @@ use super::frames::query_text;
 use super::sqlscan::{self, Lasting};
 use super::Session;
 use crate::protocol::frame::Frame;
-use crate::protocol::BodyReader;
 use postgres_protocol::message::frontend;
 use std::sync::Arc;
 use tenantgate_policy::Decision;
@@ -120,23 +119,7 @@ impl Session {
     /// would run a `currval` behind a `ROLLBACK` in the same segment.
     fn segment_may_end_transaction(&self, first: &Frame) -> bool {
         self.segment_may(first, |tag, body| {
-            let plain = match tag {
-                b'Q' => BodyReader::new(body)
-                    .cstr()
-                    .ok()
-                    .and_then(sqlscan::plain_statements),
-                b'P' => {
-                    let mut r = BodyReader::new(body);
-                    r.cstr_bytes()
-                        .ok()
-                        .and_then(|_| r.cstr().ok())
-                        .and_then(sqlscan::plain_statements)
-                }
-                b'B' => bind_statement_name(body).and_then(|n| self.bound_plain_statement(n)),
-                b'D' | b'E' | b'C' | b'H' | b'S' => Some(false),
-                _ => None,
-            };
-            plain != Some(false)
+            self.message_controls(tag, body, false) != Some(false)
         })
     }
 

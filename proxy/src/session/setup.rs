@@ -135,30 +135,53 @@ impl Session {
         let mut unnamed_parsed = false;
         let mut controls = false;
         for (tag, body) in self.segment(first) {
-            let mut r = BodyReader::new(body);
+            if tag == b'Q' {
+                return None;
+            }
+            controls |= self.message_controls(tag, body, unnamed_parsed)?;
             match tag {
                 b'S' => return Some(controls || executes > 1),
-                b'P' => {
-                    let (Ok(name), Ok(query)) = (r.cstr(), r.cstr()) else {
-                        return None;
-                    };
-                    controls |= sqlscan::plain_statements(query)?;
-                    unnamed_parsed |= name.is_empty();
-                }
-                b'B' => {
-                    let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
-                        return None;
-                    };
-                    if !(name.is_empty() && unnamed_parsed) {
-                        controls |= self.bound_plain_statement(name)?;
-                    }
-                }
+                // The Parse's name is its body's first string: empty if it starts with NUL.
+                b'P' => unnamed_parsed |= body.first() == Some(&0),
                 b'E' => executes += 1,
-                b'D' | b'C' | b'H' => {}
-                _ => return None,
+                _ => {}
             }
         }
         None
+    }
+
+    /// Of one message of a segment: does it run, parse or bind transaction control
+    /// (Some(true)), only plain queries (Some(false), see [`sqlscan::plain_statements`]), or
+    /// cannot the scan tell (None)? `unnamed_parsed`: a Parse of the unnamed statement came
+    /// earlier in the segment, which a Bind of it then runs.
+    pub(super) fn message_controls(
+        &self,
+        tag: u8,
+        body: &[u8],
+        unnamed_parsed: bool,
+    ) -> Option<bool> {
+        let mut r = BodyReader::new(body);
+        match tag {
+            b'Q' => sqlscan::plain_statements(r.cstr().ok()?),
+            b'P' => {
+                let (Ok(_name), Ok(query)) = (r.cstr(), r.cstr()) else {
+                    return None;
+                };
+                sqlscan::plain_statements(query)
+            }
+            b'B' => {
+                let (Ok(_portal), Ok(name)) = (r.cstr_bytes(), r.cstr()) else {
+                    return None;
+                };
+                if name.is_empty() && unnamed_parsed {
+                    Some(false)
+                } else {
+                    self.bound_plain_statement(name)
+                }
+            }
+            b'D' | b'E' | b'C' | b'H' | b'S' => Some(false),
+            _ => None,
+        }
     }
 
     /// `first` (taken from the read buffer) and the complete client messages behind it there,
