@@ -416,33 +416,14 @@ impl Session {
         self.to_client.reserve(conn.conn.rbuf.len());
         while let Some(frame) = next_frame(&mut conn.conn.rbuf, max).map_err(|e| e.to_string())? {
             if let Some(tolerant) = self.expected.reset_first() {
-                // The proxy's DISCARD SEQUENCES. Should it fail (a cancel of the client's
-                // landed on it), the client's request must not run: the session ends as when
-                // its settings cannot be applied; unless the client's transaction is aborted
-                // and its segment cannot end it: then its `currval` fails too (25P02), and the
-                // server, still marked, is reset before a later segment.
-                match frame.tag {
-                    b'E' => {
-                        let msg = crate::server::ServerMessage::parse(frame.body());
-                        if !(tolerant && msg.code == sqlstate::IN_FAILED_SQL_TRANSACTION) {
-                            self.progress.setup_error = Some(msg.message);
-                        }
-                    }
-                    b'C' => conn.sequences_drawn = false,
-                    b'S' => conn.record_parameter_status(frame.body()),
-                    b'Z' => {
-                        self.progress.pending = self.progress.pending.saturating_sub(1);
-                        conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                // The proxy's DISCARD SEQUENCES: nothing of it reaches the client.
+                match setup::reset_reply(&mut self.progress, conn, &frame, tolerant) {
+                    setup::Reply::Pending => {}
+                    setup::Reply::Done => self.expected.reset_done(),
+                    setup::Reply::Failed => {
                         self.expected.reset_done();
-                        if let Some(msg) = self.progress.setup_error.take() {
-                            self.progress.setup_failed = Some(PgError::fatal(
-                                sqlstate::CONNECTION_FAILURE,
-                                format!("tenantgate: could not reset the server's sequence values: {msg}"),
-                            ));
-                            return Ok(());
-                        }
+                        return Ok(());
                     }
-                    _ => {}
                 }
                 continue;
             }

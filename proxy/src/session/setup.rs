@@ -248,23 +248,73 @@ fn failed(msg: &str) -> PgError {
 /// messages may go on; on failure the session must end (the server skipped the client's
 /// request, since the check failed).
 pub(super) fn ahead_reply(progress: &mut Progress, conn: &mut ServerConn, frame: &Frame) -> Reply {
+    match own_query_reply(progress, conn, frame) {
+        None => Reply::Pending,
+        Some(Some(msg)) => {
+            progress.setup_failed = Some(failed(&msg));
+            Reply::Failed
+        }
+        Some(None) => {
+            progress.setup_unconfirmed = false;
+            progress.gate_closed = false;
+            Reply::Done
+        }
+    }
+}
+
+/// One reply to the proxy's `DISCARD SEQUENCES` ahead of a client segment (see
+/// `Session::discard_foreign_sequences`), a Query none of whose replies reach the client. At
+/// its CommandComplete the server holds no sequence value any more. Should it fail (a cancel
+/// of the client's landed on it), the client's request must not run: the session ends as when
+/// its settings cannot be applied; unless the client's transaction is aborted and the segment
+/// cannot end it (`tolerant`): then its `currval` fails too (25P02), and the server, still
+/// marked, is reset before a later segment.
+pub(super) fn reset_reply(
+    progress: &mut Progress,
+    conn: &mut ServerConn,
+    frame: &Frame,
+    tolerant: bool,
+) -> Reply {
+    match frame.tag {
+        b'E' if tolerant
+            && ServerMessage::parse(frame.body()).code == sqlstate::IN_FAILED_SQL_TRANSACTION =>
+        {
+            return Reply::Pending;
+        }
+        b'C' => conn.sequences_drawn = false,
+        _ => {}
+    }
+    match own_query_reply(progress, conn, frame) {
+        None => Reply::Pending,
+        Some(Some(msg)) => {
+            progress.setup_failed = Some(PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("tenantgate: could not reset the server's sequence values: {msg}"),
+            ));
+            Reply::Failed
+        }
+        Some(None) => Reply::Done,
+    }
+}
+
+/// One reply to a Query of the proxy's own: its error is kept until its ReadyForQuery, which
+/// returns Some(the error, if any).
+fn own_query_reply(
+    progress: &mut Progress,
+    conn: &mut ServerConn,
+    frame: &Frame,
+) -> Option<Option<String>> {
     match frame.tag {
         b'E' => progress.setup_error = Some(ServerMessage::parse(frame.body()).message),
         b'S' => conn.record_parameter_status(frame.body()),
         b'Z' => {
             progress.pending = progress.pending.saturating_sub(1);
             conn.tx_status = frame.body().first().copied().unwrap_or(b'I');
-            if let Some(msg) = progress.setup_error.take() {
-                progress.setup_failed = Some(failed(&msg));
-                return Reply::Failed;
-            }
-            progress.setup_unconfirmed = false;
-            progress.gate_closed = false;
-            return Reply::Done;
+            return Some(progress.setup_error.take());
         }
         _ => {}
     }
-    Reply::Pending
+    None
 }
 
 /// One reply to the settings statement of the `inline` form (none reach the client). On an
