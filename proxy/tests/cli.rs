@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const CONFIG: &str = r#"
 [[databases]]
@@ -22,8 +23,14 @@ database = "bigco_db"
 "#;
 
 /// (exit code, stdout) of `tenantgate explain -c <config> --tenant <tenant> [extra] <sql>`.
+///
+/// Each call writes its own config file: tests run in parallel threads, and a file shared
+/// between them can be read while another call has truncated it (an empty config is valid
+/// for `explain` and places every tenant in row isolation).
 fn explain(tenant: &str, extra: &[&str], sql: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("tg-cli-{}", std::process::id()));
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tg-cli-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tenantgate.toml");
     std::fs::write(&path, CONFIG).unwrap();
@@ -37,6 +44,7 @@ fn explain(tenant: &str, extra: &[&str], sql: &str) -> (i32, String) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
     (out.status.code().unwrap_or(-1), stdout)
 }
 
