@@ -144,3 +144,75 @@ fn serve_runs_with_one_or_several_workers() {
         );
     }
 }
+
+/// The first SIGINT stops accepting, which removes the Unix socket and its lock file while
+/// sessions drain; a second one exits at once (130), and nothing is left for the next start.
+#[test]
+fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("tg-sig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tenantgate.toml");
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nunix_socket_dir = \"{}\"\n\
+         shutdown_timeout = 60\nadmin_users = [\"admin\"]\n\n\
+         [[databases]]\nname = \"app\"\nport = 1\nuser = \"nobody\"\n\n\
+         [[users]]\nname = \"admin\"\nauth_type = \"trust\"\nbypass_policy = true\n",
+        dir.display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &dyn Fn() -> bool| {
+        for _ in 0..300 {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(wait_for(&|| socket.exists()), "no socket file");
+    // A client in the middle of its login keeps the graceful shutdown waiting.
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = child.id().to_string();
+    let sigint = || {
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    sigint();
+    assert!(
+        wait_for(&|| !socket.exists() && !lock.exists()),
+        "socket files left while draining"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "exited at the first SIGINT");
+    sigint();
+    let mut code = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            code = s.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(code, Some(130), "a second SIGINT exits at once with 130");
+    let _ = std::fs::remove_dir_all(&dir);
+}
