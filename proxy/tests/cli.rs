@@ -188,10 +188,7 @@ fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let pid = child.id().to_string();
     let sigint = || {
-        let sent = Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
         assert!(sent.success());
     };
     sigint();
@@ -199,7 +196,10 @@ fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
         wait_for(&|| !socket.exists() && !lock.exists()),
         "socket files left while draining"
     );
-    assert!(child.try_wait().unwrap().is_none(), "exited at the first SIGINT");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited at the first SIGINT"
+    );
     sigint();
     let mut code = None;
     for _ in 0..100 {

@@ -170,6 +170,12 @@ impl ClientStatements {
         self.unnamed_parse = None;
     }
 
+    /// A simple Query drops the unnamed statement; returns the record number of the drop,
+    /// which [`ClientStatements::unskip_unnamed`] undoes like a skipped Parse's.
+    pub fn drop_unnamed(&mut self) -> u64 {
+        self.insert("", ClientStatement::default())
+    }
+
     /// The unnamed statement is gone (closed, or its Parse failed).
     pub fn forget_unnamed(&mut self) {
         self.unnamed = ClientStatement::default();

@@ -68,7 +68,11 @@ pub enum Expect {
     Ready,
     /// Query or FunctionCall: the same, but skipped with no reply at all when it comes behind
     /// an extended-protocol message that failed (the server skips to the Sync).
-    QueryReady,
+    /// `unnamed`: transaction mode, a Query, which drops the unnamed statement; the record
+    /// of that drop (see [`ClientStatements::drop_unnamed`]), undone if the server skips it.
+    QueryReady {
+        unnamed: Option<u64>,
+    },
     /// A request the proxy replaced by one that fails on purpose (so that the server's
     /// transaction is aborted exactly as Postgres would abort it): the server's error is
     /// replaced by `error`. `simple` = a Query, answered up to ReadyForQuery.
@@ -383,7 +387,13 @@ impl Expected {
             }
             (Expect::Describe { .. }, b'T' | b'n') => (true, true),
             (Expect::Execute, b'C' | b'I' | b's') => (true, true),
-            (Expect::Ready | Expect::QueryReady, b'Z') => (true, true),
+            (Expect::QueryReady { unnamed }, b'Z') => {
+                if let Some(record) = unnamed {
+                    client.confirm("", *record);
+                }
+                (true, true)
+            }
+            (Expect::Ready, b'Z') => (true, true),
             _ => (false, true),
         };
         if done {
@@ -427,10 +437,16 @@ impl Expected {
             match front {
                 Expect::Ready => break,
                 // A simple Query's own error: answered up to its ReadyForQuery as usual.
-                Expect::QueryReady if failing => break,
+                Expect::QueryReady { .. } if failing => break,
+                // A skipped Query drops no unnamed statement.
+                Expect::QueryReady { unnamed } => {
+                    if let Some(record) = unnamed {
+                        skipped_unnamed.push(*record);
+                    }
+                    self.skipped_queries += 1;
+                }
                 // Messages of the simple protocol behind the failed one: skipped.
-                Expect::QueryReady
-                | Expect::Rewrite { .. }
+                Expect::Rewrite { .. }
                 | Expect::Hidden
                 | Expect::Reset { .. }
                 | Expect::Reject { simple: true, .. } => self.skipped_queries += 1,

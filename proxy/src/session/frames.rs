@@ -114,10 +114,10 @@ impl Session {
                 return None;
             };
             let tag = frame.tag;
-            if tag == b'Q' && self.tx_mode {
+            if tag == b'Q' && self.tx_mode && !matches!(screened, Screened::Relay(_)) {
                 // Postgres drops the unnamed statement at every simple Query it runs (a later
-                // Bind of it fails with 26000); the proxy does so even for a Query the server
-                // skips behind a failing extended-protocol message (README, Limitations).
+                // Bind of it fails with 26000). A relayed Query drops it in `forward_pooled`,
+                // put back should the server skip that Query.
                 self.statements.forget_unnamed();
                 self.progress.unnamed_parsed = false;
             }
@@ -321,7 +321,7 @@ impl Session {
                     p.unsynced = false;
                     self.expected.push(Expect::Ready);
                 } else {
-                    self.expected.push(Expect::QueryReady);
+                    self.expected.push(Expect::QueryReady { unnamed: None });
                 }
                 if frame.tag == b'Q' {
                     let fx = self

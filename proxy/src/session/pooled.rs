@@ -45,14 +45,18 @@ impl Session {
                     self.progress.unsynced = false;
                     self.progress.gate_closed = true;
                 }
-                self.expected.push(Expect::QueryReady);
+                // Postgres drops the unnamed statement at every simple Query it runs (a later
+                // Bind of it fails with 26000), but not at one it skips after an error.
+                let unnamed = Some(self.statements.drop_unnamed());
+                self.progress.unnamed_parsed = false;
+                self.expected.push(Expect::QueryReady { unnamed });
             }
             b'F' => {
                 // It may call `nextval` (by its OID), which no text names.
                 self.progress.sequences_dirty = true;
                 self.progress.pending += 1;
                 self.progress.segments += 1;
-                self.expected.push(Expect::QueryReady);
+                self.expected.push(Expect::QueryReady { unnamed: None });
             }
             b'S' if self.progress.copy_extended => {} // ignored by the server in copy-in mode
             b'S' => {

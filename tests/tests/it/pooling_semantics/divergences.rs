@@ -57,6 +57,45 @@ async fn a_simple_query_drops_the_unnamed_statement() {
     same_as_direct(transaction_mode(1), 2, &steps).await;
 }
 
+/// A simple Query that PostgreSQL skips, because an earlier message of its segment failed,
+/// drops nothing: the unnamed statement parsed before it still runs, also after another
+/// client's Query dropped it on the shared server (with and without
+/// `cache_unnamed_statements`).
+#[tokio::test]
+async fn a_skipped_simple_query_keeps_the_unnamed_statement() {
+    let skipped_query = [execute("nope", 0), query("SELECT 2"), sync()].concat();
+    let steps = [
+        Step(0, [parse("", "SELECT 1", &[]), sync()].concat(), 1),
+        Step(0, skipped_query.clone(), 1),
+        Step(0, run(""), 1),
+        Step(1, query("SELECT 4"), 1),
+        Step(0, skipped_query, 1),
+        Step(0, run(""), 1),
+        // Behind a skipped Query, a Parse replaces it as usual.
+        Step(
+            0,
+            [
+                execute("nope", 0),
+                query("SELECT 5"),
+                sync(),
+                parse("", "SELECT 6", &[]),
+                sync(),
+            ]
+            .concat(),
+            2,
+        ),
+        Step(0, run(""), 1),
+        // A Query that runs (and fails) drops it.
+        Step(0, query("SELECT 1/0"), 1),
+        Step(0, run(""), 1),
+    ];
+    for cache_unnamed in [false, true] {
+        let mut config = transaction_mode(1);
+        config.proxy.cache_unnamed_statements = cache_unnamed;
+        same_as_direct(config, 2, &steps).await;
+    }
+}
+
 /// A Parse that PostgreSQL skips because an earlier message of its segment failed creates no
 /// statement, also when the server already held the statement's text under its global name
 /// (the proxy answers such a Parse itself); a Close skipped that way closes nothing.
