@@ -97,26 +97,10 @@ fn explain_refuses_a_tenant_that_cannot_be_placed() {
 #[test]
 fn serve_runs_with_one_or_several_workers() {
     for workers in [1, 2] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("tg-serve-{}-{workers}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tenantgate.toml");
-        let config = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nadmin_users = [\"admin\"]\n\n\
-             [[databases]]\nname = \"app\"\nport = 1\nuser = \"nobody\"\n\n\
-             [[users]]\nname = \"admin\"\nauth_type = \"trust\"\nbypass_policy = true\n"
+        let (port, _dir, mut child) = serve(
+            &format!("serve-{workers}"),
+            &format!("workers = {workers}\n"),
         );
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
-            .args(["serve", "-c"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -149,30 +133,17 @@ fn serve_runs_with_one_or_several_workers() {
 /// sessions drain; a second one exits at once (130), and nothing is left for the next start.
 #[test]
 fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("tg-sig-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tenantgate.toml");
-    let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nunix_socket_dir = \"{}\"\n\
-         shutdown_timeout = 60\nadmin_users = [\"admin\"]\n\n\
-         [[databases]]\nname = \"app\"\nport = 1\nuser = \"nobody\"\n\n\
-         [[users]]\nname = \"admin\"\nauth_type = \"trust\"\nbypass_policy = true\n",
-        dir.display()
+    let tmp = std::env::temp_dir().join(format!("tg-sig-{}", std::process::id()));
+    let (port, dir, mut child) = serve(
+        "sig",
+        &format!(
+            "unix_socket_dir = \"{}\"\nshutdown_timeout = 60\n",
+            tmp.display()
+        ),
     );
-    std::fs::write(&path, config).unwrap();
+    assert_eq!(dir, tmp);
     let socket = dir.join(format!(".s.PGSQL.{port}"));
     let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
-        .args(["serve", "-c"])
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let wait_for = |what: &dyn Fn() -> bool| {
         for _ in 0..300 {
             if what() {
@@ -215,4 +186,31 @@ fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
     }
     assert_eq!(code, Some(130), "a second SIGINT exits at once with 130");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `tenantgate serve` on a free port with an admin console and one unreachable
+/// database, `proxy` added to its `[proxy]` section; its config lives in
+/// `{tmp}/tg-{tag}-{pid}`. Returns the port, that directory and the process.
+fn serve(tag: &str, proxy: &str) -> (u16, std::path::PathBuf, std::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tenantgate.toml");
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{proxy}admin_users = [\"admin\"]\n\n\
+         [[databases]]\nname = \"app\"\nport = 1\nuser = \"nobody\"\n\n\
+         [[users]]\nname = \"admin\"\nauth_type = \"trust\"\nbypass_policy = true\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (port, dir, child)
 }
