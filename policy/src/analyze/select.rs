@@ -49,9 +49,18 @@ fn select_inner(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
         for row in &s.values_lists {
             walk(cx, row, Ctx::Value, &cte_env)?;
         }
+        values_tail(cx, s, &cte_env)?;
         return Ok(None);
     }
     simple_select(cx, s, &cte_env)
+}
+
+/// The ORDER BY, LIMIT and OFFSET of a VALUES query: they may hold subqueries too
+/// (`VALUES (1) LIMIT (SELECT count(*) FROM orders WHERE …)` answers for every tenant's rows).
+pub(crate) fn values_tail(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<()> {
+    walk_all(cx, &s.sort_clause, Ctx::Order, env)?;
+    walk_opt(cx, s.limit_count.as_deref(), Ctx::Limit, env)?;
+    walk_opt(cx, s.limit_offset.as_deref(), Ctx::Limit, env)
 }
 
 fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
