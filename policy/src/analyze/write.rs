@@ -66,6 +66,8 @@ fn assignments(cx: &mut Cx, targets: &[Node], tenant_col: Option<&str>, env: &En
                 "rows cannot be moved between tenants; remove the column from SET",
             );
         }
+        // `SET data[(SELECT …)] = …`: subscripts are expressions too.
+        walk_all(cx, &rt.indirection, Ctx::Value, env)?;
         walk_opt(cx, rt.val.as_deref(), Ctx::Value, env)?;
     }
     Ok(())
@@ -452,6 +454,12 @@ fn merge_insert(
     env: &Env,
     source_ids: &[usize],
 ) -> R<()> {
+    // `INSERT (data[(SELECT …)], …)`: subscripts are expressions too.
+    for t in &c.target_list {
+        if let Some(N::ResTarget(rt)) = t.node.as_ref() {
+            walk_all(cx, &rt.indirection, Ctx::Value, env)?;
+        }
+    }
     let Some(col) = col else {
         // The tenant's own relation: nothing to prove about the inserted row.
         return walk_all(cx, &c.values, Ctx::Value, env);
