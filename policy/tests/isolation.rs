@@ -362,6 +362,64 @@ fn row_isolation_search_path_names_only_shared_schemas() {
     );
 }
 
+/// Row isolation with several shared schemas: `SET search_path = ref, public` is allowed, so an
+/// unqualified name may resolve to any shared schema that has it. A name that is a tenant table
+/// in one of them and something else (or another tenant table) in another cannot be read as
+/// `public`'s: `SET search_path = ref; SELECT * FROM plans` read every tenant's `ref.plans`.
+#[test]
+fn row_isolation_unqualified_names_across_shared_schemas() {
+    let t = SessionCtx {
+        tenant: Some("t1"),
+        schema: None,
+    };
+    let mut cat = common::catalog();
+    cat.add_tenant_table("ref", "plans", "tenant_id");
+    cat.add_tenant_table("ref", "rates", "tenant_id");
+    cat.add_shared_table("ref", "countries");
+    let p = Policy::new(
+        PolicyConfig {
+            shared_schemas: vec!["public".into(), "ref".into()],
+            ..PolicyConfig::default()
+        },
+        cat,
+    );
+    assert!(p.check("SET search_path = ref", &t).is_allowed());
+    let d = p.check("SELECT * FROM plans", &t);
+    assert_eq!(d.rule, Rule::UnknownRelation, "{}", d.reason);
+    assert!(
+        d.hint.as_deref().unwrap_or("").contains("qualify"),
+        "{:?}",
+        d.hint
+    );
+    assert_eq!(
+        p.check("SELECT * FROM plans WHERE tenant_id = $1", &t).rule,
+        Rule::UnknownRelation
+    );
+    // Qualified names are unambiguous.
+    assert!(p.check("SELECT * FROM public.plans", &t).is_allowed());
+    assert!(p
+        .check("SELECT * FROM ref.plans WHERE tenant_id = $1", &t)
+        .is_allowed());
+    // A name in one shared schema only is that relation, whatever the order of search_path.
+    assert_eq!(
+        p.check("SELECT * FROM rates", &t).rule,
+        Rule::TenantFilterMissing
+    );
+    assert!(p
+        .check("SELECT * FROM rates WHERE tenant_id = $1", &t)
+        .is_allowed());
+    // Read-only in both (shared / known): readable.
+    assert!(p.check("SELECT * FROM countries", &t).is_allowed());
+    assert!(p
+        .check("SELECT * FROM orders WHERE tenant_id = $1", &t)
+        .is_allowed());
+    // With only `public` shared, nothing changes: `ref` cannot be put in search_path.
+    let mut cat = common::catalog();
+    cat.add_tenant_table("ref", "plans", "tenant_id");
+    let p = Policy::new(PolicyConfig::default(), cat);
+    assert!(p.check("SELECT * FROM plans", &t).is_allowed());
+}
+
 /// Private schemas: exact names and `(prefix, suffix)` patterns; a schema matches a pattern only
 /// when it is longer than prefix and suffix together. Shared and system schemas never are.
 #[test]

@@ -549,12 +549,17 @@ fn is_tenant_setting_call(cx: &Cx, f: &FuncCall) -> bool {
         && f.agg_filter.is_none()
 }
 
-/// Does `n` stand for several columns (`(row).*`, `(f(…)).*`)? Lists that pair values with
-/// columns by position (VALUES rows, a target list under a column-alias list) then shift, and
-/// the value checked for the tenant column would not be the one that lands there.
+/// Does `n` stand for several columns (`x.*`, `(row).*`, `(f(…)).*`)? Lists that pair values
+/// with columns by position (VALUES rows, MERGE … INSERT values, row constructors compared
+/// element-wise, a target list under a column-alias list) then shift, and the value checked for
+/// the tenant column would not be the one that lands there (Postgres expands these in place).
 pub(crate) fn expands_columns(n: &Node) -> bool {
-    matches!(n.node.as_ref(), Some(N::AIndirection(i))
-        if i.indirection.last().is_some_and(|l| matches!(l.node.as_ref(), Some(N::AStar(_)))))
+    let star = |l: &Node| matches!(l.node.as_ref(), Some(N::AStar(_)));
+    match n.node.as_ref() {
+        Some(N::AIndirection(i)) => i.indirection.last().is_some_and(star),
+        Some(N::ColumnRef(c)) => c.fields.last().is_some_and(star),
+        _ => false,
+    }
 }
 
 /// A value that can stand for the tenant: `$n`, the tenant setting, or (without
@@ -647,12 +652,19 @@ pub(crate) fn equality_edges(
     }
 }
 
-/// `(a, b) = (x, y)` compares element-wise; anything else is one pair.
+/// `(a, b) = (x, y)` compares element-wise; anything else is one pair. An element that
+/// expands to several columns (`x.*`, `(row).*`) shifts every element after it by a number of
+/// columns the parse tree does not tell, so only the elements before the first expansion (on
+/// either side) are paired: `(x.*, o.tenant_id, y.*) = (z.*, $1, w.*)` may compare
+/// `o.tenant_id` with a column of `w`.
 fn row_pairs<'n>(l: &'n Node, r: &'n Node) -> Vec<(&'n Node, &'n Node)> {
     match (l.node.as_ref(), r.node.as_ref()) {
-        (Some(N::RowExpr(a)), Some(N::RowExpr(b))) if a.args.len() == b.args.len() => {
-            a.args.iter().zip(&b.args).collect()
-        }
+        (Some(N::RowExpr(a)), Some(N::RowExpr(b))) if a.args.len() == b.args.len() => a
+            .args
+            .iter()
+            .zip(&b.args)
+            .take_while(|(x, y)| !expands_columns(x) && !expands_columns(y))
+            .collect(),
         _ => vec![(l, r)],
     }
 }

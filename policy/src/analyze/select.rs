@@ -49,9 +49,18 @@ fn select_inner(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
         for row in &s.values_lists {
             walk(cx, row, Ctx::Value, &cte_env)?;
         }
+        values_tail(cx, s, &cte_env)?;
         return Ok(None);
     }
     simple_select(cx, s, &cte_env)
+}
+
+/// The ORDER BY, LIMIT and OFFSET of a VALUES query: they may hold subqueries too
+/// (`VALUES (1) LIMIT (SELECT count(*) FROM orders WHERE …)` answers for every tenant's rows).
+pub(crate) fn values_tail(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<()> {
+    walk_all(cx, &s.sort_clause, Ctx::Order, env)?;
+    walk_opt(cx, s.limit_count.as_deref(), Ctx::Limit, env)?;
+    walk_opt(cx, s.limit_offset.as_deref(), Ctx::Limit, env)
 }
 
 fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
@@ -366,6 +375,11 @@ fn row_relation(cx: &Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
         ));
     }
     let schema = row_schema_of(rv);
+    if rv.schemaname.is_empty() {
+        if let Some(found) = row_shared_relation(cx, rv)? {
+            return Ok(found);
+        }
+    }
     // Unqualified pg_* names resolve to pg_catalog first (it is implicitly first in search_path).
     if system && !cx.cat.has_relation(&schema, &rv.relname) {
         return Ok((RelKind::Known, "pg_catalog".to_owned()));
@@ -374,6 +388,49 @@ fn row_relation(cx: &Cx, rv: &RangeVar, system: bool) -> R<(RelKind, String)> {
         return Ok((kind, schema));
     }
     unknown_relation(cx, rv, Some(schema))
+}
+
+/// Row isolation, unqualified name: a session may put the shared schemas in `search_path` in any
+/// order (`SET search_path = ref, public`), and the decision is cached for every session, so the
+/// name is the relation of whichever shared schema has it — all of them must agree. A name that
+/// a tenant table has in more than one shared schema, or a tenant table in one and a read-only
+/// relation in another, must be qualified. `None`: no shared schema beyond `public` has it.
+fn row_shared_relation(cx: &Cx, rv: &RangeVar) -> R<Option<(RelKind, String)>> {
+    let found: Vec<(&String, RelKind)> = cx
+        .cfg
+        .shared_schemas
+        .iter()
+        .filter(|s| cx.cat.has_relation(s, &rv.relname))
+        .filter_map(|s| cx.cat.relation(s, &rv.relname).map(|k| (s, k)))
+        .collect();
+    let tenant = |k: &RelKind| matches!(k, RelKind::Tenant { .. });
+    match found.as_slice() {
+        [] => Ok(None),
+        [(s, k)] => Ok(Some((k.clone(), (*s).clone()))),
+        [(s, k), ..] if !found.iter().any(|(_, k)| tenant(k)) => {
+            Ok(Some((k.clone(), (*s).clone())))
+        }
+        _ => {
+            let schemas: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
+            super::reject_hint(
+                Rule::UnknownRelation,
+                format!(
+                    "relation \"{}\" (at position {}) exists in several shared schemas ({}), as a tenant table in at least one; which one it names depends on search_path",
+                    rv.relname,
+                    pos(rv.location),
+                    schemas.join(", ")
+                ),
+                format!(
+                    "qualify the name: {}",
+                    schemas
+                        .iter()
+                        .map(|s| format!("{s}.{}", rv.relname))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            )
+        }
+    }
 }
 
 /// Schema isolation: search_path is `<tenant schema>, <shared_schemas…>`.

@@ -3,7 +3,8 @@
 use super::expr::{self, equality_edges, walk, walk_all, walk_opt, Ctx};
 use super::scope::{Deriv, Edge, Entry, EntryKind, Env, Scope, TenantValue, Term};
 use super::select::{
-    finish_from, from_edges, from_item, relation_entry, select, solve, with_clause, FromItems,
+    finish_from, from_edges, from_item, relation_entry, select, solve, values_tail, with_clause,
+    FromItems,
 };
 use super::{pos, reject, reject_hint, Cx, R};
 use crate::decision::Rule;
@@ -65,6 +66,8 @@ fn assignments(cx: &mut Cx, targets: &[Node], tenant_col: Option<&str>, env: &En
                 "rows cannot be moved between tenants; remove the column from SET",
             );
         }
+        // `SET data[(SELECT …)] = …`: subscripts are expressions too.
+        walk_all(cx, &rt.indirection, Ctx::Value, env)?;
         walk_opt(cx, rt.val.as_deref(), Ctx::Value, env)?;
     }
     Ok(())
@@ -112,6 +115,11 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
     };
     match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
         Some(N::SelectStmt(s)) if !s.values_lists.is_empty() && s.from_clause.is_empty() => {
+            // `INSERT … WITH x AS (…) VALUES …`: the rows see the VALUES query's CTEs.
+            let vctes = with_clause(cx, s.with_clause.as_ref(), Some(&env))?;
+            let vempty = Scope::default();
+            let env = with_env(&vctes, &vempty, &env);
+            values_tail(cx, s, &env)?;
             for (row_no, row) in s.values_lists.iter().enumerate() {
                 let Some(N::List(items)) = row.node.as_ref() else {
                     return reject(Rule::TooComplex, "unsupported VALUES row");
@@ -182,8 +190,12 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
 fn insert_isolated(cx: &mut Cx, i: &InsertStmt, entry: Entry, env: &Env) -> R<()> {
     match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
         Some(N::SelectStmt(s)) if !s.values_lists.is_empty() && s.from_clause.is_empty() => {
+            let vctes = with_clause(cx, s.with_clause.as_ref(), Some(env))?;
+            let vempty = Scope::default();
+            let env = with_env(&vctes, &vempty, env);
+            values_tail(cx, s, &env)?;
             for row in &s.values_lists {
-                walk(cx, row, Ctx::Value, env)?;
+                walk(cx, row, Ctx::Value, &env)?;
             }
         }
         Some(N::SelectStmt(s)) => {
@@ -442,6 +454,12 @@ fn merge_insert(
     env: &Env,
     source_ids: &[usize],
 ) -> R<()> {
+    // `INSERT (data[(SELECT …)], …)`: subscripts are expressions too.
+    for t in &c.target_list {
+        if let Some(N::ResTarget(rt)) = t.node.as_ref() {
+            walk_all(cx, &rt.indirection, Ctx::Value, env)?;
+        }
+    }
     let Some(col) = col else {
         // The tenant's own relation: nothing to prove about the inserted row.
         return walk_all(cx, &c.values, Ctx::Value, env);
