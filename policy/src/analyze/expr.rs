@@ -217,7 +217,12 @@ fn literal(cx: &Cx, c: &AConst, ctx: Ctx) -> R<()> {
                     | a_const::Val::Bsval(_)
             )
         );
-    if c.isnull || !data || !cx.cfg.require_parameters || matches!(ctx, Ctx::Target | Ctx::Limit) {
+    if c.isnull
+        || !data
+        || !cx.cfg.require_parameters
+        || cx.catalog_literals
+        || matches!(ctx, Ctx::Target | Ctx::Limit)
+    {
         return Ok(());
     }
     reject_hint(

@@ -308,6 +308,17 @@ fn unknown_relation(cx: &Cx, rv: &RangeVar, allow: Option<String>) -> R<(RelKind
 /// session-exposing catalog views and unknown relations. Records tenant-schema references
 /// (schema isolation) in `cx`.
 pub(crate) fn relation_kind(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> {
+    let r = relation_kind_inner(cx, rv);
+    match &r {
+        Ok((RelKind::Known, s)) if s == "pg_catalog" || s == "information_schema" => {
+            cx.reads_catalog = true;
+        }
+        _ => cx.reads_other = true,
+    }
+    r
+}
+
+fn relation_kind_inner(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> {
     let display = display_name(rv);
     let system = rv.schemaname == "pg_catalog"
         || (rv.schemaname.is_empty() && rv.relname.starts_with("pg_"));
