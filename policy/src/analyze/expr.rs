@@ -2,14 +2,14 @@
 //! extraction of tenant equalities from top-level AND-conjuncts.
 
 use super::names::resolve_column;
-use super::scope::{Deriv, Edge, Env, Term};
+use super::scope::{Deriv, Edge, Env, OutCol, Term};
 use super::{pos, reject, reject_hint, select, Cx, R};
 use crate::config::Isolation;
 use crate::decision::Rule;
 use crate::functions::{self, Builtin};
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::{
-    a_const, AConst, AExprKind, BoolExprType, FuncCall, Node, TypeName, WindowDef,
+    a_const, AConst, AExprKind, BoolExprType, FuncCall, Node, SubLinkType, TypeName, WindowDef,
 };
 
 /// Where an expression sits; decides whether literals are acceptable.
@@ -646,6 +646,50 @@ pub(crate) fn equality_edges(
                     a: ta,
                     b: tb,
                     deriv: deriv.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `col IN (SELECT k …)` / `col = ANY (SELECT k …)` among the top-level conjuncts, where `k`
+/// is a column of proven rows of a tenant table: an edge `col = Key(k)` (see
+/// `Scope::key_proves`). The subquery is analysed here on a trial basis (the level is not solved
+/// yet, so correlated references prove nothing); the walk analyses it again for real.
+pub(crate) fn semijoin_edges(cx: &mut Cx, pred: &Node, env: &Env, out: &mut Vec<Edge>) {
+    if cx.trial {
+        return;
+    }
+    let mut cs = Vec::new();
+    conjuncts(pred, &mut cs);
+    for c in cs {
+        let Some(N::SubLink(s)) = c.node.as_ref() else {
+            continue;
+        };
+        let eq = s.oper_name.is_empty() || is_eq_operator(&s.oper_name);
+        if s.sub_link_type != SubLinkType::AnySublink as i32 || !eq {
+            continue;
+        }
+        let (Some(test), Some(N::SelectStmt(sel))) = (
+            s.testexpr.as_deref(),
+            s.subselect.as_deref().and_then(|n| n.node.as_ref()),
+        ) else {
+            continue;
+        };
+        let Some(col @ Term::Col(..)) = term(cx, test, env, None) else {
+            continue;
+        };
+        let (params, literals) = (cx.tenant_params.clone(), cx.tenant_literals.clone());
+        cx.trial = true;
+        let cols = select::select(cx, sel, Some(env));
+        cx.trial = false;
+        (cx.tenant_params, cx.tenant_literals) = (params, literals);
+        if let Ok(Some(cols)) = cols {
+            if let [OutCol { key: Some(k), .. }] = cols.as_slice() {
+                out.push(Edge {
+                    a: col,
+                    b: Term::Key(k.clone()),
+                    deriv: Deriv::Any,
                 });
             }
         }

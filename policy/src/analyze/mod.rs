@@ -113,6 +113,8 @@ pub(crate) struct Cx<'c> {
     /// Second pass over a statement whose first pass found only a literal: literals pass, and
     /// the result counts only if the statement reads nothing but system catalogs.
     pub catalog_literals: bool,
+    /// Analysing an `IN (SELECT …)` subquery on a trial basis (no nested trials: linear cost).
+    pub trial: bool,
     depth: usize,
 }
 
@@ -130,6 +132,7 @@ impl<'c> Cx<'c> {
             reads_catalog: false,
             reads_other: false,
             catalog_literals: false,
+            trial: false,
             depth: 0,
         }
     }

@@ -73,6 +73,7 @@ fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
                     } else {
                         TenantValue::No
                     },
+                    key: if a.key == b.key { a.key } else { None },
                     name: a.name,
                 })
                 .collect(),
@@ -159,6 +160,7 @@ fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
     };
     if let Some(w) = s.where_clause.as_deref() {
         equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
+        expr::semijoin_edges(cx, w, &scope_env, &mut edges);
     }
     let scope = solve(cx, items.scope, &edges)?;
     let env2 = Env {
@@ -448,6 +450,7 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
             return None;
         }
         let mut name = (!rt.name.is_empty()).then(|| rt.name.clone());
+        let mut key = None;
         let tenant = match val.node.as_ref() {
             Some(N::ColumnRef(c)) => {
                 if c.fields
@@ -460,8 +463,13 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
                     name = c.fields.last().and_then(str_of).map(str::to_owned);
                 }
                 match expr::term(cx, val, env, None) {
-                    Some(Term::Col(id, col)) if env.scope.is_proven(id, &col) => {
-                        TenantValue::Proven
+                    Some(Term::Col(id, col)) => {
+                        key = env.scope.key_source(&Term::Col(id, col.clone()));
+                        if env.scope.is_proven(id, &col) {
+                            TenantValue::Proven
+                        } else {
+                            TenantValue::No
+                        }
                     }
                     Some(Term::OuterTenant) => TenantValue::Proven,
                     _ => TenantValue::No,
@@ -474,7 +482,7 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
                 _ => TenantValue::No,
             },
         };
-        out.push(OutCol { name, tenant });
+        out.push(OutCol { name, tenant, key });
     }
     Some(out)
 }

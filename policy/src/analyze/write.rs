@@ -357,6 +357,7 @@ fn solve_with_where(cx: &mut Cx, items: &FromItems, pred: Option<&Node>, env: &E
     };
     if let Some(w) = pred {
         equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
+        expr::semijoin_edges(cx, w, &scope_env, &mut edges);
     }
     let scope = Scope {
         entries: items.scope.entries.clone(),
