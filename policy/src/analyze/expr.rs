@@ -530,6 +530,17 @@ fn safe_cast(t: Option<&TypeName>) -> bool {
         )
 }
 
+/// `n` without the casts that keep a tenant value intact around it.
+pub(crate) fn strip_safe_casts(mut n: &Node) -> &Node {
+    while let Some(N::TypeCast(t)) = n.node.as_ref() {
+        match t.arg.as_deref() {
+            Some(a) if safe_cast(t.type_name.as_ref()) => n = a,
+            _ => break,
+        }
+    }
+    n
+}
+
 /// `current_setting('<tenant setting>'[, missing_ok])`.
 fn is_tenant_setting_call(cx: &Cx, f: &FuncCall) -> bool {
     let (schema, name) = func_name(&f.funcname);

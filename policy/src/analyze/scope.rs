@@ -67,6 +67,8 @@ pub(crate) enum TenantValue {
     /// A column constrained to the tenant, or `current_setting(tenant setting)`.
     Proven,
     Param(usize),
+    /// A VALUES column whose every row is a `$n` (or the tenant setting): all of them.
+    Params(Vec<usize>),
     Literal(String),
 }
 

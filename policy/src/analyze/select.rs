@@ -10,7 +10,7 @@ use crate::config::{Isolation, UnknownRelations};
 use crate::decision::Rule;
 use crate::functions;
 use pg_query::protobuf::node::Node as N;
-use pg_query::protobuf::{Node, RangeVar, SelectStmt, SetOperation, WithClause};
+use pg_query::protobuf::{a_const, AConst, Node, RangeVar, SelectStmt, SetOperation, WithClause};
 
 /// Output columns of a query; `None` when they cannot be listed (e.g. `SELECT *`).
 pub(crate) type OutCols = Option<Vec<OutCol>>;
@@ -46,12 +46,65 @@ fn select_inner(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
         return set_operation(cx, s, &cte_env);
     }
     if !s.values_lists.is_empty() {
-        for row in &s.values_lists {
-            walk(cx, row, Ctx::Value, &cte_env)?;
-        }
-        return Ok(None);
+        return values(cx, &s.values_lists, &cte_env);
     }
     simple_select(cx, s, &cte_env)
+}
+
+/// A VALUES list (in FROM, a CTE, INSERT … SELECT): its rows, and per column whether every row
+/// holds a tenant value. A column that holds the integers 0, 1, 2, … in row order is a row
+/// counter (SQLAlchemy's insertmanyvalues sentinel `sen_counter`): its literals are the rows'
+/// positions, part of the statement's shape, not data.
+fn values(cx: &mut Cx, rows: &[Node], env: &Env) -> R<OutCols> {
+    let mut lists = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.node.as_ref() {
+            Some(N::List(l)) => lists.push(l.items.as_slice()),
+            _ => return reject(Rule::TooComplex, "unsupported VALUES row"),
+        }
+    }
+    let width = lists.first().map_or(0, |l| l.len());
+    let is_counter = |j: usize| {
+        lists.iter().enumerate().all(|(i, l)| {
+            matches!(l.get(j).and_then(|n| n.node.as_ref()),
+                Some(N::AConst(AConst { val: Some(a_const::Val::Ival(v)), .. }))
+                    if usize::try_from(v.ival).ok() == Some(i))
+        })
+    };
+    let counters: Vec<bool> = (0..width).map(is_counter).collect();
+    for l in &lists {
+        for (j, item) in l.iter().enumerate() {
+            if !counters.get(j).copied().unwrap_or(false) {
+                walk(cx, item, Ctx::Value, env)?;
+            }
+        }
+    }
+    let cols = (0..width)
+        .map(|j| {
+            let mut params = Vec::new();
+            let all =
+                lists.iter().all(
+                    |l| match l.get(j).and_then(|v| expr::tenant_value_term(cx, v)) {
+                        Some(Term::Param(n)) => {
+                            params.push(n);
+                            true
+                        }
+                        Some(Term::Setting) => true,
+                        _ => false,
+                    },
+                );
+            OutCol {
+                name: Some(format!("column{}", j + 1)),
+                tenant: match (all, params.is_empty()) {
+                    (false, _) => TenantValue::No,
+                    (true, true) => TenantValue::Proven,
+                    (true, false) => TenantValue::Params(params),
+                },
+                key: None,
+            }
+        })
+        .collect();
+    Ok(Some(cols))
 }
 
 fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
@@ -437,6 +490,19 @@ fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, Stri
     unknown_relation(cx, rv, None)
 }
 
+/// The `$n` a derived column stands for (a subquery's `$1 AS x`, a VALUES column of `$n`s).
+fn derived_value(scope: &Scope, id: usize, col: &str) -> TenantValue {
+    match scope.entries.get(id).map(|e| &e.kind) {
+        Some(EntryKind::Derived { cols: Some(cols) }) => cols
+            .iter()
+            .find(|c| c.name.as_deref() == Some(col))
+            .map(|c| c.tenant.clone())
+            .filter(|t| matches!(t, TenantValue::Param(_) | TenantValue::Params(_)))
+            .unwrap_or(TenantValue::No),
+        _ => TenantValue::No,
+    }
+}
+
 /// Output columns of a target list and which of them provably carry the tenant.
 pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
     let mut out = Vec::with_capacity(targets.len());
@@ -451,6 +517,8 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
         }
         let mut name = (!rt.name.is_empty()).then(|| rt.name.clone());
         let mut key = None;
+        // `p0::VARCHAR` (SQLAlchemy's INSERT … SELECT): a cast that keeps a tenant value intact.
+        let val = expr::strip_safe_casts(val);
         let tenant = match val.node.as_ref() {
             Some(N::ColumnRef(c)) => {
                 if c.fields
@@ -468,7 +536,7 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
                         if env.scope.is_proven(id, &col) {
                             TenantValue::Proven
                         } else {
-                            TenantValue::No
+                            derived_value(env.scope, id, &col)
                         }
                     }
                     Some(Term::OuterTenant) => TenantValue::Proven,

@@ -138,6 +138,9 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
             let ok = match tenant {
                 TenantValue::Proven => true,
                 TenantValue::Param(n) => record_value(cx, Some(Term::Param(n))),
+                TenantValue::Params(ns) => ns
+                    .into_iter()
+                    .all(|n| record_value(cx, Some(Term::Param(n)))),
                 TenantValue::Literal(v) => record_value(cx, Some(Term::Literal(v))),
                 TenantValue::No => false,
             };
