@@ -451,6 +451,11 @@ pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Nod
         if cx.is_tenant_setting(&target) || is_reserved_setting(&target) || search_path {
             return reject(Rule::TenantSettingWrite, format!("set_config of \"{target}\" (at position {}) is not allowed: the proxy owns this setting", pos(location)));
         }
+        if functions::is_reported_setting(&target) {
+            // Postgres reports these (ParameterStatus), so the proxy sees the change and keeps
+            // it with the client's session like a SET (Django sets TimeZone this way).
+            return Ok(name);
+        }
         return reject_hint(
             Rule::ForbiddenFunction,
             format!("set_config (at position {}) is not allowed", pos(location)),
