@@ -114,8 +114,19 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             walk_opt(cx, t.arg.as_deref(), ctx, env)
         }
         Some(N::AExpr(a)) => {
-            walk_opt(cx, a.lexpr.as_deref(), sub, env)?;
-            walk_opt(cx, a.rexpr.as_deref(), sub, env)
+            // `a || ' ' || b`: a single space joining two texts is shape, not data (Django's
+            // SearchVector over several columns).
+            let concat = a.kind == AExprKind::AexprOp as i32
+                && matches!(a.name.as_slice(), [n] if str_of(n) == Some("||"));
+            for side in [a.lexpr.as_deref(), a.rexpr.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if !(concat && string_const(side).is_some_and(|v| v == " ")) {
+                    walk(cx, side, sub, env)?;
+                }
+            }
+            Ok(())
         }
         Some(N::List(l)) => walk_all(cx, &l.items, sub, env),
         Some(N::BoolExpr(b)) => walk_all(cx, &b.args, sub, env),
