@@ -493,9 +493,19 @@ pub(crate) fn literal_arg_allowed(func: &str, idx: usize, nargs: usize) -> bool 
                 0
             ) | ("to_char" | "to_date" | "to_timestamp" | "to_number", 1)
                 | ("current_setting", 1)
+                | ("set_config", 0)
                 | ("timezone", 0)
                 | ("like_escape" | "similar_to_escape", 1)
         )
+}
+
+/// Ordinary settings that Postgres reports to the client when they change (`GUC_REPORT`), so
+/// that a change by `set_config` reaches the proxy as a ParameterStatus and is kept with the
+/// client's session like a `SET`. `client_encoding` is not among them: the proxy owns it.
+pub(crate) fn is_reported_setting(name: &str) -> bool {
+    ["TimeZone", "DateStyle", "IntervalStyle", "application_name"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// Functions whose argument names a relation (as text or regclass): the index of that argument

@@ -2,14 +2,14 @@
 //! extraction of tenant equalities from top-level AND-conjuncts.
 
 use super::names::resolve_column;
-use super::scope::{Deriv, Edge, Env, Term};
+use super::scope::{Deriv, Edge, Env, OutCol, Term};
 use super::{pos, reject, reject_hint, select, Cx, R};
 use crate::config::Isolation;
 use crate::decision::Rule;
 use crate::functions::{self, Builtin};
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::{
-    a_const, AConst, AExprKind, BoolExprType, FuncCall, Node, TypeName, WindowDef,
+    a_const, AConst, AExprKind, BoolExprType, FuncCall, Node, SubLinkType, TypeName, WindowDef,
 };
 
 /// Where an expression sits; decides whether literals are acceptable.
@@ -114,8 +114,19 @@ fn walk_inner(cx: &mut Cx, node: &Node, ctx: Ctx, env: &Env) -> R<()> {
             walk_opt(cx, t.arg.as_deref(), ctx, env)
         }
         Some(N::AExpr(a)) => {
-            walk_opt(cx, a.lexpr.as_deref(), sub, env)?;
-            walk_opt(cx, a.rexpr.as_deref(), sub, env)
+            // `a || ' ' || b`: a single space joining two texts is shape, not data (Django's
+            // SearchVector over several columns).
+            let concat = a.kind == AExprKind::AexprOp as i32
+                && matches!(a.name.as_slice(), [n] if str_of(n) == Some("||"));
+            for side in [a.lexpr.as_deref(), a.rexpr.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if !(concat && string_const(side).is_some_and(|v| v == " ")) {
+                    walk(cx, side, sub, env)?;
+                }
+            }
+            Ok(())
         }
         Some(N::List(l)) => walk_all(cx, &l.items, sub, env),
         Some(N::BoolExpr(b)) => walk_all(cx, &b.args, sub, env),
@@ -217,7 +228,12 @@ fn literal(cx: &Cx, c: &AConst, ctx: Ctx) -> R<()> {
                     | a_const::Val::Bsval(_)
             )
         );
-    if c.isnull || !data || !cx.cfg.require_parameters || matches!(ctx, Ctx::Target | Ctx::Limit) {
+    if c.isnull
+        || !data
+        || !cx.cfg.require_parameters
+        || cx.catalog_literals
+        || matches!(ctx, Ctx::Target | Ctx::Limit)
+    {
         return Ok(());
     }
     reject_hint(
@@ -446,6 +462,11 @@ pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Nod
         if cx.is_tenant_setting(&target) || is_reserved_setting(&target) || search_path {
             return reject(Rule::TenantSettingWrite, format!("set_config of \"{target}\" (at position {}) is not allowed: the proxy owns this setting", pos(location)));
         }
+        if functions::is_reported_setting(&target) {
+            // Postgres reports these (ParameterStatus), so the proxy sees the change and keeps
+            // it with the client's session like a SET (Django sets TimeZone this way).
+            return Ok(name);
+        }
         return reject_hint(
             Rule::ForbiddenFunction,
             format!("set_config (at position {}) is not allowed", pos(location)),
@@ -523,6 +544,17 @@ fn safe_cast(t: Option<&TypeName>) -> bool {
                 | "bigint"
                 | "smallint"
         )
+}
+
+/// `n` without the casts that keep a tenant value intact around it.
+pub(crate) fn strip_safe_casts(mut n: &Node) -> &Node {
+    while let Some(N::TypeCast(t)) = n.node.as_ref() {
+        match t.arg.as_deref() {
+            Some(a) if safe_cast(t.type_name.as_ref()) => n = a,
+            _ => break,
+        }
+    }
+    n
 }
 
 /// `current_setting('<tenant setting>'[, missing_ok])`.
@@ -646,6 +678,50 @@ pub(crate) fn equality_edges(
                     a: ta,
                     b: tb,
                     deriv: deriv.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `col IN (SELECT k …)` / `col = ANY (SELECT k …)` among the top-level conjuncts, where `k`
+/// is a column of proven rows of a tenant table: an edge `col = Key(k)` (see
+/// `Scope::key_proves`). The subquery is analysed here on a trial basis (the level is not solved
+/// yet, so correlated references prove nothing); the walk analyses it again for real.
+pub(crate) fn semijoin_edges(cx: &mut Cx, pred: &Node, env: &Env, out: &mut Vec<Edge>) {
+    if cx.trial {
+        return;
+    }
+    let mut cs = Vec::new();
+    conjuncts(pred, &mut cs);
+    for c in cs {
+        let Some(N::SubLink(s)) = c.node.as_ref() else {
+            continue;
+        };
+        let eq = s.oper_name.is_empty() || is_eq_operator(&s.oper_name);
+        if s.sub_link_type != SubLinkType::AnySublink as i32 || !eq {
+            continue;
+        }
+        let (Some(test), Some(N::SelectStmt(sel))) = (
+            s.testexpr.as_deref(),
+            s.subselect.as_deref().and_then(|n| n.node.as_ref()),
+        ) else {
+            continue;
+        };
+        let Some(col @ Term::Col(..)) = term(cx, test, env, None) else {
+            continue;
+        };
+        let (params, literals) = (cx.tenant_params.clone(), cx.tenant_literals.clone());
+        cx.trial = true;
+        let cols = select::select(cx, sel, Some(env));
+        cx.trial = false;
+        (cx.tenant_params, cx.tenant_literals) = (params, literals);
+        if let Ok(Some(cols)) = cols {
+            if let [OutCol { key: Some(k), .. }] = cols.as_slice() {
+                out.push(Edge {
+                    a: col,
+                    b: Term::Key(k.clone()),
+                    deriv: Deriv::Any,
                 });
             }
         }

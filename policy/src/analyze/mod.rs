@@ -107,6 +107,14 @@ pub(crate) struct Cx<'c> {
     pub isolated_names: Vec<IsolatedName>,
     /// A relation of the tenant's schema/database was referenced (isolated kind).
     pub touches_isolated: bool,
+    /// Relations named so far: some in `pg_catalog`/`information_schema`, some elsewhere.
+    pub reads_catalog: bool,
+    pub reads_other: bool,
+    /// Second pass over a statement whose first pass found only a literal: literals pass, and
+    /// the result counts only if the statement reads nothing but system catalogs.
+    pub catalog_literals: bool,
+    /// Analysing an `IN (SELECT …)` subquery on a trial basis (no nested trials: linear cost).
+    pub trial: bool,
     depth: usize,
 }
 
@@ -121,6 +129,10 @@ impl<'c> Cx<'c> {
             qualified_schemas: Vec::new(),
             isolated_names: Vec::new(),
             touches_isolated: false,
+            reads_catalog: false,
+            reads_other: false,
+            catalog_literals: false,
+            trial: false,
             depth: 0,
         }
     }
@@ -222,7 +234,18 @@ pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis 
         Err(e) => return parse_failure(&e.to_string()),
     };
     let mut cx = Cx::new(cfg, cat);
-    let result = walk_statements(&mut cx, &parsed.protobuf.stmts);
+    let mut result = walk_statements(&mut cx, &parsed.protobuf.stmts);
+    if matches!(&result, Err((r, _)) if r.rule == Rule::LiteralNotParameter) {
+        // Driver and ORM introspection (Rails' type map, pgjdbc metadata, asyncpg, Npgsql)
+        // inlines type names and kinds: a statement that reads only system catalogs carries
+        // no tenant data in its literals.
+        let mut second = Cx::new(cfg, cat);
+        second.catalog_literals = true;
+        let again = walk_statements(&mut second, &parsed.protobuf.stmts);
+        if again.is_ok() && second.reads_catalog && !second.reads_other {
+            (cx, result) = (second, again);
+        }
+    }
     let fingerprint = pg_query::fingerprint(
         sql,
         pg_query::ParserOptions::DEFAULT,

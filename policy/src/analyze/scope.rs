@@ -49,6 +49,16 @@ impl Entry {
 pub(crate) struct OutCol {
     pub name: Option<String>,
     pub tenant: TenantValue,
+    /// The column is a column of a tenant table's rows that are proven to be the tenant's.
+    pub key: Option<KeySource>,
+}
+
+/// A value of column `column` of some row of `schema.table` that is the session tenant's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct KeySource {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +67,8 @@ pub(crate) enum TenantValue {
     /// A column constrained to the tenant, or `current_setting(tenant setting)`.
     Proven,
     Param(usize),
+    /// A VALUES column whose every row is a `$n` (or the tenant setting): all of them.
+    Params(Vec<usize>),
     Literal(String),
 }
 
@@ -76,6 +88,9 @@ pub(crate) enum Term {
     Literal(String),
     /// A column of an enclosing query already proven to be the tenant.
     OuterTenant,
+    /// The output of `x IN (SELECT …)`: a column of proven rows of a tenant table (not a
+    /// tenant value itself).
+    Key(KeySource),
 }
 
 /// Which entries an equality may prove: ON of an outer join only proves its nullable side.
@@ -167,8 +182,101 @@ impl Scope {
     fn holds(&self, t: &Term) -> bool {
         match t {
             Term::Col(id, c) => self.is_proven(*id, c),
+            Term::Key(_) => false,
             _ => true,
         }
+    }
+
+    /// The proven rows whose column `t` stands for, if any: a column of a constrained tenant
+    /// entry, a derived column that is one, or a semi-join's subquery output.
+    pub fn key_source(&self, t: &Term) -> Option<KeySource> {
+        match t {
+            Term::Key(k) => Some(k.clone()),
+            Term::Col(o, col) => match &self.entries.get(*o)?.kind {
+                EntryKind::Tenant { schema, table, .. } if self.entry_constrained(*o) => {
+                    Some(KeySource {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        column: col.clone(),
+                    })
+                }
+                EntryKind::Derived { cols: Some(cols) } => cols
+                    .iter()
+                    .find(|c| c.name.as_deref() == Some(col))
+                    .and_then(|c| c.key.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// `c.k` equals a column of proven rows of a tenant table through a single-column unique
+    /// key: `c` is one of those rows (same table, `k` unique: Rails' update alias, Django's and
+    /// Rails' `id IN (SELECT id …)`), references one (composite FK `(c.tenant, c.k) ->
+    /// (t.tenant, t.key)`, `t.key` unique), or is referenced by one (composite FK from `t` to
+    /// `(c.tenant, c.k)`, `c.k` unique). Either way the row's tenant is the proven rows'.
+    fn key_proves(&self, cx: &Cx, edges: &[Edge], c: usize) -> bool {
+        let EntryKind::Tenant {
+            schema: cs,
+            table: ct,
+            column: ccol,
+        } = &self.entries[c].kind
+        else {
+            return false;
+        };
+        let unique = |s: &str, t: &str, col: &str| {
+            cx.cat
+                .unique_keys(s, t)
+                .iter()
+                .any(|k| k.len() == 1 && k[0] == col)
+        };
+        let tenant_col = |s: &str, t: &str| match cx.cat.relation(s, t) {
+            Some(crate::catalog::RelKind::Tenant { column }) => Some(column),
+            _ => None,
+        };
+        // A two-column foreign key made of exactly these (column, referenced column) pairs.
+        let fk_is = |fk: &crate::catalog::ForeignKey, pairs: [(&str, &str); 2]| {
+            fk.columns.len() == 2
+                && fk.ref_columns.len() == 2
+                && pairs.iter().all(|(f, r)| {
+                    fk.columns
+                        .iter()
+                        .zip(&fk.ref_columns)
+                        .any(|(a, b)| a == f && b == r)
+                })
+        };
+        for e in edges.iter().filter(|e| e.deriv.allows(c)) {
+            for (x, y) in [(&e.a, &e.b), (&e.b, &e.a)] {
+                let Term::Col(xc, kc) = x else { continue };
+                if *xc != c || kc == ccol || matches!(y, Term::Col(o, _) if *o == c) {
+                    continue;
+                }
+                let Some(ks) = self.key_source(y) else {
+                    continue;
+                };
+                let same = ks.schema == *cs && ks.table == *ct;
+                if same && ks.column == *kc && unique(cs, ct, kc) {
+                    return true;
+                }
+                let Some(tcol) = tenant_col(&ks.schema, &ks.table) else {
+                    continue;
+                };
+                let target = (ks.schema.clone(), ks.table.clone());
+                let child = unique(&ks.schema, &ks.table, &ks.column)
+                    && cx.cat.foreign_keys(cs, ct).iter().any(|fk| {
+                        fk.ref_table == target && fk_is(fk, [(ccol, &tcol), (kc, &ks.column)])
+                    });
+                let parent = unique(cs, ct, kc)
+                    && cx.cat.foreign_keys(&ks.schema, &ks.table).iter().any(|fk| {
+                        fk.ref_table == (cs.clone(), ct.clone())
+                            && fk_is(fk, [(&tcol, ccol), (&ks.column, kc)])
+                    });
+                if child || parent {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     pub fn entry_constrained(&self, id: usize) -> bool {
@@ -216,17 +324,16 @@ impl Scope {
             if self.entry_constrained(c) {
                 continue;
             }
-            for o in 0..self.entries.len() {
-                if o != c
+            let by_fk = (0..self.entries.len()).any(|o| {
+                o != c
                     && self.entries[o].tenant_column().is_some()
                     && self.entry_constrained(o)
                     && fk_proves(cx, &self.entries, edges, o, c)
-                {
-                    if let Some(col) = self.entries[c].tenant_column() {
-                        self.proven.insert((c, col.to_owned()));
-                        changed = true;
-                        break;
-                    }
+            });
+            if by_fk || self.key_proves(cx, edges, c) {
+                if let Some(col) = self.entries[c].tenant_column() {
+                    self.proven.insert((c, col.to_owned()));
+                    changed = true;
                 }
             }
         }

@@ -10,7 +10,7 @@ use crate::config::{Isolation, UnknownRelations};
 use crate::decision::Rule;
 use crate::functions;
 use pg_query::protobuf::node::Node as N;
-use pg_query::protobuf::{Node, RangeVar, SelectStmt, SetOperation, WithClause};
+use pg_query::protobuf::{a_const, AConst, Node, RangeVar, SelectStmt, SetOperation, WithClause};
 
 /// Output columns of a query; `None` when they cannot be listed (e.g. `SELECT *`).
 pub(crate) type OutCols = Option<Vec<OutCol>>;
@@ -46,11 +46,9 @@ fn select_inner(cx: &mut Cx, s: &SelectStmt, env: Option<&Env>) -> R<OutCols> {
         return set_operation(cx, s, &cte_env);
     }
     if !s.values_lists.is_empty() {
-        for row in &s.values_lists {
-            walk(cx, row, Ctx::Value, &cte_env)?;
-        }
+        let cols = values(cx, &s.values_lists, &cte_env)?;
         values_tail(cx, s, &cte_env)?;
-        return Ok(None);
+        return Ok(cols);
     }
     simple_select(cx, s, &cte_env)
 }
@@ -61,6 +59,67 @@ pub(crate) fn values_tail(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<()> {
     walk_all(cx, &s.sort_clause, Ctx::Order, env)?;
     walk_opt(cx, s.limit_count.as_deref(), Ctx::Limit, env)?;
     walk_opt(cx, s.limit_offset.as_deref(), Ctx::Limit, env)
+}
+
+/// A VALUES list (in FROM, a CTE, INSERT … SELECT): its rows, and per column whether every row
+/// holds a tenant value. A column that holds the integers 0, 1, 2, … in row order is a row
+/// counter (SQLAlchemy's insertmanyvalues sentinel `sen_counter`): its literals are the rows'
+/// positions, part of the statement's shape, not data.
+fn values(cx: &mut Cx, rows: &[Node], env: &Env) -> R<OutCols> {
+    let mut lists = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.node.as_ref() {
+            Some(N::List(l)) => lists.push(l.items.as_slice()),
+            _ => return reject(Rule::TooComplex, "unsupported VALUES row"),
+        }
+    }
+    // `x.*` in a row expands in place: the columns after it are not the ones written.
+    let shifted = lists.iter().any(|l| l.iter().any(expr::expands_columns));
+    let width = lists.first().map_or(0, |l| l.len());
+    let is_counter = |j: usize| {
+        lists.iter().enumerate().all(|(i, l)| {
+            matches!(l.get(j).and_then(|n| n.node.as_ref()),
+                Some(N::AConst(AConst { val: Some(a_const::Val::Ival(v)), .. }))
+                    if usize::try_from(v.ival).ok() == Some(i))
+        })
+    };
+    let counters: Vec<bool> = (0..width).map(is_counter).collect();
+    for l in &lists {
+        for (j, item) in l.iter().enumerate() {
+            if !counters.get(j).copied().unwrap_or(false) {
+                walk(cx, item, Ctx::Value, env)?;
+            }
+        }
+    }
+    if shifted {
+        return Ok(None);
+    }
+    let cols = (0..width)
+        .map(|j| {
+            let mut params = Vec::new();
+            let all =
+                lists.iter().all(
+                    |l| match l.get(j).and_then(|v| expr::tenant_value_term(cx, v)) {
+                        Some(Term::Param(n)) => {
+                            params.push(n);
+                            true
+                        }
+                        Some(Term::Setting) => true,
+                        _ => false,
+                    },
+                );
+            OutCol {
+                name: Some(format!("column{}", j + 1)),
+                tenant: match (all, params.is_empty()) {
+                    (false, _) => TenantValue::No,
+                    (true, true) => TenantValue::Proven,
+                    (true, false) => TenantValue::Params(params),
+                },
+                key: None,
+            }
+        })
+        .collect();
+    Ok(Some(cols))
 }
 
 fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
@@ -82,6 +141,7 @@ fn set_operation(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
                     } else {
                         TenantValue::No
                     },
+                    key: if a.key == b.key { a.key } else { None },
                     name: a.name,
                 })
                 .collect(),
@@ -168,6 +228,7 @@ fn simple_select(cx: &mut Cx, s: &SelectStmt, env: &Env) -> R<OutCols> {
     };
     if let Some(w) = s.where_clause.as_deref() {
         equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
+        expr::semijoin_edges(cx, w, &scope_env, &mut edges);
     }
     let scope = solve(cx, items.scope, &edges)?;
     let env2 = Env {
@@ -317,6 +378,17 @@ fn unknown_relation(cx: &Cx, rv: &RangeVar, allow: Option<String>) -> R<(RelKind
 /// session-exposing catalog views and unknown relations. Records tenant-schema references
 /// (schema isolation) in `cx`.
 pub(crate) fn relation_kind(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> {
+    let r = relation_kind_inner(cx, rv);
+    match &r {
+        Ok((RelKind::Known, s)) if s == "pg_catalog" || s == "information_schema" => {
+            cx.reads_catalog = true;
+        }
+        _ => cx.reads_other = true,
+    }
+    r
+}
+
+fn relation_kind_inner(cx: &mut Cx, rv: &RangeVar) -> R<(RelKind, String)> {
     let display = display_name(rv);
     let system = rv.schemaname == "pg_catalog"
         || (rv.schemaname.is_empty() && rv.relname.starts_with("pg_"));
@@ -481,6 +553,19 @@ fn schema_relation(cx: &mut Cx, rv: &RangeVar, system: bool) -> R<(RelKind, Stri
     unknown_relation(cx, rv, None)
 }
 
+/// The `$n` a derived column stands for (a subquery's `$1 AS x`, a VALUES column of `$n`s).
+fn derived_value(scope: &Scope, id: usize, col: &str) -> TenantValue {
+    match scope.entries.get(id).map(|e| &e.kind) {
+        Some(EntryKind::Derived { cols: Some(cols) }) => cols
+            .iter()
+            .find(|c| c.name.as_deref() == Some(col))
+            .map(|c| c.tenant.clone())
+            .filter(|t| matches!(t, TenantValue::Param(_) | TenantValue::Params(_)))
+            .unwrap_or(TenantValue::No),
+        _ => TenantValue::No,
+    }
+}
+
 /// Output columns of a target list and which of them provably carry the tenant.
 pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
     let mut out = Vec::with_capacity(targets.len());
@@ -494,6 +579,9 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
             return None;
         }
         let mut name = (!rt.name.is_empty()).then(|| rt.name.clone());
+        let mut key = None;
+        // `p0::VARCHAR` (SQLAlchemy's INSERT … SELECT): a cast that keeps a tenant value intact.
+        let val = expr::strip_safe_casts(val);
         let tenant = match val.node.as_ref() {
             Some(N::ColumnRef(c)) => {
                 if c.fields
@@ -506,8 +594,13 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
                     name = c.fields.last().and_then(str_of).map(str::to_owned);
                 }
                 match expr::term(cx, val, env, None) {
-                    Some(Term::Col(id, col)) if env.scope.is_proven(id, &col) => {
-                        TenantValue::Proven
+                    Some(Term::Col(id, col)) => {
+                        key = env.scope.key_source(&Term::Col(id, col.clone()));
+                        if env.scope.is_proven(id, &col) {
+                            TenantValue::Proven
+                        } else {
+                            derived_value(env.scope, id, &col)
+                        }
                     }
                     Some(Term::OuterTenant) => TenantValue::Proven,
                     _ => TenantValue::No,
@@ -520,7 +613,7 @@ pub(crate) fn output_columns(cx: &Cx, targets: &[Node], env: &Env) -> OutCols {
                 _ => TenantValue::No,
             },
         };
-        out.push(OutCol { name, tenant });
+        out.push(OutCol { name, tenant, key });
     }
     Some(out)
 }

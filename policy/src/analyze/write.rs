@@ -146,6 +146,9 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
             let ok = match tenant {
                 TenantValue::Proven => true,
                 TenantValue::Param(n) => record_value(cx, Some(Term::Param(n))),
+                TenantValue::Params(ns) => ns
+                    .into_iter()
+                    .all(|n| record_value(cx, Some(Term::Param(n)))),
                 TenantValue::Literal(v) => record_value(cx, Some(Term::Literal(v))),
                 TenantValue::No => false,
             };
@@ -369,6 +372,7 @@ fn solve_with_where(cx: &mut Cx, items: &FromItems, pred: Option<&Node>, env: &E
     };
     if let Some(w) = pred {
         equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
+        expr::semijoin_edges(cx, w, &scope_env, &mut edges);
     }
     let scope = Scope {
         entries: items.scope.entries.clone(),
