@@ -188,10 +188,67 @@ fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A log reader that goes away (a `| tee` that died, a restarted log collector) leaves the
+/// proxy's stderr a broken pipe: log lines are lost, but the proxy keeps serving and still
+/// shuts down on SIGTERM (a failed log write used to panic the task that logged).
+#[test]
+fn a_broken_log_pipe_does_not_stop_serving_or_shutting_down() {
+    let (port, dir, mut child) = serve_with("epipe", "", std::process::Stdio::piped());
+    drop(child.stderr.take());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answered = rt.block_on(async {
+        let conninfo = format!("host=127.0.0.1 port={port} user=admin dbname=tenantgate");
+        for _ in 0..300 {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                // An unknown command logs a warning, written to the broken pipe.
+                let _ = client.simple_query("NO SUCH COMMAND").await;
+                return client.simple_query("SHOW VERSION").await.is_ok();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    });
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut code = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            code = s.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(answered, "the admin console did not answer");
+    assert_eq!(code, Some(0), "SIGTERM did not shut the proxy down");
+}
+
 /// Starts `tenantgate serve` on a free port with an admin console and one unreachable
 /// database, `proxy` added to its `[proxy]` section; its config lives in
 /// `{tmp}/tg-{tag}-{pid}`. Returns the port, that directory and the process.
 fn serve(tag: &str, proxy: &str) -> (u16, std::path::PathBuf, std::process::Child) {
+    serve_with(tag, proxy, std::process::Stdio::null())
+}
+
+/// [`serve`] with the process's stderr (its log) going to `stderr`.
+fn serve_with(
+    tag: &str,
+    proxy: &str,
+    stderr: std::process::Stdio,
+) -> (u16, std::path::PathBuf, std::process::Child) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -209,7 +266,7 @@ fn serve(tag: &str, proxy: &str) -> (u16, std::path::PathBuf, std::process::Chil
     let child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
         .args(["serve", "-c"])
         .arg(&path)
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     (port, dir, child)
