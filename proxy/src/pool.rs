@@ -646,6 +646,31 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// A checked-out server's place in its pool's `total`. The paths that hand the server back to
+/// the pool, or close it and account for that, call [`Place::keep`]; dropped any other way (a
+/// session unwinding from a panic), the place is given up, so that the pool does not shrink for
+/// good.
+pub struct Place(Option<Arc<Pool>>);
+
+impl Place {
+    pub fn new(pool: &Arc<Pool>) -> Place {
+        Place(Some(pool.clone()))
+    }
+
+    /// The server's place is accounted for elsewhere.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.forget_one();
+        }
+    }
+}
+
 /// A server being opened: its place in `total` is given up when this is dropped before
 /// [`Opening::opened`] (the connection failed, or the checkout was abandoned).
 struct Opening<'a>(Option<&'a Pool>);

@@ -137,3 +137,15 @@ async fn an_abandoned_checkout_gives_back_what_it_was_granted() {
     assert!(queued.await.is_err_and(|e| e.is_cancelled()));
     assert_eq!(pool.counts().total, 0, "the grant was handed back");
 }
+
+/// A server dropped without going through a release path (a session unwinding from a panic)
+/// gives its place in the pool back; one that was released keeps it accounted for there.
+#[test]
+fn a_server_place_dropped_without_a_release_is_given_back() {
+    let pool = pool_of_one();
+    pool.lock().total = 1;
+    Place::new(&pool).keep();
+    assert_eq!(pool.counts().total, 1);
+    drop(Place::new(&pool));
+    assert_eq!(pool.counts().total, 0, "the place was given back");
+}

@@ -54,6 +54,8 @@ pub struct ClientIdentity {
 struct Attached {
     conn: ServerConn,
     pool: Arc<Pool>,
+    /// Kept by the paths that release or close the server; see [`crate::pool::Place`].
+    place: crate::pool::Place,
     _quota: Option<TenantPermit>,
     _held: Option<crate::metrics::ServerHeld>,
 }
@@ -242,6 +244,7 @@ impl Session {
         self.progress = Progress::default();
         self.server = Some(Attached {
             conn,
+            place: crate::pool::Place::new(&pool),
             pool,
             _quota: quota,
             _held: self.metrics.server_held(),
@@ -335,9 +338,16 @@ impl Session {
             // Boxed: rare, and its state would otherwise be part of every idle session.
             return Box::pin(self.release_slowly()).await;
         }
-        let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
+        let Some(Attached {
+            mut conn,
+            pool,
+            place,
+            ..
+        }) = self.server.take()
+        else {
             return;
         };
+        place.keep();
         self.cancel.slot.set(None);
         conn.sequences_drawn |= self.progress.sequences_dirty;
         self.progress = Progress::default();
@@ -359,9 +369,16 @@ impl Session {
     /// one of the server's prepared statements went stale (all are deallocated: the next use
     /// prepares them again).
     async fn release_slowly(&mut self) {
-        let Some(Attached { mut conn, pool, .. }) = self.server.take() else {
+        let Some(Attached {
+            mut conn,
+            pool,
+            place,
+            ..
+        }) = self.server.take()
+        else {
             return;
         };
+        place.keep();
         self.cancel.slot.set(None);
         conn.sequences_drawn |= self.progress.sequences_dirty;
         if std::mem::take(&mut self.progress.reseeded) {
@@ -491,10 +508,18 @@ impl Session {
             if reusable && self.tx_mode && changed {
                 if roll_back(&mut attached.conn).await {
                     Box::pin(self.release_slowly()).await;
-                } else if let Some(Attached { conn, pool, .. }) = self.server.take() {
+                } else if let Some(Attached {
+                    conn, pool, place, ..
+                }) = self.server.take()
+                {
+                    place.keep();
                     finish(&pool, conn, false, false).await;
                 }
-            } else if let Some(Attached { conn, pool, .. }) = self.server.take() {
+            } else if let Some(Attached {
+                conn, pool, place, ..
+            }) = self.server.take()
+            {
+                place.keep();
                 let reusable = reusable && !self.progress.reseeded;
                 finish(&pool, conn, reusable, !self.tx_mode).await;
             }

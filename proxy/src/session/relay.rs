@@ -403,7 +403,8 @@ impl Session {
     fn drop_server(&mut self) {
         if let Some(attached) = self.server.take() {
             self.cancel.slot.set(None);
-            attached.pool.forget_one();
+            // Its place in the pool is given up as it is dropped.
+            drop(attached);
         }
     }
 
