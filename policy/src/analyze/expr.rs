@@ -641,7 +641,10 @@ fn is_eq_operator(names: &[Node]) -> bool {
     matches!(parts.as_slice(), ["="] | ["pg_catalog", "="])
 }
 
-/// Equalities `a = b` (or `a IN (b)`) among the top-level conjuncts of `pred`.
+/// Equalities `a = b` (or `a IN (b)`) among the top-level conjuncts of `pred`; and, from a
+/// conjunct that is a disjunction (`… OR …`, `a IN (b, c)`, `(a, b) IN ((x, y), (z, w))`), the
+/// equalities of a column with a tenant value that every branch has (see
+/// [`super::edges::common_value_edges`]).
 pub(crate) fn equality_edges(
     cx: &Cx,
     pred: &Node,
@@ -650,9 +653,32 @@ pub(crate) fn equality_edges(
     deriv: &Deriv,
     out: &mut Vec<Edge>,
 ) {
+    edges_at(cx, pred, env, visible, deriv, out, 0);
+}
+
+fn edges_at(
+    cx: &Cx,
+    pred: &Node,
+    env: &Env,
+    visible: Option<&[usize]>,
+    deriv: &Deriv,
+    out: &mut Vec<Edge>,
+    depth: usize,
+) {
     let mut cs = Vec::new();
     conjuncts(pred, &mut cs);
     for c in cs {
+        if let Some(N::BoolExpr(b)) = c.node.as_ref() {
+            if b.boolop == BoolExprType::OrExpr as i32 && depth < MAX_DISJUNCTION_DEPTH {
+                let branches = b.args.iter().map(|arg| {
+                    let mut e = Vec::new();
+                    edges_at(cx, arg, env, visible, deriv, &mut e, depth + 1);
+                    e
+                });
+                out.extend(super::edges::common_value_edges(branches.collect()));
+            }
+            continue;
+        }
         let Some(N::AExpr(a)) = c.node.as_ref() else {
             continue;
         };
@@ -662,27 +688,36 @@ pub(crate) fn equality_edges(
         let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
             continue;
         };
-        let r = if a.kind == AExprKind::AexprIn as i32 {
+        let pairs = |r: &Node| {
+            let mut e = Vec::new();
+            for (l, r) in row_pairs(l, r) {
+                if let (Some(ta), Some(tb)) = (term(cx, l, env, visible), term(cx, r, env, visible))
+                {
+                    e.push(Edge {
+                        a: ta,
+                        b: tb,
+                        deriv: deriv.clone(),
+                    });
+                }
+            }
+            e
+        };
+        if a.kind == AExprKind::AexprIn as i32 {
             match r.node.as_ref() {
-                Some(N::List(l)) if l.items.len() == 1 => &l.items[0],
-                _ => continue,
+                Some(N::List(l)) if l.items.len() == 1 => out.extend(pairs(&l.items[0])),
+                Some(N::List(l)) => out.extend(super::edges::common_value_edges(
+                    l.items.iter().map(pairs).collect(),
+                )),
+                _ => {}
             }
         } else if a.kind == AExprKind::AexprOp as i32 {
-            r
-        } else {
-            continue;
-        };
-        for (l, r) in row_pairs(l, r) {
-            if let (Some(ta), Some(tb)) = (term(cx, l, env, visible), term(cx, r, env, visible)) {
-                out.push(Edge {
-                    a: ta,
-                    b: tb,
-                    deriv: deriv.clone(),
-                });
-            }
+            out.extend(pairs(r));
         }
     }
 }
+
+/// Disjunctions nested in disjunctions deeper than this prove nothing (bounded recursion).
+const MAX_DISJUNCTION_DEPTH: usize = 8;
 
 /// `col IN (SELECT k …)` / `col = ANY (SELECT k …)` among the top-level conjuncts, where `k`
 /// is a column of proven rows of a tenant table: an edge `col = Key(k)` (see

@@ -1,6 +1,7 @@
 //! Statement analysis: parse with pg_query, walk the tree, produce a tenant-independent
 //! [`Analysis`] that the cache stores.
 
+mod edges;
 mod expr;
 mod from;
 mod names;
