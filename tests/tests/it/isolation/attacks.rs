@@ -106,7 +106,6 @@ pub(super) fn attacks() -> Vec<Attack> {
         ext("NOT (tenant_id <> $1)", "SELECT * FROM orders WHERE NOT (tenant_id <> $1)", params!["acme"], TFM),
         ext("CASE", "SELECT * FROM orders WHERE CASE WHEN tenant_id = $1 THEN true ELSE true END", params!["acme"], TFM),
         ext("= ANY($1) with both tenants", "SELECT * FROM orders WHERE tenant_id = ANY($1)", params![vec!["acme", "globex"]], TFM),
-        ext("IN ($1, $2)", "SELECT * FROM orders WHERE tenant_id IN ($1, $2)", params!["acme", "globex"], TFM),
         ext("LIKE", "SELECT * FROM orders WHERE tenant_id LIKE $1", params!["%"], TFM),
         ext("range", "SELECT * FROM orders WHERE tenant_id >= $1", params![""], TFM),
         simple("tautology tenant_id = tenant_id", "SELECT * FROM orders WHERE tenant_id = tenant_id", TFM),
@@ -147,6 +146,10 @@ pub(super) fn attacks() -> Vec<Attack> {
         ext("Bind $1 = globex with $1::text cast", "SELECT * FROM orders WHERE tenant_id = $1::text", params!["globex"], TVM),
         ext("Bind second tenant parameter = globex", "SELECT * FROM orders WHERE tenant_id = $1 AND tenant_id = $2", params!["acme", "globex"], TVM),
         ext("Bind tenant of a join chain = globex", "SELECT o.id FROM orders o JOIN customers c ON c.tenant_id = o.tenant_id AND c.id = o.customer_id WHERE c.tenant_id = $1", params!["globex"], TVM),
+        ext("composite-key OR, second branch bound to globex", "SELECT id FROM orders WHERE (tenant_id = $1 AND id = $2 OR tenant_id = $3 AND id = $4)", params!["acme", 1i64, "globex", 4i64], TVM),
+        ext("tuple IN, second tuple bound to globex", "SELECT id FROM orders WHERE (tenant_id, id) IN (($1, $2), ($3, $4))", params!["acme", 1i64, "globex", 4i64], TVM),
+        ext("tenant IN list with globex", "SELECT id FROM orders WHERE tenant_id IN ($1, $2)", params!["acme", "globex"], TVM),
+        ext("composite-key OR, a branch without the tenant", "SELECT id FROM orders WHERE (tenant_id = $1 AND id = $2 OR id = $3)", params!["acme", 1i64, 4i64], TFM),
         ext("Bind empty tenant", "SELECT * FROM orders WHERE tenant_id = $1", params![""], TVM),
         ext("Bind NULL tenant", "SELECT * FROM orders WHERE tenant_id = $1", params![None::<String>], TVM),
         // The tenant setting, roles, session commands.

@@ -70,6 +70,24 @@ async fn legit_orm_queries(rls: bool) {
         .await
         .unwrap();
     assert_eq!(ids(rows), ACME_ORDERS);
+    // Rails 7.1 composite primary key (tenant_id, id), several records; Hibernate's tuple IN.
+    // A globex id under acme's tenant finds nothing.
+    let rows = c
+        .query(
+            r#"SELECT "orders".* FROM "orders" WHERE ("orders"."tenant_id" = $1 AND "orders"."id" = $2 OR "orders"."tenant_id" = $3 AND "orders"."id" = $4) ORDER BY "orders"."id""#,
+            &[t, &1i64, t, &4i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(rows), [1]);
+    let rows = c
+        .query(
+            "select o1_0.id from orders o1_0 where (o1_0.tenant_id,o1_0.id) in (($1,$2),($3,$4)) order by o1_0.id",
+            &[t, &2i64, t, &3i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(rows), [2, 3]);
     // Eager load of the parent through the composite foreign key (inner and left join).
     for join in ["JOIN", "LEFT JOIN"] {
         let rows = c
