@@ -462,7 +462,16 @@ pub(crate) fn check_function(cx: &Cx, names: &[Node], location: i32, args: &[Nod
         if cx.is_tenant_setting(&target) || is_reserved_setting(&target) || search_path {
             return reject(Rule::TenantSettingWrite, format!("set_config of \"{target}\" (at position {}) is not allowed: the proxy owns this setting", pos(location)));
         }
-        if functions::is_reported_setting(&target) {
+        // The name as Postgres sees it: the literal itself, or under a cast that keeps it
+        // (`'TimeZone'::varchar(4)` is `Time`).
+        let exact = args
+            .first()
+            .map(strip_safe_casts)
+            .and_then(|a| match a.node.as_ref() {
+                Some(N::AConst(_)) => string_const(a),
+                _ => None,
+            });
+        if exact.is_some_and(|t| functions::is_reported_setting(&t)) {
             // Postgres reports these (ParameterStatus), so the proxy sees the change and keeps
             // it with the client's session like a SET (Django sets TimeZone this way).
             return Ok(name);

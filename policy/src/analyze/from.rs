@@ -294,8 +294,10 @@ fn join<'n>(
     if let Some(q) = j.quals.as_deref() {
         items.quals.push((q, visible.clone(), deriv.clone()));
     }
+    items.scope.natural |= j.is_natural;
     for u in &j.using_clause {
         if let Some(col) = str_of(u) {
+            items.scope.merged.push(col.to_owned());
             items.using.push((
                 col.to_owned(),
                 left.ids.clone(),

@@ -27,6 +27,8 @@ pub(crate) fn resolve_column(
     let ns = visible.map_or_else(|| namespace(scope), Cow::Borrowed);
     match fields {
         // Unqualified names are only resolved at the innermost level (None when not there).
+        // A merged USING/NATURAL column is no input's column (see `Scope::merges`).
+        [col] if scope.merges(col) => None,
         [col] => unqualified(scope, &ns, col).map(|id| Term::Col(id, (*col).to_owned())),
         [rel, col] | [_, rel, col] => {
             let schema = (fields.len() == 3).then(|| fields[0]);
@@ -88,6 +90,7 @@ fn named(scope: &Scope, ns: &[usize], matches: &dyn Fn(&Entry) -> bool) -> Vec<u
 fn column_of(scope: &Scope, id: usize, col: &str) -> Term {
     let inner = scope
         .join_inputs(id)
+        .filter(|_| !scope.merges(col))
         .and_then(|ns| unqualified(scope, ns, col));
     Term::Col(inner.unwrap_or(id), col.to_owned())
 }

@@ -128,9 +128,32 @@ pub(crate) struct Scope {
     /// Join aliases (`(a JOIN b …) AS j`): the alias entry and the entries of its two inputs
     /// that it hides and whose columns it exposes.
     pub joins: Vec<(usize, Vec<usize>)>,
+    /// Columns merged by a `JOIN … USING` of this level; `natural`: a NATURAL join merges
+    /// columns not known here. See [`Scope::merges`].
+    pub merged: Vec<String>,
+    pub natural: bool,
 }
 
 impl Scope {
+    /// An unqualified `col` (or `j.col` through a join alias) may name a merged join column:
+    /// the left input's value for INNER/LEFT, the right input's for RIGHT and
+    /// `COALESCE(left, right)` for FULL joins. Where the input the name is resolved to is NULL,
+    /// that value is the other input's, so it is no column of that input (neither a tenant
+    /// value nor a key of its rows).
+    pub fn merges(&self, col: &str) -> bool {
+        self.natural || self.merged.iter().any(|m| m == col)
+    }
+
+    /// The same level with the entries of `other` (a target level built from a FROM clause).
+    pub fn with_entries_of(other: &Scope) -> Scope {
+        Scope {
+            entries: other.entries.clone(),
+            merged: other.merged.clone(),
+            natural: other.natural,
+            ..Scope::default()
+        }
+    }
+
     /// The entries a join alias exposes the columns of, if `id` is a join alias.
     pub fn join_inputs(&self, id: usize) -> Option<&[usize]> {
         self.joins
@@ -147,6 +170,8 @@ impl Scope {
             proven: self.proven.clone(),
             visible: Some(visible.to_vec()),
             joins: self.joins.clone(),
+            merged: self.merged.clone(),
+            natural: self.natural,
         }
     }
 

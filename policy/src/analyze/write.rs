@@ -374,10 +374,7 @@ fn solve_with_where(cx: &mut Cx, items: &FromItems, pred: Option<&Node>, env: &E
         equality_edges(cx, w, &scope_env, None, &Deriv::Any, &mut edges);
         expr::semijoin_edges(cx, w, &scope_env, &mut edges);
     }
-    let scope = Scope {
-        entries: items.scope.entries.clone(),
-        ..Scope::default()
-    };
+    let scope = Scope::with_entries_of(&items.scope);
     solve(cx, scope, &edges)
 }
 
@@ -428,10 +425,7 @@ pub(crate) fn merge(cx: &mut Cx, m: &MergeStmt, env: &Env) -> R<()> {
         };
         equality_edges(cx, on, &scope_env, None, &deriv, &mut edges);
     }
-    let scope = Scope {
-        entries: items.scope.entries.clone(),
-        ..Scope::default()
-    };
+    let scope = Scope::with_entries_of(&items.scope);
     let scope = solve(cx, scope, &edges)?;
     let env2 = Env {
         scope: &scope,
