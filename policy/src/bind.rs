@@ -11,6 +11,12 @@ const OID_UNKNOWN: u32 = 705;
 const OID_BPCHAR: u32 = 1042;
 const OID_VARCHAR: u32 = 1043;
 const OID_UUID: u32 = 2950;
+const OID_INT2_ARRAY: u32 = 1005;
+const OID_INT4_ARRAY: u32 = 1007;
+const OID_TEXT_ARRAY: u32 = 1009;
+const OID_VARCHAR_ARRAY: u32 = 1015;
+const OID_INT8_ARRAY: u32 = 1016;
+const OID_UUID_ARRAY: u32 = 2951;
 
 fn mismatch(reason: String) -> Rejection {
     Rejection {
@@ -61,8 +67,193 @@ impl Decision {
                 )));
             }
         }
+        for &(pos, max) in &self.tenant_array_params {
+            check_array(pos, max, params, formats, param_types, tenant)?;
+        }
         Ok(())
     }
+}
+
+/// An array parameter every element of which must equal the tenant (see
+/// [`Decision::tenant_array_params`]); `max`: the length its `varchar(n)[]` cast cuts values to.
+fn check_array(
+    pos: usize,
+    max: Option<usize>,
+    params: &[Option<&[u8]>],
+    formats: &[i16],
+    param_types: &[u32],
+    tenant: &str,
+) -> Result<(), Rejection> {
+    let what = format!("tenant array parameter ${pos}");
+    let idx = pos
+        .checked_sub(1)
+        .ok_or_else(|| mismatch("invalid parameter position $0".into()))?;
+    let Some(slot) = params.get(idx) else {
+        return Err(mismatch(format!("{what} was not supplied")));
+    };
+    let Some(bytes) = slot else {
+        return Err(mismatch(format!("{what} is NULL")));
+    };
+    let format = match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => *formats
+            .get(idx)
+            .ok_or_else(|| mismatch(format!("no format code for ${pos}")))?,
+    };
+    let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
+    let element = match oid {
+        OID_TEXT_ARRAY => OID_TEXT,
+        OID_VARCHAR_ARRAY => OID_VARCHAR,
+        OID_UUID_ARRAY => OID_UUID,
+        OID_INT2_ARRAY => OID_INT2,
+        OID_INT4_ARRAY => OID_INT4,
+        OID_INT8_ARRAY => OID_INT8,
+        OID_UNSPECIFIED | OID_UNKNOWN => OID_UNSPECIFIED,
+        other => {
+            return Err(mismatch(format!(
+                "{what} has type oid {other}: declare it as text[], varchar[], uuid[] or an integer array"
+            )))
+        }
+    };
+    if let Some(max) = max.filter(|m| tenant.chars().count() > *m) {
+        return Err(mismatch(format!(
+            "{what} is cast to varchar({max})[], which would cut the session tenant short"
+        )));
+    }
+    let values = match format {
+        0 => std::str::from_utf8(bytes)
+            .map_err(|_| "text value is not UTF-8".to_owned())
+            .and_then(parse_text_array),
+        1 => decode_binary_array(bytes, element),
+        f => Err(format!("unknown format code {f}")),
+    }
+    .map_err(|e| mismatch(format!("{what}: {e}")))?;
+    for (i, value) in values.iter().enumerate() {
+        let Some(value) = value else {
+            return Err(mismatch(format!("{what} has a NULL element")));
+        };
+        let equal =
+            matches_as(element, value, tenant).map_err(|e| mismatch(format!("{what} {e}")))?;
+        if !equal {
+            return Err(mismatch(format!(
+                "element {} of {what} does not equal the session tenant",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A one-dimensional array in the text format, strictly: `{a,"b c",NULL}` — elements separated
+/// by commas, either double-quoted (with `\` escapes) or bare without whitespace, braces,
+/// quotes or backslashes; a bare `NULL` is NULL. Anything else (whitespace, dimensions
+/// `[1:2]={…}`, nested arrays) is refused rather than read differently from Postgres.
+fn parse_text_array(s: &str) -> Result<Vec<Option<String>>, String> {
+    let inner = s
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or("not a one-dimensional array {…} without spaces")?;
+    let mut out = Vec::new();
+    if inner.is_empty() {
+        return Ok(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut v = String::new();
+            loop {
+                match chars.next() {
+                    Some('\\') => v.push(chars.next().ok_or("unterminated escape")?),
+                    Some('"') => break,
+                    Some(c) => v.push(c),
+                    None => return Err("unterminated quoted element".into()),
+                }
+            }
+            out.push(Some(v));
+        } else {
+            let mut v = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if matches!(c, '{' | '}' | '"' | '\\') || c.is_whitespace() {
+                    return Err(format!(
+                        "unsupported character {c:?} in an unquoted element"
+                    ));
+                }
+                v.push(c);
+                chars.next();
+            }
+            if v.is_empty() {
+                return Err("empty element".into());
+            }
+            out.push((!v.eq_ignore_ascii_case("NULL")).then_some(v));
+        }
+        match chars.next() {
+            None => return Ok(out),
+            Some(',') => {}
+            Some(c) => return Err(format!("unexpected {c:?} after an element")),
+        }
+    }
+}
+
+/// A one-dimensional array in the binary format (`array_send`): dimensions, null flag, element
+/// type, then each element's length (-1: NULL) and bytes. `element`: the element type the
+/// parameter's declared type implies (unspecified: the array's own, if one of ours).
+fn decode_binary_array(bytes: &[u8], element: u32) -> Result<Vec<Option<String>>, String> {
+    let mut r = bytes;
+    fn int(r: &mut &[u8], what: &str) -> Result<i32, String> {
+        let (head, rest) = r
+            .split_first_chunk::<4>()
+            .ok_or_else(|| format!("binary array ends before its {what}"))?;
+        *r = rest;
+        Ok(i32::from_be_bytes(*head))
+    }
+    let ndim = int(&mut r, "dimensions")?;
+    let _flags = int(&mut r, "null flag")?;
+    let elem = u32::from_be_bytes(int(&mut r, "element type")?.to_be_bytes());
+    if element != OID_UNSPECIFIED && elem != element {
+        return Err(format!(
+            "binary array of element type oid {elem}, expected {element}"
+        ));
+    }
+    let count = match ndim {
+        0 => 0,
+        1 => {
+            let len = int(&mut r, "length")?;
+            let _lower = int(&mut r, "lower bound")?;
+            usize::try_from(len).map_err(|_| format!("binary array length {len}"))?
+        }
+        n => return Err(format!("binary array of {n} dimensions; one is supported")),
+    };
+    // Every element takes at least its 4-byte length: bound the count before allocating.
+    if count > r.len() / 4 {
+        return Err(format!(
+            "binary array claims {count} elements in {} bytes",
+            r.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = int(&mut r, "element length")?;
+        if len == -1 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| format!("binary element length {len}"))?;
+        if len > r.len() {
+            return Err("binary array element runs past the end".into());
+        }
+        let (value, rest) = r.split_at(len);
+        r = rest;
+        out.push(Some(decode_binary(value, elem)?));
+    }
+    if !r.is_empty() {
+        return Err("binary array has trailing bytes".into());
+    }
+    Ok(out)
 }
 
 /// Decode one parameter to its text form.
@@ -142,10 +333,13 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 /// one byte) are refused.
 fn matches_as(oid: u32, value: &str, tenant: &str) -> Result<bool, String> {
     Ok(match oid {
-        OID_INT2 | OID_INT4 | OID_INT8 => matches!(
-            (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()),
-            (Ok(a), Ok(b)) if a == b
-        ),
+        // By value, and only for a tenant written as that integer is: an integer bound for a
+        // text tenant column is stored in its canonical form (`42` for tenant `042` would be
+        // another tenant's row).
+        OID_INT2 | OID_INT4 | OID_INT8 => value
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|v| v.to_string() == tenant),
         OID_UUID => matches!((parse_uuid(value), parse_uuid(tenant)), (Some(a), Some(b)) if a == b),
         OID_TEXT | OID_VARCHAR | OID_BPCHAR => value == tenant,
         OID_UNKNOWN | OID_UNSPECIFIED => tenant_matches(value, tenant),

@@ -157,6 +157,11 @@ pub struct Decision {
     pub normalized: String,
     /// 1-based `$n` positions whose Bind value must equal the session tenant.
     pub tenant_params: Vec<usize>,
+    /// 1-based `$n` positions of arrays every element of which must equal the session tenant
+    /// (`INSERT … SELECT * FROM UNNEST(($n)::varchar(50)[], …)`), each with the length a
+    /// `varchar(n)[]` cast cuts values to: a tenant longer than that is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenant_array_params: Vec<(usize, Option<usize>)>,
     pub statements: Vec<StatementKind>,
 }
 
@@ -190,6 +195,7 @@ impl Decision {
             fingerprint: String::new(),
             normalized: String::new(),
             tenant_params: Vec::new(),
+            tenant_array_params: Vec::new(),
             statements: Vec::new(),
         }
     }

@@ -52,6 +52,11 @@ fn bind_text_formats() {
     assert!(d
         .check_bind(&[Some(b"7"), Some(b"042")], &[], &[0, 23], "42")
         .is_ok());
+    // An integer is stored in its canonical form in a text tenant column: `42` is not tenant
+    // `042`.
+    assert!(d
+        .check_bind(&[Some(b"7"), Some(b"42")], &[], &[0, 23], "042")
+        .is_err());
 }
 
 #[test]
@@ -347,4 +352,121 @@ fn explain_mode_assumes_tenant_tables() {
 fn policy_is_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Policy>();
+}
+
+/// Django's multi-row insert: `INSERT … SELECT * FROM UNNEST(($1)::varchar(50)[], …)`. The tenant
+/// column's array is checked element by element, in the text and the binary format.
+#[test]
+fn bind_tenant_arrays() {
+    let d = policy().check(
+        r#"INSERT INTO "orders" ("tenant_id", "id", "status") SELECT * FROM UNNEST(($1)::varchar(50)[], ($2)::integer[], ($3)::varchar(20)[]) RETURNING "orders"."id""#,
+        &T,
+    );
+    assert!(d.is_allowed(), "{}", d.reason);
+    assert!(d.tenant_params.is_empty());
+    assert_eq!(d.tenant_array_params, vec![(1, Some(50))]);
+    let ok = |v: &[u8], format: i16, oid: u32| {
+        d.check_bind(
+            &[Some(v), Some(b"{1,2}"), Some(b"{a,b}")],
+            &[format, 0, 0],
+            &[oid, 0, 0],
+            "t1",
+        )
+    };
+    // Text format.
+    for good in [&b"{t1,t1}"[..], b"{\"t1\",t1}", b"{}", b"{\"t\\1\"}"] {
+        assert!(
+            ok(good, 0, 1015).is_ok(),
+            "{}",
+            String::from_utf8_lossy(good)
+        );
+        assert!(ok(good, 0, 0).is_ok(), "{}", String::from_utf8_lossy(good));
+    }
+    for bad in [
+        &b"{t1,t2}"[..],
+        b"{t1,NULL}",
+        b"{t1,null}",
+        b"{t1, t1}",
+        b"{{t1},{t1}}",
+        b"[1:2]={t1,t1}",
+        b"{t1,\"t2\"}",
+        b"{\"t1\"\"t2\"}",
+        b"{t1,}",
+        b"{\"t1}",
+        b"t1",
+        b"{t\\1}",
+        b"{\"t1 \"}",
+    ] {
+        let e = ok(bad, 0, 1015).unwrap_err();
+        assert_eq!(
+            e.rule,
+            Rule::TenantValueMismatch,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // `"NULL"` quoted is the string NULL, not the tenant.
+    assert!(ok(b"{\"NULL\"}", 0, 1015).is_err());
+    // Binary format: ndim, flags, element oid, (length, lower bound), then the elements.
+    let binary = |elem: u32, values: &[Option<&[u8]>]| {
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&elem.to_be_bytes());
+        b.extend_from_slice(&i32::try_from(values.len()).unwrap().to_be_bytes());
+        b.extend_from_slice(&1i32.to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&i32::try_from(v.len()).unwrap().to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    };
+    assert!(ok(&binary(1043, &[Some(b"t1"), Some(b"t1")]), 1, 1015).is_ok());
+    assert!(ok(&binary(25, &[Some(b"t1")]), 1, 1009).is_ok());
+    assert!(ok(&binary(25, &[Some(b"t1")]), 1, 0).is_ok());
+    for bad in [
+        binary(1043, &[Some(b"t1"), Some(b"t2")]),
+        binary(1043, &[Some(b"t1"), None]),
+        binary(25, &[Some(b"t1")]), // element type is not the declared one
+        {
+            let mut b = binary(1043, &[Some(b"t1")]);
+            b[15] = 200; // claims 200 elements
+            b
+        },
+        {
+            let mut b = binary(1043, &[Some(b"t1")]);
+            b.push(0); // trailing byte
+            b
+        },
+        {
+            let mut b = binary(1043, &[Some(b"t1")]);
+            b[3] = 2; // two dimensions
+            b
+        },
+        binary(1043, &[Some(b"t1")])[..10].to_vec(),
+    ] {
+        let e = ok(&bad, 1, 1015).unwrap_err();
+        assert_eq!(e.rule, Rule::TenantValueMismatch, "{bad:?}");
+    }
+    // A declared type whose element type does not keep the value, and a NULL array.
+    assert!(ok(b"{t1}", 0, 1014).is_err());
+    assert!(d
+        .check_bind(&[None, Some(b"{1}"), Some(b"{a}")], &[], &[], "t1")
+        .is_err());
+    // A tenant longer than the varchar(50) the array is cast to would be cut short.
+    let long = "t".repeat(51);
+    let value = format!("{{{long}}}");
+    assert!(d
+        .check_bind(
+            &[Some(value.as_bytes()), Some(b"{1}"), Some(b"{a}")],
+            &[],
+            &[],
+            &long
+        )
+        .is_err());
 }

@@ -131,4 +131,15 @@ fn print_text(d: &Decision) {
         let params: Vec<String> = d.tenant_params.iter().map(|p| format!("${p}")).collect();
         println!("tenant parameters (checked at Bind): {}", params.join(", "));
     }
+    if !d.tenant_array_params.is_empty() {
+        let params: Vec<String> = d
+            .tenant_array_params
+            .iter()
+            .map(|(p, _)| format!("${p}"))
+            .collect();
+        println!(
+            "tenant arrays (every element checked at Bind): {}",
+            params.join(", ")
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod names;
 mod scope;
 mod select;
 mod stmt;
+mod unnest;
 mod write;
 
 use crate::catalog::Catalog;
@@ -102,6 +103,9 @@ pub(crate) struct Cx<'c> {
     pub cfg: &'c PolicyConfig,
     pub cat: &'c Catalog,
     pub tenant_params: BTreeSet<usize>,
+    /// Array parameters every element of which must be the tenant, with the length a
+    /// `varchar(n)[]` cast cuts values to (see [`crate::Decision::tenant_array_params`]).
+    pub tenant_array_params: std::collections::BTreeMap<usize, Option<usize>>,
     pub tenant_literals: Vec<String>,
     pub touches_tenant: bool,
     pub qualified_schemas: Vec<SchemaRef>,
@@ -125,6 +129,7 @@ impl<'c> Cx<'c> {
             cfg,
             cat,
             tenant_params: BTreeSet::new(),
+            tenant_array_params: Default::default(),
             tenant_literals: Vec::new(),
             touches_tenant: false,
             qualified_schemas: Vec::new(),
@@ -265,6 +270,11 @@ pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis 
             fingerprint,
             normalized,
             tenant_params: cx.tenant_params.iter().copied().collect(),
+            tenant_array_params: cx
+                .tenant_array_params
+                .iter()
+                .map(|(n, max)| (*n, *max))
+                .collect(),
             statements,
         },
         Err((r, statements)) => Decision {

@@ -136,6 +136,11 @@ pub(crate) fn insert(cx: &mut Cx, i: &InsertStmt, env: &Env) -> R<()> {
                 walk_all(cx, &items.items, Ctx::Value, &env)?;
             }
         }
+        Some(N::SelectStmt(s)) if super::unnest::unnest_call(s).is_some() => {
+            if let Some((call, args)) = super::unnest::unnest_call(s) {
+                super::unnest::insert_unnest(cx, call, args, cols.len(), idx, &env)?;
+            }
+        }
         Some(N::SelectStmt(s)) => {
             let out = select(cx, s, Some(&env))?;
             let tenant = out

@@ -729,7 +729,7 @@ impl Session {
             }
             return Some(rejection(decision));
         }
-        if decision.tenant_params.is_empty() {
+        if decision.tenant_params.is_empty() && decision.tenant_array_params.is_empty() {
             return None;
         }
         let Some(tenant) = self.current_tenant() else {

@@ -173,6 +173,25 @@ async fn legit_orm_queries(rls: bool) {
         .await
         .unwrap();
     assert_eq!(n, 1);
+    // Django 5.2 bulk_create of several rows: one array per column, the tenant's checked
+    // element by element (binary arrays from tokio-postgres).
+    let tenants: Vec<&str> = vec!["acme", "acme"];
+    let rows = c
+        .query(
+            r#"INSERT INTO "orders" ("tenant_id", "id", "customer_id", "total", "status") SELECT * FROM UNNEST(($1)::varchar(50)[], ($2)::bigint[], ($3)::bigint[], ($4)::float8[], ($5)::varchar(20)[]) RETURNING "orders"."id""#,
+            &[&tenants, &vec![20i64, 21], &vec![1i64, 2], &vec![1.0f64, 2.0], &vec!["new", "new"]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(rows), [20, 21]);
+    let n = c
+        .execute(
+            "DELETE FROM orders WHERE tenant_id = $1 AND id IN ($2, $3)",
+            &[t, &20i64, &21i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
     // Filtered COPY out.
     {
         use futures_util::TryStreamExt;
