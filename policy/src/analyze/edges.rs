@@ -1,6 +1,6 @@
 //! Equalities that hold in every branch of a disjunction.
 
-use super::scope::{Edge, Term};
+use super::scope::{Deriv, Edge, Term};
 use std::collections::HashSet;
 
 /// A value a tenant column may be proven equal to: a parameter (checked at Bind), the tenant
@@ -48,4 +48,29 @@ pub(crate) fn common_value_edges(branches: Vec<Vec<Edge>>) -> Vec<Edge> {
         .filter(|e| keep(e))
         .cloned()
         .collect()
+}
+
+/// `col IN (v1, v2, …)`: [`common_value_edges`] for branches that are each one equality of the
+/// same column, without building them: the column's equality with every item if every item is
+/// a value, else none.
+pub(crate) fn list_value_edges(
+    col: Option<Term>,
+    items: impl Iterator<Item = Option<Term>>,
+    deriv: &Deriv,
+) -> Vec<Edge> {
+    let Some(col @ Term::Col(..)) = col else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Some(v) if is_value(&v) => out.push(Edge {
+                a: col.clone(),
+                b: v,
+                deriv: deriv.clone(),
+            }),
+            _ => return Vec::new(),
+        }
+    }
+    out
 }

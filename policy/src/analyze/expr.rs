@@ -697,6 +697,7 @@ fn edges_at(
         let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
             continue;
         };
+        let lhs = l;
         let pairs = |r: &Node| {
             let mut e = Vec::new();
             for (l, r) in row_pairs(l, r) {
@@ -714,6 +715,15 @@ fn edges_at(
         if a.kind == AExprKind::AexprIn as i32 {
             match r.node.as_ref() {
                 Some(N::List(l)) if l.items.len() == 1 => out.extend(pairs(&l.items[0])),
+                // `col IN ($1, $2, …)`: the column once, each item a value (an ORM's list of
+                // thousands stays cheap); row constructors branch by branch.
+                Some(N::List(l)) if !matches!(lhs.node, Some(N::RowExpr(_))) => {
+                    out.extend(super::edges::list_value_edges(
+                        term(cx, lhs, env, visible),
+                        l.items.iter().map(|i| term(cx, i, env, visible)),
+                        deriv,
+                    ))
+                }
                 Some(N::List(l)) => out.extend(super::edges::common_value_edges(
                     l.items.iter().map(pairs).collect(),
                 )),
