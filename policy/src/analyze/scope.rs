@@ -393,19 +393,33 @@ impl Scope {
         format!("add {}.{col} = $n (or = current_setting('…')) as a top-level AND condition of the WHERE clause, or of the ON clause for an outer-joined relation", ce.name)
     }
 
-    /// Parameters and literals that are compared (through any chain) with a tenant column.
-    pub fn record_tenant_values(&self, cx: &mut Cx, edges: &[Edge]) {
+    /// Parameters and literals that are compared (through any chain) with a tenant value: a
+    /// tenant column, a derived column proven on its own level, the tenant setting or an
+    /// enclosing query's proven tenant column. A column proven only through values that are not
+    /// so connected (`x.status = $2` beside `x.tenant_id = $1`) equals a value that is not
+    /// checked at Bind: it proved nothing here and must not be passed on as the tenant (as an
+    /// output column of a subquery, to a correlated subquery, to INSERT … SELECT or MERGE), so
+    /// it is dropped from the proven set.
+    pub fn record_tenant_values(&mut self, cx: &mut Cx, edges: &[Edge]) {
         let mut adj: HashMap<&Term, Vec<&Term>> = HashMap::new();
         for e in edges {
             adj.entry(&e.a).or_default().push(&e.b);
             adj.entry(&e.b).or_default().push(&e.a);
         }
-        let starts: Vec<Term> = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(id, e)| e.tenant_column().map(|c| Term::Col(id, c.to_owned())))
-            .collect();
+        let mut starts: Vec<Term> = vec![Term::Setting, Term::OuterTenant];
+        for (id, e) in self.entries.iter().enumerate() {
+            if let Some(c) = e.tenant_column() {
+                starts.push(Term::Col(id, c.to_owned()));
+            }
+            if let EntryKind::Derived { cols: Some(cols) } = &e.kind {
+                starts.extend(
+                    cols.iter()
+                        .filter(|c| c.tenant == TenantValue::Proven)
+                        .filter_map(|c| c.name.clone())
+                        .map(|n| Term::Col(id, n)),
+                );
+            }
+        }
         let mut seen: HashSet<&Term> = HashSet::new();
         let mut queue: VecDeque<&Term> = starts.iter().collect();
         while let Some(t) = queue.pop_front() {
@@ -423,6 +437,14 @@ impl Scope {
                 queue.extend(next.iter().copied());
             }
         }
+        let reached: HashSet<(usize, String)> = seen
+            .into_iter()
+            .filter_map(|t| match t {
+                Term::Col(id, c) => Some((*id, c.clone())),
+                _ => None,
+            })
+            .collect();
+        self.proven.retain(|k| reached.contains(k));
     }
 }
 
