@@ -288,6 +288,7 @@ impl Scope {
 
     /// Derive proven terms from equalities and catalog foreign keys until a fixpoint.
     pub fn solve(&mut self, cx: &Cx, edges: &[Edge]) {
+        let edges = &compact(edges);
         for (id, e) in self.entries.iter().enumerate() {
             if let EntryKind::Derived { cols: Some(cols) } = &e.kind {
                 for c in cols.iter().filter(|c| c.tenant == TenantValue::Proven) {
@@ -446,6 +447,30 @@ impl Scope {
             .collect();
         self.proven.retain(|k| reached.contains(k));
     }
+}
+
+/// `edges` for the solver: of the equalities of one column with a value (`$n`, a literal, the
+/// tenant setting, an enclosing tenant column) under the same derivation, one is enough (the
+/// value always holds); an `IN` list of thousands of `$n` would otherwise be walked on every
+/// round of the fixpoint for every entry. The Bind check still sees every value
+/// (`record_tenant_values` walks all edges).
+fn compact(edges: &[Edge]) -> Vec<Edge> {
+    let mut seen: HashSet<(&Term, String)> = HashSet::new();
+    edges
+        .iter()
+        .filter(|e| {
+            let col = match (&e.a, &e.b) {
+                (c @ Term::Col(..), v) | (v, c @ Term::Col(..))
+                    if !matches!(v, Term::Col(..) | Term::Key(_)) =>
+                {
+                    c
+                }
+                _ => return true,
+            };
+            seen.insert((col, format!("{:?}", e.deriv)))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Column-to-column equalities between entry `c` and other entries: (other, c's col, other's col).
