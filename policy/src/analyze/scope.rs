@@ -313,6 +313,7 @@ impl Scope {
 
     /// Derive proven terms from equalities and catalog foreign keys until a fixpoint.
     pub fn solve(&mut self, cx: &Cx, edges: &[Edge]) {
+        let edges = &compact(edges);
         for (id, e) in self.entries.iter().enumerate() {
             if let EntryKind::Derived { cols: Some(cols) } = &e.kind {
                 for c in cols.iter().filter(|c| c.tenant == TenantValue::Proven) {
@@ -418,19 +419,33 @@ impl Scope {
         format!("add {}.{col} = $n (or = current_setting('…')) as a top-level AND condition of the WHERE clause, or of the ON clause for an outer-joined relation", ce.name)
     }
 
-    /// Parameters and literals that are compared (through any chain) with a tenant column.
-    pub fn record_tenant_values(&self, cx: &mut Cx, edges: &[Edge]) {
+    /// Parameters and literals that are compared (through any chain) with a tenant value: a
+    /// tenant column, a derived column proven on its own level, the tenant setting or an
+    /// enclosing query's proven tenant column. A column proven only through values that are not
+    /// so connected (`x.status = $2` beside `x.tenant_id = $1`) equals a value that is not
+    /// checked at Bind: it proved nothing here and must not be passed on as the tenant (as an
+    /// output column of a subquery, to a correlated subquery, to INSERT … SELECT or MERGE), so
+    /// it is dropped from the proven set.
+    pub fn record_tenant_values(&mut self, cx: &mut Cx, edges: &[Edge]) {
         let mut adj: HashMap<&Term, Vec<&Term>> = HashMap::new();
         for e in edges {
             adj.entry(&e.a).or_default().push(&e.b);
             adj.entry(&e.b).or_default().push(&e.a);
         }
-        let starts: Vec<Term> = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(id, e)| e.tenant_column().map(|c| Term::Col(id, c.to_owned())))
-            .collect();
+        let mut starts: Vec<Term> = vec![Term::Setting, Term::OuterTenant];
+        for (id, e) in self.entries.iter().enumerate() {
+            if let Some(c) = e.tenant_column() {
+                starts.push(Term::Col(id, c.to_owned()));
+            }
+            if let EntryKind::Derived { cols: Some(cols) } = &e.kind {
+                starts.extend(
+                    cols.iter()
+                        .filter(|c| c.tenant == TenantValue::Proven)
+                        .filter_map(|c| c.name.clone())
+                        .map(|n| Term::Col(id, n)),
+                );
+            }
+        }
         let mut seen: HashSet<&Term> = HashSet::new();
         let mut queue: VecDeque<&Term> = starts.iter().collect();
         while let Some(t) = queue.pop_front() {
@@ -448,7 +463,39 @@ impl Scope {
                 queue.extend(next.iter().copied());
             }
         }
+        let reached: HashSet<(usize, String)> = seen
+            .into_iter()
+            .filter_map(|t| match t {
+                Term::Col(id, c) => Some((*id, c.clone())),
+                _ => None,
+            })
+            .collect();
+        self.proven.retain(|k| reached.contains(k));
     }
+}
+
+/// `edges` for the solver: of the equalities of one column with a value (`$n`, a literal, the
+/// tenant setting, an enclosing tenant column) under the same derivation, one is enough (the
+/// value always holds); an `IN` list of thousands of `$n` would otherwise be walked on every
+/// round of the fixpoint for every entry. The Bind check still sees every value
+/// (`record_tenant_values` walks all edges).
+fn compact(edges: &[Edge]) -> Vec<Edge> {
+    let mut seen: HashSet<(&Term, String)> = HashSet::new();
+    edges
+        .iter()
+        .filter(|e| {
+            let col = match (&e.a, &e.b) {
+                (c @ Term::Col(..), v) | (v, c @ Term::Col(..))
+                    if !matches!(v, Term::Col(..) | Term::Key(_)) =>
+                {
+                    c
+                }
+                _ => return true,
+            };
+            seen.insert((col, format!("{:?}", e.deriv)))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Column-to-column equalities between entry `c` and other entries: (other, c's col, other's col).
