@@ -38,25 +38,8 @@ impl Decision {
         tenant: &str,
     ) -> Result<(), Rejection> {
         for &pos in &self.tenant_params {
-            let idx = pos
-                .checked_sub(1)
-                .ok_or_else(|| mismatch("invalid parameter position $0".into()))?;
-            let Some(slot) = params.get(idx) else {
-                return Err(mismatch(format!(
-                    "tenant parameter ${pos} was not supplied"
-                )));
-            };
-            let Some(bytes) = slot else {
-                return Err(mismatch(format!("tenant parameter ${pos} is NULL")));
-            };
-            let format = match formats.len() {
-                0 => 0,
-                1 => formats[0],
-                _ => *formats
-                    .get(idx)
-                    .ok_or_else(|| mismatch(format!("no format code for ${pos}")))?,
-            };
-            let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
+            let (bytes, format, oid) =
+                bound(pos, "tenant parameter", params, formats, param_types)?;
             let value = decode(bytes, format, oid)
                 .map_err(|e| mismatch(format!("tenant parameter ${pos}: {e}")))?;
             let equal = matches_as(oid, &value, tenant)
@@ -74,6 +57,35 @@ impl Decision {
     }
 }
 
+/// The value bound to `$pos` (NULL and absent are mismatches), its format code and its
+/// declared type (0 when the Parse left it unspecified).
+fn bound<'p>(
+    pos: usize,
+    what: &str,
+    params: &[Option<&'p [u8]>],
+    formats: &[i16],
+    param_types: &[u32],
+) -> Result<(&'p [u8], i16, u32), Rejection> {
+    let idx = pos
+        .checked_sub(1)
+        .ok_or_else(|| mismatch("invalid parameter position $0".into()))?;
+    let Some(slot) = params.get(idx) else {
+        return Err(mismatch(format!("{what} ${pos} was not supplied")));
+    };
+    let Some(bytes) = slot else {
+        return Err(mismatch(format!("{what} ${pos} is NULL")));
+    };
+    let format = match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => *formats
+            .get(idx)
+            .ok_or_else(|| mismatch(format!("no format code for ${pos}")))?,
+    };
+    let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
+    Ok((bytes, format, oid))
+}
+
 /// An array parameter every element of which must equal the tenant (see
 /// [`Decision::tenant_array_params`]); `max`: the length its `varchar(n)[]` cast cuts values to.
 fn check_array(
@@ -85,23 +97,7 @@ fn check_array(
     tenant: &str,
 ) -> Result<(), Rejection> {
     let what = format!("tenant array parameter ${pos}");
-    let idx = pos
-        .checked_sub(1)
-        .ok_or_else(|| mismatch("invalid parameter position $0".into()))?;
-    let Some(slot) = params.get(idx) else {
-        return Err(mismatch(format!("{what} was not supplied")));
-    };
-    let Some(bytes) = slot else {
-        return Err(mismatch(format!("{what} is NULL")));
-    };
-    let format = match formats.len() {
-        0 => 0,
-        1 => formats[0],
-        _ => *formats
-            .get(idx)
-            .ok_or_else(|| mismatch(format!("no format code for ${pos}")))?,
-    };
-    let oid = param_types.get(idx).copied().unwrap_or(OID_UNSPECIFIED);
+    let (bytes, format, oid) = bound(pos, "tenant array parameter", params, formats, param_types)?;
     let element = match oid {
         OID_TEXT_ARRAY => OID_TEXT,
         OID_VARCHAR_ARRAY => OID_VARCHAR,

@@ -172,18 +172,7 @@ fn sigint_removes_the_socket_files_and_a_second_one_exits_at_once() {
         "exited at the first SIGINT"
     );
     sigint();
-    let mut code = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            code = s.code();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if code.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let code = exit_code(&mut child);
     assert_eq!(code, Some(130), "a second SIGINT exits at once with 130");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -219,21 +208,24 @@ fn a_broken_log_pipe_does_not_stop_serving_or_shutting_down() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let mut code = None;
-    for _ in 0..200 {
-        if let Some(s) = child.try_wait().unwrap() {
-            code = s.code();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if code.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let code = exit_code(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(answered, "the admin console did not answer");
     assert_eq!(code, Some(0), "SIGTERM did not shut the proxy down");
+}
+
+/// The exit code of `child` once it exits, within 10 s; None (and the process killed) if it
+/// does not.
+fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// Starts `tenantgate serve` on a free port with an admin console and one unreachable

@@ -251,6 +251,16 @@ impl Session {
         });
     }
 
+    /// Detaches the server, to be released or closed by the caller, which then accounts for
+    /// its place in the pool (see [`crate::pool::Place`]).
+    fn hand_back(&mut self) -> Option<(ServerConn, Arc<Pool>)> {
+        let Attached {
+            conn, pool, place, ..
+        } = self.server.take()?;
+        place.keep();
+        Some((conn, pool))
+    }
+
     /// Attaches a server for the client's next transaction, at the client's settings.
     /// `first` is the client message that needs it (already taken from the read buffer).
     ///
@@ -338,16 +348,9 @@ impl Session {
             // Boxed: rare, and its state would otherwise be part of every idle session.
             return Box::pin(self.release_slowly()).await;
         }
-        let Some(Attached {
-            mut conn,
-            pool,
-            place,
-            ..
-        }) = self.server.take()
-        else {
+        let Some((mut conn, pool)) = self.hand_back() else {
             return;
         };
-        place.keep();
         self.cancel.slot.set(None);
         conn.sequences_drawn |= self.progress.sequences_dirty;
         self.progress = Progress::default();
@@ -369,16 +372,9 @@ impl Session {
     /// one of the server's prepared statements went stale (all are deallocated: the next use
     /// prepares them again).
     async fn release_slowly(&mut self) {
-        let Some(Attached {
-            mut conn,
-            pool,
-            place,
-            ..
-        }) = self.server.take()
-        else {
+        let Some((mut conn, pool)) = self.hand_back() else {
             return;
         };
-        place.keep();
         self.cancel.slot.set(None);
         conn.sequences_drawn |= self.progress.sequences_dirty;
         if std::mem::take(&mut self.progress.reseeded) {
@@ -508,18 +504,10 @@ impl Session {
             if reusable && self.tx_mode && changed {
                 if roll_back(&mut attached.conn).await {
                     Box::pin(self.release_slowly()).await;
-                } else if let Some(Attached {
-                    conn, pool, place, ..
-                }) = self.server.take()
-                {
-                    place.keep();
+                } else if let Some((conn, pool)) = self.hand_back() {
                     finish(&pool, conn, false, false).await;
                 }
-            } else if let Some(Attached {
-                conn, pool, place, ..
-            }) = self.server.take()
-            {
-                place.keep();
+            } else if let Some((conn, pool)) = self.hand_back() {
                 let reusable = reusable && !self.progress.reseeded;
                 finish(&pool, conn, reusable, !self.tx_mode).await;
             }
