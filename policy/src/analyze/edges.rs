@@ -1,6 +1,11 @@
-//! Equalities that hold in every branch of a disjunction.
+//! The equalities a predicate proves: its top-level conjuncts `a = b`, and those that hold in
+//! every branch of a disjunction.
 
-use super::scope::{Deriv, Edge, Term};
+use super::expr::{conjuncts, expands_columns, is_eq_operator, term};
+use super::scope::{Deriv, Edge, Env, Term};
+use super::Cx;
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::{AExprKind, BoolExprType, Node};
 use std::collections::HashSet;
 
 /// A value a tenant column may be proven equal to: a parameter (checked at Bind), the tenant
@@ -73,4 +78,109 @@ pub(crate) fn list_value_edges(
         }
     }
     out
+}
+
+/// Equalities `a = b` (or `a IN (b)`) among the top-level conjuncts of `pred`; and, from a
+/// conjunct that is a disjunction (`… OR …`, `a IN (b, c)`, `(a, b) IN ((x, y), (z, w))`), the
+/// equalities of a column with a tenant value that every branch has (see
+/// [`common_value_edges`]).
+pub(crate) fn equality_edges(
+    cx: &Cx,
+    pred: &Node,
+    env: &Env,
+    visible: Option<&[usize]>,
+    deriv: &Deriv,
+    out: &mut Vec<Edge>,
+) {
+    edges_at(cx, pred, env, visible, deriv, out, 0);
+}
+
+fn edges_at(
+    cx: &Cx,
+    pred: &Node,
+    env: &Env,
+    visible: Option<&[usize]>,
+    deriv: &Deriv,
+    out: &mut Vec<Edge>,
+    depth: usize,
+) {
+    let mut cs = Vec::new();
+    conjuncts(pred, &mut cs);
+    for c in cs {
+        if let Some(N::BoolExpr(b)) = c.node.as_ref() {
+            if b.boolop == BoolExprType::OrExpr as i32 && depth < MAX_DISJUNCTION_DEPTH {
+                let branches = b.args.iter().map(|arg| {
+                    let mut e = Vec::new();
+                    edges_at(cx, arg, env, visible, deriv, &mut e, depth + 1);
+                    e
+                });
+                out.extend(common_value_edges(branches.collect()));
+            }
+            continue;
+        }
+        let Some(N::AExpr(a)) = c.node.as_ref() else {
+            continue;
+        };
+        if !is_eq_operator(&a.name) {
+            continue;
+        }
+        let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
+            continue;
+        };
+        let lhs = l;
+        let pairs = |r: &Node| {
+            let mut e = Vec::new();
+            for (l, r) in row_pairs(l, r) {
+                if let (Some(ta), Some(tb)) = (term(cx, l, env, visible), term(cx, r, env, visible))
+                {
+                    e.push(Edge {
+                        a: ta,
+                        b: tb,
+                        deriv: deriv.clone(),
+                    });
+                }
+            }
+            e
+        };
+        if a.kind == AExprKind::AexprIn as i32 {
+            match r.node.as_ref() {
+                Some(N::List(l)) if l.items.len() == 1 => out.extend(pairs(&l.items[0])),
+                // `col IN ($1, $2, …)`: the column once, each item a value (an ORM's list of
+                // thousands stays cheap); row constructors branch by branch.
+                Some(N::List(l)) if !matches!(lhs.node, Some(N::RowExpr(_))) => {
+                    out.extend(list_value_edges(
+                        term(cx, lhs, env, visible),
+                        l.items.iter().map(|i| term(cx, i, env, visible)),
+                        deriv,
+                    ))
+                }
+                Some(N::List(l)) => {
+                    out.extend(common_value_edges(l.items.iter().map(pairs).collect()))
+                }
+                _ => {}
+            }
+        } else if a.kind == AExprKind::AexprOp as i32 {
+            out.extend(pairs(r));
+        }
+    }
+}
+
+/// Disjunctions nested in disjunctions deeper than this prove nothing (bounded recursion).
+const MAX_DISJUNCTION_DEPTH: usize = 8;
+
+/// `(a, b) = (x, y)` compares element-wise; anything else is one pair. An element that
+/// expands to several columns (`x.*`, `(row).*`) shifts every element after it by a number of
+/// columns the parse tree does not tell, so only the elements before the first expansion (on
+/// either side) are paired: `(x.*, o.tenant_id, y.*) = (z.*, $1, w.*)` may compare
+/// `o.tenant_id` with a column of `w`.
+fn row_pairs<'n>(l: &'n Node, r: &'n Node) -> Vec<(&'n Node, &'n Node)> {
+    match (l.node.as_ref(), r.node.as_ref()) {
+        (Some(N::RowExpr(a)), Some(N::RowExpr(b))) if a.args.len() == b.args.len() => a
+            .args
+            .iter()
+            .zip(&b.args)
+            .take_while(|(x, y)| !expands_columns(x) && !expands_columns(y))
+            .collect(),
+        _ => vec![(l, r)],
+    }
 }

@@ -2,7 +2,8 @@
 //! a FROM clause sees by name (see `names`): an ON clause its join's two inputs, a LATERAL item
 //! or a function the items to its left, the rest of the query all but what join aliases hide.
 
-use super::expr::{self, equality_edges, str_of, walk, walk_all, walk_opt, Ctx};
+use super::edges::equality_edges;
+use super::expr::{self, str_of, walk, walk_all, walk_opt, Ctx};
 use super::scope::{Deriv, Edge, Entry, EntryKind, Env, Scope, Term};
 use super::select::{alias_name, relation_entry, rename_columns, select};
 use super::{reject, Cx, R};

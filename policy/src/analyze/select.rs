@@ -1,6 +1,7 @@
 //! SELECT (and VALUES, set operations, WITH, FROM items).
 
-use super::expr::{self, equality_edges, str_of, walk, walk_all, walk_opt, Ctx};
+use super::edges::equality_edges;
+use super::expr::{self, str_of, walk, walk_all, walk_opt, Ctx};
 use super::scope::{CteInfo, Deriv, Edge, Entry, EntryKind, Env, OutCol, Scope, TenantValue, Term};
 use super::{pos, reject, stmt, Cx, R};
 // The FROM reading lives in `from`; UPDATE/DELETE/MERGE use it through this module.

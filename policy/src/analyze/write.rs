@@ -1,6 +1,7 @@
 //! INSERT / UPDATE / DELETE / MERGE.
 
-use super::expr::{self, equality_edges, walk, walk_all, walk_opt, Ctx};
+use super::edges::equality_edges;
+use super::expr::{self, walk, walk_all, walk_opt, Ctx};
 use super::scope::{Deriv, Edge, Entry, EntryKind, Env, Scope, TenantValue, Term};
 use super::select::{
     finish_from, from_edges, from_item, relation_entry, select, solve, values_tail, with_clause,
