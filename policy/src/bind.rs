@@ -1,6 +1,6 @@
 //! Bind-time check: the values of tenant parameters must equal the session tenant.
 
-use crate::decision::{Decision, Rejection, Rule};
+use crate::decision::{ArrayCast, Decision, Rejection, Rule, TenantArray};
 
 const OID_UNSPECIFIED: u32 = 0;
 const OID_INT8: u32 = 20;
@@ -50,8 +50,8 @@ impl Decision {
                 )));
             }
         }
-        for &(pos, max) in &self.tenant_array_params {
-            check_array(pos, max, params, formats, param_types, tenant)?;
+        for array in &self.tenant_array_params {
+            check_array(array, params, formats, param_types, tenant)?;
         }
         Ok(())
     }
@@ -86,16 +86,23 @@ fn bound<'p>(
     Ok((bytes, format, oid))
 }
 
-/// An array parameter every element of which must equal the tenant (see
-/// [`Decision::tenant_array_params`]); `max`: the length its `varchar(n)[]` cast cuts values to.
+/// An array parameter every element of which must equal the tenant, as declared and as cast,
+/// and which is at least as long as the other UNNEST arrays (see
+/// [`Decision::tenant_array_params`]).
 fn check_array(
-    pos: usize,
-    max: Option<usize>,
+    array: &TenantArray,
     params: &[Option<&[u8]>],
     formats: &[i16],
     param_types: &[u32],
     tenant: &str,
 ) -> Result<(), Rejection> {
+    let TenantArray {
+        param: pos,
+        max,
+        cast,
+        ref others,
+        min_len,
+    } = *array;
     let what = format!("tenant array parameter ${pos}");
     let (bytes, format, oid) = bound(pos, "tenant array parameter", params, formats, param_types)?;
     let element = match oid {
@@ -131,14 +138,108 @@ fn check_array(
         };
         let equal =
             matches_as(element, value, tenant).map_err(|e| mismatch(format!("{what} {e}")))?;
-        if !equal {
+        // The server converts the element to the cast's type: an integer cast stores `42`
+        // for the text `042`, another tenant's.
+        let as_cast = match cast {
+            ArrayCast::Text => true,
+            ArrayCast::Integer => matches_as(OID_INT8, value, tenant).unwrap_or(false),
+            ArrayCast::Uuid => matches_as(OID_UUID, value, tenant).unwrap_or(false),
+        };
+        if !equal || !as_cast {
             return Err(mismatch(format!(
                 "element {} of {what} does not equal the session tenant",
                 i + 1
             )));
         }
     }
+    // UNNEST pads the shorter arrays with NULL: a longer other array adds rows whose tenant
+    // column is NULL.
+    if values.len() < min_len {
+        return Err(mismatch(format!(
+            "{what} has {} elements, another UNNEST array {min_len}",
+            values.len()
+        )));
+    }
+    for &other in others {
+        let idx = other.checked_sub(1).unwrap_or(usize::MAX);
+        let len = match params.get(idx) {
+            None => return Err(mismatch(format!("UNNEST array ${other} was not supplied"))),
+            Some(None) => 0,
+            Some(Some(_)) => {
+                let (bytes, format, _) =
+                    bound(other, "UNNEST array", params, formats, param_types)?;
+                array_len(bytes, format)
+                    .map_err(|e| mismatch(format!("UNNEST array ${other}: {e}")))?
+            }
+        };
+        if len > values.len() {
+            return Err(mismatch(format!(
+                "{what} has {} elements, UNNEST array ${other} {len}: UNNEST would insert rows with a NULL tenant",
+                values.len()
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The number of elements (all dimensions) of an array of any type, or more: in the text
+/// format both `,` and `;` (box's delimiter) count as delimiters outside quotes; dimension
+/// decorations are refused.
+fn array_len(bytes: &[u8], format: i16) -> Result<usize, String> {
+    match format {
+        0 => {
+            let s = std::str::from_utf8(bytes).map_err(|_| "text value is not UTF-8")?;
+            let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
+            let inner = s
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .ok_or("not an array {…} without dimension decorations")?;
+            if inner
+                .trim_matches(|c: char| c.is_ascii_whitespace())
+                .is_empty()
+            {
+                return Ok(0);
+            }
+            let (mut n, mut quoted, mut chars) = (1usize, false, inner.chars());
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => quoted = !quoted,
+                    ',' | ';' if !quoted => n = n.saturating_add(1),
+                    _ => {}
+                }
+            }
+            Ok(n)
+        }
+        1 => {
+            let mut r = bytes;
+            let mut int = || -> Result<i32, String> {
+                let (head, rest) = r
+                    .split_first_chunk::<4>()
+                    .ok_or("binary array ends in its header")?;
+                r = rest;
+                Ok(i32::from_be_bytes(*head))
+            };
+            let ndim = int()?;
+            if !(0..=6).contains(&ndim) {
+                return Err(format!("binary array of {ndim} dimensions"));
+            }
+            let (_flags, _elem) = (int()?, int()?);
+            if ndim == 0 {
+                return Ok(0);
+            }
+            let mut n = 1usize;
+            for _ in 0..ndim {
+                let len = usize::try_from(int()?).map_err(|_| "negative dimension")?;
+                let _lower = int()?;
+                n = n.checked_mul(len).ok_or("binary array too large")?;
+            }
+            Ok(n)
+        }
+        f => Err(format!("unknown format code {f}")),
+    }
 }
 
 /// A one-dimensional array in the text format, strictly: `{a,"b c",NULL}` — elements separated

@@ -157,12 +157,38 @@ pub struct Decision {
     pub normalized: String,
     /// 1-based `$n` positions whose Bind value must equal the session tenant.
     pub tenant_params: Vec<usize>,
-    /// 1-based `$n` positions of arrays every element of which must equal the session tenant
-    /// (`INSERT … SELECT * FROM UNNEST(($n)::varchar(50)[], …)`), each with the length a
-    /// `varchar(n)[]` cast cuts values to: a tenant longer than that is refused.
+    /// Arrays every element of which must equal the session tenant
+    /// (`INSERT … SELECT * FROM UNNEST(($n)::varchar(50)[], …)`), checked at Bind.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tenant_array_params: Vec<(usize, Option<usize>)>,
+    pub tenant_array_params: Vec<TenantArray>,
     pub statements: Vec<StatementKind>,
+}
+
+/// A tenant array parameter of `INSERT … SELECT * FROM UNNEST(…)` (see
+/// [`Decision::tenant_array_params`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantArray {
+    /// 1-based `$n` position of the array.
+    pub param: usize,
+    /// The length its `varchar(n)[]` cast cuts values to: a tenant longer than that is refused.
+    pub max: Option<usize>,
+    /// Its cast's element type: the server converts every element to it (an integer cast
+    /// stores `42` for `042`), so an element must equal the tenant in that type too.
+    pub cast: ArrayCast,
+    /// The other UNNEST arrays' `$n` positions: UNNEST pads shorter arrays with NULL, so none
+    /// may have more elements than the tenant array (a NULL tenant otherwise).
+    pub others: Vec<usize>,
+    /// The longest of the other arrays given as literals: the tenant array needs as many.
+    pub min_len: usize,
+}
+
+/// The element type a tenant array is cast to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrayCast {
+    Text,
+    Integer,
+    Uuid,
 }
 
 /// A Bind-time rejection.

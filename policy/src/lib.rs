@@ -13,7 +13,7 @@ mod functions;
 
 pub use catalog::Catalog;
 pub use config::{Isolation, PolicyConfig, UnknownRelations};
-pub use decision::{Decision, Rejection, Rule, StatementKind, Verdict};
+pub use decision::{ArrayCast, Decision, Rejection, Rule, StatementKind, TenantArray, Verdict};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -364,10 +364,15 @@ fn bind_tenant_arrays() {
     );
     assert!(d.is_allowed(), "{}", d.reason);
     assert!(d.tenant_params.is_empty());
-    assert_eq!(d.tenant_array_params, vec![(1, Some(50))]);
+    let arrays: Vec<_> = d
+        .tenant_array_params
+        .iter()
+        .map(|a| (a.param, a.max, a.others.clone()))
+        .collect();
+    assert_eq!(arrays, vec![(1, Some(50), vec![2, 3])]);
     let ok = |v: &[u8], format: i16, oid: u32| {
         d.check_bind(
-            &[Some(v), Some(b"{1,2}"), Some(b"{a,b}")],
+            &[Some(v), Some(b"{}"), Some(b"{}")],
             &[format, 0, 0],
             &[oid, 0, 0],
             "t1",
@@ -469,4 +474,60 @@ fn bind_tenant_arrays() {
             &long
         )
         .is_err());
+}
+
+/// Review findings on the UNNEST path: the cast converts the value (an integer cast stores
+/// `42` for the text `042`), and UNNEST pads shorter arrays with NULL (a tenant array shorter
+/// than another array inserts rows whose tenant column is NULL).
+#[test]
+fn bind_tenant_arrays_review() {
+    // The tenant array cast to integer[]: only the canonical integer of the tenant.
+    let d = policy().check(
+        "INSERT INTO orders (tenant_id, id) SELECT * FROM UNNEST($1::integer[], $2::integer[])",
+        &T,
+    );
+    assert!(d.is_allowed(), "{}", d.reason);
+    for oid in [0, 1009, 1015] {
+        let bind =
+            |v: &[u8], tenant: &str| d.check_bind(&[Some(v), Some(b"{1}")], &[], &[oid, 0], tenant);
+        assert!(
+            bind(b"{042}", "042").is_err(),
+            "042 is stored as 42 ({oid})"
+        );
+        assert!(bind(b"{42}", "42").is_ok());
+    }
+    // Arrays of different lengths: the tenant array must be at least as long as the others.
+    let d = policy().check(
+        r#"INSERT INTO "orders" ("tenant_id", "id") SELECT * FROM UNNEST(($1)::varchar(50)[], ($2)::integer[])"#,
+        &T,
+    );
+    assert!(d.is_allowed(), "{}", d.reason);
+    let bind = |t: &[u8], ids: &[u8]| d.check_bind(&[Some(t), Some(ids)], &[], &[], "t1");
+    assert!(bind(b"{t1,t1}", b"{1,2}").is_ok());
+    assert!(bind(b"{t1,t1}", b"{1}").is_ok());
+    assert!(bind(b"{}", b"{}").is_ok());
+    assert!(bind(b"{t1}", b"{}").is_ok());
+    assert!(bind(b"{t1}", b"{2,3,4}").is_err());
+    assert!(bind(b"{}", b"{1}").is_err());
+    assert!(bind(b"{t1}", b"{{5,6},{7,8}}").is_err());
+    assert!(bind(b"{t1}", b"[1:2]={5,6}").is_err());
+    assert!(bind(b"{t1}", b" { 5 ; 6 } ").is_err());
+    assert!(bind(b"{t1}", b"{\"a,b\"}").is_ok());
+    assert!(bind(b"{t1}", b"{a\\,b}").is_ok());
+    assert!(d.check_bind(&[Some(b"{t1}"), None], &[], &[], "t1").is_ok());
+    // Binary: the count of every dimension.
+    let mut two = Vec::new();
+    for v in [1i32, 0, 23, 3, 1] {
+        two.extend_from_slice(&v.to_be_bytes());
+    }
+    for v in [1i32, 2, 3] {
+        two.extend_from_slice(&4i32.to_be_bytes());
+        two.extend_from_slice(&v.to_be_bytes());
+    }
+    assert!(d
+        .check_bind(&[Some(b"{t1}"), Some(&two)], &[0, 1], &[], "t1")
+        .is_err());
+    assert!(d
+        .check_bind(&[Some(b"{t1,t1,t1}"), Some(&two)], &[0, 1], &[], "t1")
+        .is_ok());
 }

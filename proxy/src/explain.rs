@@ -135,7 +135,7 @@ fn print_text(d: &Decision) {
         let params: Vec<String> = d
             .tenant_array_params
             .iter()
-            .map(|(p, _)| format!("${p}"))
+            .map(|a| format!("${}", a.param))
             .collect();
         println!(
             "tenant arrays (every element checked at Bind): {}",

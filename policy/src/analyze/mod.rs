@@ -103,9 +103,9 @@ pub(crate) struct Cx<'c> {
     pub cfg: &'c PolicyConfig,
     pub cat: &'c Catalog,
     pub tenant_params: BTreeSet<usize>,
-    /// Array parameters every element of which must be the tenant, with the length a
-    /// `varchar(n)[]` cast cuts values to (see [`crate::Decision::tenant_array_params`]).
-    pub tenant_array_params: std::collections::BTreeMap<usize, Option<usize>>,
+    /// Array parameters every element of which must be the tenant (see
+    /// [`crate::Decision::tenant_array_params`]).
+    pub tenant_array_params: Vec<crate::TenantArray>,
     pub tenant_literals: Vec<String>,
     pub touches_tenant: bool,
     pub qualified_schemas: Vec<SchemaRef>,
@@ -270,11 +270,7 @@ pub(crate) fn analyze(sql: &str, cfg: &PolicyConfig, cat: &Catalog) -> Analysis 
             fingerprint,
             normalized,
             tenant_params: cx.tenant_params.iter().copied().collect(),
-            tenant_array_params: cx
-                .tenant_array_params
-                .iter()
-                .map(|(n, max)| (*n, *max))
-                .collect(),
+            tenant_array_params: cx.tenant_array_params.clone(),
             statements,
         },
         Err((r, statements)) => Decision {

@@ -8,9 +8,9 @@
 use super::expr::{str_of, walk, Ctx};
 use super::scope::Env;
 use super::{reject, Cx, R};
-use crate::decision::Rule;
+use crate::decision::{ArrayCast, Rule, TenantArray};
 use pg_query::protobuf::node::Node as N;
-use pg_query::protobuf::{a_const, AConst, Node, SelectStmt, SetOperation, TypeName};
+use pg_query::protobuf::{a_const, AArrayExpr, AConst, Node, SelectStmt, SetOperation, TypeName};
 
 /// The UNNEST call's node and arguments, if `s` is exactly `SELECT * FROM UNNEST(…)` (an alias
 /// with column names is allowed: `*` keeps the positions).
@@ -82,7 +82,9 @@ pub(crate) fn unnest_call(s: &SelectStmt) -> Option<(&Node, &[Node])> {
 }
 
 /// Checks the rows of `INSERT INTO t (cols) SELECT * FROM UNNEST(args)` whose tenant column is
-/// `cols[idx]`, and records how its array is checked.
+/// `cols[idx]`, and records how its array is checked. UNNEST pads shorter arrays with NULL: the
+/// other arrays' lengths must be known, at Bind (`$n` casts) or here (`ARRAY[…]` literals), for
+/// the tenant array to be checked as at least as long as every one of them.
 pub(crate) fn insert_unnest(
     cx: &mut Cx,
     call: &Node,
@@ -105,6 +107,23 @@ pub(crate) fn insert_unnest(
     let Some(arg) = args.get(idx) else {
         return reject(Rule::TooComplex, "UNNEST argument missing");
     };
+    let mut others = Vec::new();
+    let mut min_len = 0;
+    for (j, other) in args.iter().enumerate().filter(|(j, _)| *j != idx) {
+        match other_len(other) {
+            Some(Len::Param(n)) => others.push(n),
+            Some(Len::Fixed(k)) => min_len = min_len.max(k),
+            None => {
+                return reject(
+                    Rule::TooComplex,
+                    format!(
+                        "UNNEST array {} is not ($n)::type[] or an ARRAY[…] of constants: UNNEST pads the shorter arrays with NULL, and the tenant array's length cannot be checked against it",
+                        j + 1
+                    ),
+                )
+            }
+        }
+    }
     let missing = || {
         reject(
             Rule::TenantFilterMissing,
@@ -114,17 +133,19 @@ pub(crate) fn insert_unnest(
     let Some(N::TypeCast(cast)) = arg.node.as_ref() else {
         return missing();
     };
-    let Some(limit) = array_cast(cast.type_name.as_ref()) else {
+    let Some((kind, limit)) = array_cast(cast.type_name.as_ref()) else {
         return missing();
     };
     match cast.arg.as_deref().and_then(|a| a.node.as_ref()) {
         Some(N::ParamRef(p)) => match usize::try_from(p.number) {
             Ok(n) if n > 0 => {
-                let entry = cx.tenant_array_params.entry(n).or_insert(limit);
-                *entry = match (*entry, limit) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                cx.tenant_array_params.push(TenantArray {
+                    param: n,
+                    max: limit,
+                    cast: kind,
+                    others,
+                    min_len,
+                });
                 Ok(())
             }
             _ => missing(),
@@ -132,6 +153,12 @@ pub(crate) fn insert_unnest(
         // `ARRAY['acme', 'acme']` (drivers that interpolate values; the walk above refused it
         // under `require_parameters`).
         Some(N::AArrayExpr(a)) if !cx.cfg.require_parameters => {
+            if !others.is_empty() || a.elements.len() < min_len {
+                return reject(
+                    Rule::TooComplex,
+                    "the tenant ARRAY[…] of INSERT … SELECT * FROM UNNEST(…) is shorter than another array, or another array is a parameter: UNNEST would pad it with NULL",
+                );
+            }
             for e in &a.elements {
                 let value = match e.node.as_ref() {
                     Some(N::AConst(AConst {
@@ -141,7 +168,7 @@ pub(crate) fn insert_unnest(
                     Some(N::AConst(AConst {
                         val: Some(a_const::Val::Sval(s)),
                         ..
-                    })) => s.sval.clone(),
+                    })) if kind != ArrayCast::Integer || canonical_int(&s.sval) => s.sval.clone(),
                     _ => return missing(),
                 };
                 if limit.is_some_and(|max| value.chars().count() > max) {
@@ -161,10 +188,57 @@ pub(crate) fn insert_unnest(
     }
 }
 
+/// The length of an UNNEST array other than the tenant's.
+enum Len {
+    /// A `$n` array: counted at Bind.
+    Param(usize),
+    /// An `ARRAY[…]` of constants.
+    Fixed(usize),
+}
+
+/// `($n)::type[]`, or `ARRAY[c1, …]` of constants (a cast around each, and around the array,
+/// allowed). Anything else (a subquery, a function, a nested or array-valued element) is None.
+fn other_len(n: &Node) -> Option<Len> {
+    match n.node.as_ref() {
+        Some(N::TypeCast(c)) => match c.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(N::ParamRef(p)) => usize::try_from(p.number)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Len::Param),
+            Some(N::AArrayExpr(a)) => literal_len(a).map(Len::Fixed),
+            _ => None,
+        },
+        Some(N::AArrayExpr(a)) => literal_len(a).map(Len::Fixed),
+        _ => None,
+    }
+}
+
+/// `'42'`, not `'042'` or `' 42'`: an integer cast stores the canonical form.
+fn canonical_int(s: &str) -> bool {
+    s.parse::<i64>().is_ok_and(|v| v.to_string() == s)
+}
+
+fn literal_len(a: &AArrayExpr) -> Option<usize> {
+    let scalar = |e: &Node| match e.node.as_ref() {
+        Some(N::AConst(_)) => true,
+        Some(N::TypeCast(c)) => {
+            c.type_name
+                .as_ref()
+                .is_some_and(|t| t.array_bounds.is_empty())
+                && matches!(
+                    c.arg.as_deref().and_then(|a| a.node.as_ref()),
+                    Some(N::AConst(_))
+                )
+        }
+        _ => false,
+    };
+    a.elements.iter().all(scalar).then_some(a.elements.len())
+}
+
 /// A one-dimensional array type whose elements keep a tenant value: `text[]`, `varchar[]`,
 /// `uuid[]`, the integer types; `varchar(n)[]` too, whose cast cuts longer values to n
-/// characters: `Some(Some(n))`, for the Bind check to refuse a tenant longer than that.
-fn array_cast(t: Option<&TypeName>) -> Option<Option<usize>> {
+/// characters: `Some((Text, Some(n)))`, for the Bind check to refuse a tenant longer than that.
+fn array_cast(t: Option<&TypeName>) -> Option<(ArrayCast, Option<usize>)> {
     let t = t?;
     if t.array_bounds.len() != 1 || t.setof || t.pct_type {
         return None;
@@ -186,9 +260,10 @@ fn array_cast(t: Option<&TypeName>) -> Option<Option<usize>> {
         })
         .collect::<Option<_>>()?;
     match (name, typmods.as_slice()) {
-        ("text" | "uuid" | "int2" | "int4" | "int8", []) => Some(None),
-        ("varchar", []) => Some(None),
-        ("varchar", [n]) => usize::try_from(*n).ok().map(Some),
+        ("text" | "varchar", []) => Some((ArrayCast::Text, None)),
+        ("uuid", []) => Some((ArrayCast::Uuid, None)),
+        ("int2" | "int4" | "int8", []) => Some((ArrayCast::Integer, None)),
+        ("varchar", [n]) => usize::try_from(*n).ok().map(|n| (ArrayCast::Text, Some(n))),
         _ => None,
     }
 }
