@@ -215,25 +215,20 @@ fn array_len(bytes: &[u8], format: i16) -> Result<usize, String> {
         }
         1 => {
             let mut r = bytes;
-            let mut int = || -> Result<i32, String> {
-                let (head, rest) = r
-                    .split_first_chunk::<4>()
-                    .ok_or("binary array ends in its header")?;
-                r = rest;
-                Ok(i32::from_be_bytes(*head))
-            };
-            let ndim = int()?;
+            let ndim = read_i32(&mut r, "dimensions")?;
             if !(0..=6).contains(&ndim) {
                 return Err(format!("binary array of {ndim} dimensions"));
             }
-            let (_flags, _elem) = (int()?, int()?);
+            let _flags = read_i32(&mut r, "null flag")?;
+            let _elem = read_i32(&mut r, "element type")?;
             if ndim == 0 {
                 return Ok(0);
             }
             let mut n = 1usize;
             for _ in 0..ndim {
-                let len = usize::try_from(int()?).map_err(|_| "negative dimension")?;
-                let _lower = int()?;
+                let len = usize::try_from(read_i32(&mut r, "length")?)
+                    .map_err(|_| "negative dimension")?;
+                let _lower = read_i32(&mut r, "lower bound")?;
                 n = n.checked_mul(len).ok_or("binary array too large")?;
             }
             Ok(n)
@@ -296,21 +291,23 @@ fn parse_text_array(s: &str) -> Result<Vec<Option<String>>, String> {
     }
 }
 
+/// The next big-endian i32 of a binary array, named `what` in the error if it is missing.
+fn read_i32(r: &mut &[u8], what: &str) -> Result<i32, String> {
+    let (head, rest) = r
+        .split_first_chunk::<4>()
+        .ok_or_else(|| format!("binary array ends before its {what}"))?;
+    *r = rest;
+    Ok(i32::from_be_bytes(*head))
+}
+
 /// A one-dimensional array in the binary format (`array_send`): dimensions, null flag, element
 /// type, then each element's length (-1: NULL) and bytes. `element`: the element type the
 /// parameter's declared type implies (unspecified: the array's own, if one of ours).
 fn decode_binary_array(bytes: &[u8], element: u32) -> Result<Vec<Option<String>>, String> {
     let mut r = bytes;
-    fn int(r: &mut &[u8], what: &str) -> Result<i32, String> {
-        let (head, rest) = r
-            .split_first_chunk::<4>()
-            .ok_or_else(|| format!("binary array ends before its {what}"))?;
-        *r = rest;
-        Ok(i32::from_be_bytes(*head))
-    }
-    let ndim = int(&mut r, "dimensions")?;
-    let _flags = int(&mut r, "null flag")?;
-    let elem = u32::from_be_bytes(int(&mut r, "element type")?.to_be_bytes());
+    let ndim = read_i32(&mut r, "dimensions")?;
+    let _flags = read_i32(&mut r, "null flag")?;
+    let elem = u32::from_be_bytes(read_i32(&mut r, "element type")?.to_be_bytes());
     if element != OID_UNSPECIFIED && elem != element {
         return Err(format!(
             "binary array of element type oid {elem}, expected {element}"
@@ -319,8 +316,8 @@ fn decode_binary_array(bytes: &[u8], element: u32) -> Result<Vec<Option<String>>
     let count = match ndim {
         0 => 0,
         1 => {
-            let len = int(&mut r, "length")?;
-            let _lower = int(&mut r, "lower bound")?;
+            let len = read_i32(&mut r, "length")?;
+            let _lower = read_i32(&mut r, "lower bound")?;
             usize::try_from(len).map_err(|_| format!("binary array length {len}"))?
         }
         n => return Err(format!("binary array of {n} dimensions; one is supported")),
@@ -334,7 +331,7 @@ fn decode_binary_array(bytes: &[u8], element: u32) -> Result<Vec<Option<String>>
     }
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let len = int(&mut r, "element length")?;
+        let len = read_i32(&mut r, "element length")?;
         if len == -1 {
             out.push(None);
             continue;
