@@ -94,7 +94,7 @@ pub(crate) enum Term {
 }
 
 /// Which entries an equality may prove: ON of an outer join only proves its nullable side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Deriv {
     Any,
     Only(Vec<usize>),
@@ -480,7 +480,7 @@ impl Scope {
 /// round of the fixpoint for every entry. The Bind check still sees every value
 /// (`record_tenant_values` walks all edges).
 fn compact(edges: &[Edge]) -> Vec<Edge> {
-    let mut seen: HashSet<(&Term, String)> = HashSet::new();
+    let mut seen: HashSet<(&Term, &Deriv)> = HashSet::new();
     edges
         .iter()
         .filter(|e| {
@@ -492,7 +492,7 @@ fn compact(edges: &[Edge]) -> Vec<Edge> {
                 }
                 _ => return true,
             };
-            seen.insert((col, format!("{:?}", e.deriv)))
+            seen.insert((col, &e.deriv))
         })
         .cloned()
         .collect()
